@@ -1,0 +1,98 @@
+//! The admin listener: `/metrics`, `/healthz` (alive), `/readyz` (every provider has had
+//! keys at least once; latched so an IdP outage cannot take the fleet out of service),
+//! `/providers` (per-provider freshness) and `/jwks/{provider}` (the mirrored public keys).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+
+/// State the admin endpoints read.
+pub struct Admin {
+    /// Providers and their mirrors.
+    pub auth: arc_swap::ArcSwap<Authenticator>,
+    /// Collectors.
+    pub metrics: Arc<Metrics>,
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+impl Admin {
+    /// Serves one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        }
+        let auth = self.auth.load();
+        match req.uri().path() {
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => {
+                let not_ready: Vec<&str> = auth
+                    .providers()
+                    .iter()
+                    .filter(|p| !p.keys.ready())
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if not_ready.is_empty() {
+                    respond(StatusCode::OK, "application/json", json!({"ready": true}).to_string())
+                } else {
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "application/json",
+                        json!({"ready": false, "providers_without_keys": not_ready}).to_string(),
+                    )
+                }
+            }
+            "/providers" => {
+                let list: Vec<_> = auth
+                    .providers()
+                    .iter()
+                    .map(|p| {
+                        let status = p.keys.status();
+                        let current = p.keys.current();
+                        json!({
+                            "name": p.name,
+                            "issuer": p.issuer,
+                            "ready": p.keys.ready(),
+                            "keys": current.as_ref().map(|s| s.len()).unwrap_or(0),
+                            "kids": current.as_ref().map(|s| s.keys().iter().filter_map(|k| k.kid.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+                            "status": status,
+                        })
+                    })
+                    .collect();
+                respond(StatusCode::OK, "application/json", json!({ "providers": list }).to_string())
+            }
+            path => {
+                if let Some(name) = path.strip_prefix("/jwks/") {
+                    if let Some(p) = auth.providers().iter().find(|p| p.name == name) {
+                        return match p.keys.current() {
+                            Some(set) => respond(StatusCode::OK, "application/jwk-set+json", set.to_jwks().to_string()),
+                            None => respond(StatusCode::SERVICE_UNAVAILABLE, "application/json", json!({"error": "no keys loaded yet"}).to_string()),
+                        };
+                    }
+                }
+                respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
+            }
+        }
+    }
+}

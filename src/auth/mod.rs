@@ -1,0 +1,192 @@
+//! The authentication pipeline shared by every listener: extract the token, choose the
+//! provider by its (unverified) issuer, look the key up in that provider's mirror only,
+//! verify, check claims, and map claims to headers. Knows nothing about sockets.
+
+pub mod claims;
+pub mod extract;
+pub mod provider;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use crate::config::{ArrayClaimFormat, Config};
+use crate::error::Reject;
+use crate::metrics::Metrics;
+use claims::{render, ReservedHeaders};
+use extract::TokenSources;
+pub use provider::Provider;
+
+/// A token that passed every check.
+#[derive(Debug)]
+pub struct Verified {
+    /// The provider that issued it.
+    pub provider: Arc<Provider>,
+    /// The key id used.
+    pub kid: Option<String>,
+    /// The algorithm used.
+    pub alg: Algorithm,
+    /// Verified claims.
+    pub claims: Map<String, Value>,
+    /// The payload segment as in the token (base64url JSON).
+    pub payload_b64: String,
+}
+
+/// A refused token, with what was known when it was refused (for logs and metrics).
+#[derive(Debug)]
+pub struct Failure {
+    /// Why.
+    pub reject: Reject,
+    /// The provider, when the issuer was recognised.
+    pub provider: Option<Arc<Provider>>,
+    /// The token's kid, when it had one (truncated for logs).
+    pub kid: Option<String>,
+}
+
+impl From<Reject> for Failure {
+    fn from(reject: Reject) -> Self {
+        Failure {
+            reject,
+            provider: None,
+            kid: None,
+        }
+    }
+}
+
+/// Everything needed to authenticate a request, built once per config.
+pub struct Authenticator {
+    by_issuer: HashMap<String, Arc<Provider>>,
+    providers: Vec<Arc<Provider>>,
+    /// Token locations.
+    pub sources: TokenSources,
+    /// Inbound headers that are always removed.
+    pub reserved: ReservedHeaders,
+    /// Array claim rendering.
+    pub array_format: ArrayClaimFormat,
+    /// Longest claim header value.
+    pub max_claim_header_bytes: usize,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    /// Compiles the providers and header rules of a validated config.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let providers: Vec<Arc<Provider>> = config
+            .providers
+            .iter()
+            .map(|p| Arc::new(Provider::from_config(p, &metrics)))
+            .collect();
+        let by_issuer = providers.iter().map(|p| (p.issuer.clone(), p.clone())).collect();
+        let mut reserved_names: Vec<String> = config
+            .providers
+            .iter()
+            .flat_map(|p| p.claim_headers.values().cloned())
+            .collect();
+        reserved_names.extend(config.proxy.payload_header.clone());
+        Authenticator {
+            by_issuer,
+            providers,
+            sources: TokenSources {
+                header: config
+                    .proxy
+                    .token
+                    .header
+                    .as_deref()
+                    .and_then(|h| http::HeaderName::try_from(h.to_ascii_lowercase()).ok()),
+                cookie: config.proxy.token.cookie.clone(),
+                query: config.proxy.token.query.clone(),
+                max_bytes: config.proxy.max_token_bytes,
+            },
+            reserved: ReservedHeaders::new(&config.proxy.identity_header_prefix, reserved_names),
+            array_format: config.proxy.array_claim_format,
+            max_claim_header_bytes: config.proxy.max_claim_header_bytes,
+            metrics,
+        }
+    }
+
+    /// Every provider, in config order.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// Finds the token in a request.
+    pub fn extract<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Option<&'a str>, Reject> {
+        extract::extract(headers, query, &self.sources)
+    }
+
+    /// Verifies one token at time `now` (Unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Verified, Failure> {
+        let started = Instant::now();
+        let result = self.verify_inner(token, now);
+        self.metrics.verify_duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn verify_inner(&self, token: &str, now: u64) -> Result<Verified, Failure> {
+        let parsed = verify::parse(token)?;
+        let kid = parsed.header.kid.as_ref().map(|k| k.chars().take(64).collect::<String>());
+        let provider = verify::peek_issuer(&parsed)
+            .and_then(|iss| self.by_issuer.get(iss))
+            .cloned()
+            .ok_or(Failure {
+                reject: Reject::UnknownIssuer,
+                provider: None,
+                kid: kid.clone(),
+            })?;
+        let fail = |reject: Reject| Failure {
+            reject,
+            provider: Some(provider.clone()),
+            kid: kid.clone(),
+        };
+        let alg = verify::check_alg(&parsed, &provider.algorithms).map_err(fail)?;
+        let signed = provider.keys.with_current(|set| {
+            let set = set.ok_or(Reject::NoKeys)?;
+            let candidates = set.candidates(parsed.header.kid.as_deref());
+            if candidates.is_empty() {
+                provider.lookup_miss.inc();
+                return Err(Reject::UnknownKid);
+            }
+            provider.lookup_hit.inc();
+            verify::verify_signature(&parsed, alg, candidates).map(|k| k.kid.clone())
+        });
+        let used_kid = signed.map_err(fail)?;
+        verify::check_claims(&parsed, &provider.claims, now).map_err(fail)?;
+        Ok(Verified {
+            kid: used_kid,
+            alg,
+            payload_b64: parsed.payload_b64.to_string(),
+            claims: parsed.claims,
+            provider,
+        })
+    }
+
+    /// The headers to add upstream for a verified token; unsafe values are dropped and counted.
+    pub fn claim_headers(&self, v: &Verified) -> Vec<(http::HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(v.provider.claim_headers.len());
+        for (path, header) in &v.provider.claim_headers {
+            let Some(value) = path.lookup(&v.claims) else { continue };
+            match render(value, self.array_format, self.max_claim_header_bytes) {
+                Ok(hv) => out.push((header.clone(), hv)),
+                Err(d) => {
+                    self.metrics
+                        .claim_headers_dropped_total
+                        .with_label_values(&[&v.provider.name, d.label()])
+                        .inc();
+                    tracing::warn!(provider = %v.provider.name, claim = path.as_str(), reason = d.label(), "claim not forwarded as a header");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now_unix() -> u64 {
+    crate::jwks::unix_secs(std::time::SystemTime::now())
+}

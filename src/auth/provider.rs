@@ -1,0 +1,90 @@
+//! A provider's verification policy, compiled once from its config: algorithm allow-list,
+//! claim rules, claim-to-header mappings, and handles to its key mirror and metrics.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+use prometheus::IntCounter;
+
+use super::claims::ClaimPath;
+use super::verify::{normalize_typ, ClaimPolicy};
+use crate::config::{ProviderConfig, SUPPORTED_ALGORITHMS};
+use crate::jwks::{parse_alg, ParsePolicy, ProviderKeys};
+use crate::metrics::Metrics;
+
+/// Most keys taken from one JWKS document.
+pub const MAX_KEYS_PER_SET: usize = 100;
+
+/// One configured issuer, ready for the request path.
+pub struct Provider {
+    /// Name (metric label).
+    pub name: String,
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Claim rules.
+    pub claims: ClaimPolicy,
+    /// Claim -> header mappings.
+    pub claim_headers: Vec<(ClaimPath, HeaderName)>,
+    /// The key mirror.
+    pub keys: Arc<ProviderKeys>,
+    pub(crate) lookup_hit: IntCounter,
+    pub(crate) lookup_miss: IntCounter,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("name", &self.name).field("issuer", &self.issuer).finish()
+    }
+}
+
+impl Provider {
+    /// Compiles a validated provider config.
+    pub fn from_config(cfg: &ProviderConfig, metrics: &Metrics) -> Provider {
+        let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
+            SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect()
+        } else {
+            cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
+        };
+        let source = cfg
+            .key_source()
+            .unwrap_or(crate::config::KeySource::Inline(serde_json::json!({"keys": []})));
+        let keys = Arc::new(ProviderKeys::new(
+            cfg.name.clone(),
+            cfg.issuer.clone(),
+            source,
+            ParsePolicy {
+                algorithms: algorithms.clone(),
+                max_keys: MAX_KEYS_PER_SET,
+            },
+        ));
+        Provider {
+            name: cfg.name.clone(),
+            issuer: cfg.issuer.clone(),
+            claims: ClaimPolicy {
+                audiences: cfg.audiences.clone(),
+                audience_claim: cfg.audience_claim.clone(),
+                leeway: cfg.leeway.as_secs(),
+                require_exp: cfg.require_exp,
+                typ: cfg.typ.iter().map(|t| normalize_typ(t)).collect(),
+                required_claims: cfg.required_claims.clone(),
+                required_scopes: cfg.required_scopes.clone(),
+            },
+            claim_headers: cfg
+                .claim_headers
+                .iter()
+                .filter_map(|(claim, header)| {
+                    HeaderName::try_from(header.to_ascii_lowercase())
+                        .ok()
+                        .map(|h| (ClaimPath::new(claim), h))
+                })
+                .collect(),
+            algorithms,
+            keys,
+            lookup_hit: metrics.key_lookups_total.with_label_values(&[&cfg.name, "hit"]),
+            lookup_miss: metrics.key_lookups_total.with_label_values(&[&cfg.name, "miss"]),
+        }
+    }
+}

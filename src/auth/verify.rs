@@ -1,0 +1,371 @@
+//! Token parsing and verification: pure functions over the token text, the candidate keys
+//! and the provider's policy.
+//!
+//! The compact JWS is parsed exactly once (strict base64url, no padding, three segments,
+//! JSON objects). The signature is checked before any claim, with `jsonwebtoken`'s
+//! aws-lc-rs backend; then time, audience, type, required claims and scopes. The unverified
+//! `iss` read here is used only to pick the provider (see `peek_issuer`).
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use crate::error::Reject;
+use crate::jwks::{parse_alg, Key};
+
+/// The JOSE header members this verifier looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoseHeader {
+    /// `alg` as written.
+    pub alg: String,
+    /// `kid`, if present.
+    pub kid: Option<String>,
+    /// `typ`, if present.
+    pub typ: Option<String>,
+}
+
+/// A syntactically valid compact JWS with decoded header and claims (not yet trusted).
+#[derive(Debug)]
+pub struct ParsedToken<'a> {
+    /// `header.payload`: what the signature covers.
+    pub signing_input: &'a str,
+    /// The base64url payload segment (forwarded as-is in the payload header).
+    pub payload_b64: &'a str,
+    /// The base64url signature segment.
+    pub signature_b64: &'a str,
+    /// Decoded header.
+    pub header: JoseHeader,
+    /// Decoded claims.
+    pub claims: Map<String, Value>,
+}
+
+fn is_b64url(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parses `header.payload.signature`. Never panics; everything odd is `Malformed`.
+pub fn parse(token: &str) -> Result<ParsedToken<'_>, Reject> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(Reject::Malformed("token is not three dot-separated segments (JWE and nested tokens are not accepted)"));
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() || !is_b64url(h) || !is_b64url(p) || !is_b64url(s) {
+        return Err(Reject::Malformed("token segment is empty or not base64url"));
+    }
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| Reject::Malformed("token header is not base64url"))?;
+    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
+        .map_err(|_| Reject::Malformed("token header is not a JSON object"))?;
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        _ => return Err(Reject::Malformed("token header has no string alg")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(Reject::Malformed("token kid is not a string")),
+    };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(Reject::Malformed("token typ is not a string")),
+    };
+    // No JWS extension is implemented, so any `crit` (RFC 7515 4.1.11) must be refused.
+    if header.contains_key("crit") {
+        return Err(Reject::UnsupportedCrit);
+    }
+    let payload_bytes = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| Reject::Malformed("token payload is not base64url"))?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload_bytes)
+        .map_err(|_| Reject::Malformed("token payload is not a JSON object"))?;
+    Ok(ParsedToken {
+        signing_input: &token[..h.len() + 1 + p.len()],
+        payload_b64: p,
+        signature_b64: s,
+        header: JoseHeader { alg, kid, typ },
+        claims,
+    })
+}
+
+/// The unverified `iss`, used only to choose the provider (never trusted beyond that).
+pub fn peek_issuer<'t>(token: &'t ParsedToken<'_>) -> Option<&'t str> {
+    token.claims.get("iss").and_then(Value::as_str)
+}
+
+/// Checks `alg` against the allow-list; `none`, HMAC and unknown names never pass.
+pub fn check_alg(token: &ParsedToken<'_>, allowed: &[Algorithm]) -> Result<Algorithm, Reject> {
+    match parse_alg(&token.header.alg) {
+        Some(a) if allowed.contains(&a) => Ok(a),
+        _ => Err(Reject::AlgNotAllowed),
+    }
+}
+
+/// Verifies the signature against the candidate keys that fit `alg`; returns the key used.
+pub fn verify_signature<'k>(
+    token: &ParsedToken<'_>,
+    alg: Algorithm,
+    candidates: &'k [Arc<Key>],
+) -> Result<&'k Arc<Key>, Reject> {
+    let mut any_fit = false;
+    for key in candidates.iter().filter(|k| k.accepts(alg)) {
+        any_fit = true;
+        if let Ok(true) = jsonwebtoken::crypto::verify(
+            token.signature_b64,
+            token.signing_input.as_bytes(),
+            &key.decoding,
+            alg,
+        ) {
+            return Ok(key);
+        }
+    }
+    Err(if any_fit { Reject::BadSignature } else { Reject::KeyMismatch })
+}
+
+/// Claim rules of one provider.
+#[derive(Debug, Clone)]
+pub struct ClaimPolicy {
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// The claim holding the audience (`aud`, or `client_id` for Cognito access tokens).
+    pub audience_claim: String,
+    /// Tolerated clock skew in seconds.
+    pub leeway: u64,
+    /// `exp` must be present.
+    pub require_exp: bool,
+    /// Accepted `typ` values, lower-cased without `application/` (empty: any).
+    pub typ: Vec<String>,
+    /// Claims that must be present and not null.
+    pub required_claims: Vec<String>,
+    /// Scopes that must all be granted.
+    pub required_scopes: Vec<String>,
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &'static str, what: &'static str) -> Result<Option<f64>, Reject> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map(Some)
+            .ok_or(Reject::InvalidClaim(what)),
+        Some(_) => Err(Reject::InvalidClaim(what)),
+    }
+}
+
+/// Time, audience, type, required claims, then scopes (403 last, after authentication).
+pub fn check_claims(token: &ParsedToken<'_>, policy: &ClaimPolicy, now: u64) -> Result<(), Reject> {
+    let claims = &token.claims;
+    let now = now as f64;
+    let leeway = policy.leeway as f64;
+    match numeric_date(claims, "exp", "exp must be a number")? {
+        Some(exp) if now >= exp + leeway => return Err(Reject::Expired),
+        None if policy.require_exp => return Err(Reject::MissingClaim),
+        _ => {}
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf", "nbf must be a number")? {
+        if now + leeway < nbf {
+            return Err(Reject::NotYetValid);
+        }
+    }
+    numeric_date(claims, "iat", "iat must be a number")?;
+    let aud_ok = match claims.get(&policy.audience_claim) {
+        Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|v| v.as_str().is_some_and(|a| policy.audiences.iter().any(|x| x == a))),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(Reject::BadAudience);
+    }
+    if !policy.typ.is_empty() {
+        let typ = token.header.typ.as_deref().map(normalize_typ);
+        if !typ.is_some_and(|t| policy.typ.contains(&t)) {
+            return Err(Reject::BadType);
+        }
+    }
+    for c in &policy.required_claims {
+        if claims.get(c).is_none_or(Value::is_null) {
+            return Err(Reject::MissingClaim);
+        }
+    }
+    if !policy.required_scopes.is_empty() {
+        let granted = scopes(claims);
+        if !policy.required_scopes.iter().all(|s| granted.contains(&s.as_str())) {
+            return Err(Reject::InsufficientScope);
+        }
+    }
+    Ok(())
+}
+
+/// `typ` compared case-insensitively with the optional `application/` prefix removed.
+pub fn normalize_typ(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    t.strip_prefix("application/").map(str::to_string).unwrap_or(t)
+}
+
+/// Granted scopes from `scope` and `scp`, each a space-delimited string or an array.
+pub fn scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|x| !x.is_empty())),
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tok(header: Value, claims: Value) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    fn policy() -> ClaimPolicy {
+        ClaimPolicy {
+            audiences: vec!["api".into()],
+            audience_claim: "aud".into(),
+            leeway: 60,
+            require_exp: true,
+            typ: vec![],
+            required_claims: vec![],
+            required_scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected_not_panicking() {
+        let good_h = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#);
+        let good_p = URL_SAFE_NO_PAD.encode(r#"{"a":1}"#);
+        let cases = [
+            String::new(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            "a.b.c.d.e".into(),
+            format!("{good_h}.{good_p}."),
+            format!("{good_h}=.{good_p}.c2ln"),
+            format!("{good_h}.{good_p}.c2ln=="),
+            format!("{}.{good_p}.c2ln", URL_SAFE_NO_PAD.encode("[1,2]")),
+            format!("{good_h}.{}.c2ln", URL_SAFE_NO_PAD.encode("\"str\"")),
+            format!("{good_h}.{}.c2ln", URL_SAFE_NO_PAD.encode("not json")),
+            format!("{}.{good_p}.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":5}"#)),
+            format!("{}.{good_p}.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":7}"#)),
+            format!("{good_h}.{good_p}.c2l+"),
+        ];
+        for c in cases {
+            assert!(matches!(parse(&c), Err(Reject::Malformed(_))), "{c:?} -> {:?}", parse(&c).err());
+        }
+    }
+
+    #[test]
+    fn crit_is_refused() {
+        let t = tok(json!({"alg": "RS256", "crit": ["b64"], "b64": false}), json!({}));
+        assert_eq!(parse(&t).err(), Some(Reject::UnsupportedCrit));
+    }
+
+    #[test]
+    fn none_and_hmac_never_allowed() {
+        let all: Vec<Algorithm> = crate::config::SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect();
+        for alg in ["none", "None", "NONE", "nOnE", "HS256", "HS384", "HS512", "rs256", "RSA-OAEP"] {
+            let t = tok(json!({"alg": alg}), json!({}));
+            let p = parse(&t).expect("parses");
+            assert_eq!(check_alg(&p, &all), Err(Reject::AlgNotAllowed), "{alg}");
+        }
+    }
+
+    #[test]
+    fn exp_boundary_with_leeway() {
+        let p = policy();
+        let now = 1_000_000u64;
+        let t = |exp: f64| tok(json!({"alg": "RS256"}), json!({"aud": "api", "exp": exp}));
+        // Valid while now < exp + leeway.
+        assert_eq!(check_claims(&parse(&t(now as f64 - 59.0)).expect("p"), &p, now), Ok(()));
+        assert_eq!(check_claims(&parse(&t(now as f64 - 60.0)).expect("p"), &p, now), Err(Reject::Expired));
+        assert_eq!(check_claims(&parse(&t(now as f64 - 61.0)).expect("p"), &p, now), Err(Reject::Expired));
+    }
+
+    #[test]
+    fn nbf_boundary_with_leeway() {
+        let p = policy();
+        let now = 1_000_000u64;
+        let t = |nbf: u64| tok(json!({"alg": "RS256"}), json!({"aud": "api", "exp": now + 600, "nbf": nbf}));
+        assert_eq!(check_claims(&parse(&t(now + 60)).expect("p"), &p, now), Ok(()));
+        assert_eq!(check_claims(&parse(&t(now + 61)).expect("p"), &p, now), Err(Reject::NotYetValid));
+    }
+
+    #[test]
+    fn registered_claims_with_wrong_types_rejected() {
+        let p = policy();
+        for claims in [
+            json!({"aud": "api", "exp": "9999999999"}),
+            json!({"aud": "api", "exp": 9999999999u64, "nbf": "0"}),
+            json!({"aud": "api", "exp": 9999999999u64, "iat": [1]}),
+        ] {
+            let t = tok(json!({"alg": "RS256"}), claims.clone());
+            assert!(matches!(check_claims(&parse(&t).expect("p"), &p, 0), Err(Reject::InvalidClaim(_))), "{claims}");
+        }
+        let no_exp = tok(json!({"alg": "RS256"}), json!({"aud": "api"}));
+        assert_eq!(check_claims(&parse(&no_exp).expect("p"), &p, 0), Err(Reject::MissingClaim));
+    }
+
+    #[test]
+    fn audience_string_array_and_wrong_types() {
+        let p = policy();
+        let ok = |aud: Value| {
+            let t = tok(json!({"alg": "RS256"}), json!({"aud": aud, "exp": 9999999999u64}));
+            check_claims(&parse(&t).expect("p"), &p, 0)
+        };
+        assert_eq!(ok(json!("api")), Ok(()));
+        assert_eq!(ok(json!(["x", "api"])), Ok(()));
+        assert_eq!(ok(json!("other")), Err(Reject::BadAudience));
+        assert_eq!(ok(json!(5)), Err(Reject::BadAudience));
+        assert_eq!(ok(json!([["api"]])), Err(Reject::BadAudience));
+        assert_eq!(ok(json!({"api": true})), Err(Reject::BadAudience));
+    }
+
+    #[test]
+    fn scopes_from_scope_or_scp_string_or_array() {
+        let mut p = policy();
+        p.required_scopes = vec!["read".into(), "write".into()];
+        let check = |claims: Value| {
+            let t = tok(json!({"alg": "RS256"}), claims);
+            check_claims(&parse(&t).expect("p"), &p, 0)
+        };
+        let base = |k: &str, v: Value| json!({"aud": "api", "exp": 9999999999u64, k: v});
+        assert_eq!(check(base("scope", json!("read write admin"))), Ok(()));
+        assert_eq!(check(base("scp", json!(["write", "read"]))), Ok(()));
+        assert_eq!(check(base("scope", json!("read"))), Err(Reject::InsufficientScope));
+        assert_eq!(check(json!({"aud": "api", "exp": 9999999999u64})), Err(Reject::InsufficientScope));
+    }
+
+    #[test]
+    fn typ_allow_list_is_case_insensitive_with_optional_application_prefix() {
+        let mut p = policy();
+        p.typ = vec!["at+jwt".into()];
+        let check = |typ: Option<&str>| {
+            let h = match typ {
+                Some(t) => json!({"alg": "RS256", "typ": t}),
+                None => json!({"alg": "RS256"}),
+            };
+            check_claims(&parse(&tok(h, json!({"aud": "api", "exp": 9999999999u64}))).expect("p"), &p, 0)
+        };
+        assert_eq!(check(Some("at+jwt")), Ok(()));
+        assert_eq!(check(Some("application/AT+JWT")), Ok(()));
+        assert_eq!(check(Some("JWT")), Err(Reject::BadType));
+        assert_eq!(check(None), Err(Reject::BadType));
+    }
+}

@@ -1,0 +1,277 @@
+//! Getting key material over HTTP: one shared client, timeouts, size limits, redirects
+//! that never downgrade to plain http, and OIDC discovery.
+//!
+//! Errors are classified into the bounded `result` label values of
+//! `jwks_sidecar_jwks_fetch_total` so an operator can tell a dead IdP (connect, timeout)
+//! from a broken one (http_status, parse, too_large).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::is_loopback_host;
+
+/// Why a fetch failed; `label()` is the metric's `result` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// No answer within the fetch timeout.
+    Timeout,
+    /// TCP/TLS connection failed.
+    Connect(String),
+    /// A status other than 200/304.
+    HttpStatus(u16),
+    /// Body over the configured limit.
+    TooLarge,
+    /// Not a usable document (JSON, shape, issuer mismatch, no keys).
+    Parse(String),
+    /// Redirect loop, or a redirect to plain http.
+    Redirect(String),
+    /// Reading a local file failed.
+    File(String),
+}
+
+impl FetchError {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FetchError::Timeout => "timeout",
+            FetchError::Connect(_) => "connect",
+            FetchError::HttpStatus(_) => "http_status",
+            FetchError::TooLarge => "too_large",
+            FetchError::Parse(_) => "parse",
+            FetchError::Redirect(_) => "redirect",
+            FetchError::File(_) => "file",
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Timeout => write!(f, "timed out"),
+            FetchError::Connect(e) => write!(f, "connection failed: {e}"),
+            FetchError::HttpStatus(s) => write!(f, "unexpected HTTP status {s}"),
+            FetchError::TooLarge => write!(f, "response body over the size limit"),
+            FetchError::Parse(e) => write!(f, "unusable document: {e}"),
+            FetchError::Redirect(e) => write!(f, "redirect refused: {e}"),
+            FetchError::File(e) => write!(f, "file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// A successful (200 or 304) response.
+#[derive(Debug)]
+pub struct Fetched {
+    /// 200 or 304.
+    pub status: StatusCode,
+    /// Response headers (caching, validators).
+    pub headers: HeaderMap,
+    /// Body (empty on 304).
+    pub body: Bytes,
+}
+
+/// Options for one GET.
+#[derive(Debug, Clone)]
+pub struct GetOptions {
+    /// Whole-request timeout, body included.
+    pub timeout: Duration,
+    /// Largest body accepted.
+    pub max_bytes: usize,
+    /// Allow plain http to non-loopback hosts.
+    pub allow_insecure_http: bool,
+    /// Extra request headers (conditional validators, credentials).
+    pub headers: HeaderMap,
+}
+
+/// The shared HTTP(S) client used for every JWKS and discovery fetch.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+const MAX_REDIRECTS: usize = 3;
+
+impl Fetcher {
+    /// A client with the webpki root store, HTTP/1.1, short connect timeout.
+    pub fn new() -> Self {
+        crate::install_crypto_provider();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.set_nodelay(true);
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Fetcher { client }
+    }
+
+    /// GET with redirects (at most 3, never https -> http), a total timeout and a size cap.
+    pub async fn get(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {
+        tokio::time::timeout(opts.timeout, self.get_inner(url, opts))
+            .await
+            .map_err(|_| FetchError::Timeout)?
+    }
+
+    async fn get_inner(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {
+        let mut uri: Uri = url
+            .parse()
+            .map_err(|_| FetchError::Parse(format!("invalid URL {url:?}")))?;
+        check_scheme(&uri, opts.allow_insecure_http)?;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = Request::get(uri.clone())
+                .header(http::header::USER_AGENT, concat!("jwks-sidecar/", env!("CARGO_PKG_VERSION")))
+                .header(http::header::ACCEPT, "application/json, application/jwk-set+json")
+                .body(Empty::new())
+                .map_err(|e| FetchError::Parse(e.to_string()))?;
+            req.headers_mut().extend(opts.headers.clone());
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| FetchError::Connect(error_chain(&e)))?;
+            let status = resp.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let location = resp
+                    .headers()
+                    .get(http::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| FetchError::Redirect("redirect without Location".into()))?;
+                let next = resolve_location(&uri, location)?;
+                if uri.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+                    return Err(FetchError::Redirect(format!("https to {next} is a downgrade")));
+                }
+                check_scheme(&next, opts.allow_insecure_http)?;
+                uri = next;
+                continue;
+            }
+            if status != StatusCode::OK && status != StatusCode::NOT_MODIFIED {
+                return Err(FetchError::HttpStatus(status.as_u16()));
+            }
+            let (parts, body) = resp.into_parts();
+            if let Some(len) = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                if len > opts.max_bytes as u64 {
+                    return Err(FetchError::TooLarge);
+                }
+            }
+            let body = Limited::new(body, opts.max_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<LengthLimitError>().is_some() {
+                        FetchError::TooLarge
+                    } else {
+                        FetchError::Connect(format!("reading body: {e}"))
+                    }
+                })?
+                .to_bytes();
+            return Ok(Fetched {
+                status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        Err(FetchError::Redirect(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Reads an OIDC discovery document and returns its `jwks_uri`, after checking that
+    /// its `issuer` is exactly the configured one (OpenID Connect Discovery 1.0, 4.3).
+    pub async fn discover(&self, url: &str, issuer: &str, opts: &GetOptions) -> Result<String, FetchError> {
+        let opts = GetOptions {
+            headers: HeaderMap::new(),
+            ..opts.clone()
+        };
+        let doc = self.get(url, &opts).await?;
+        let v: Value = serde_json::from_slice(&doc.body)
+            .map_err(|e| FetchError::Parse(format!("discovery document is not JSON: {e}")))?;
+        let found = v.get("issuer").and_then(Value::as_str).unwrap_or("");
+        if found != issuer {
+            return Err(FetchError::Parse(format!(
+                "discovery document issuer {found:?} differs from the configured issuer {issuer:?}"
+            )));
+        }
+        let jwks_uri = v
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| FetchError::Parse("discovery document has no jwks_uri".into()))?;
+        let parsed: Uri = jwks_uri
+            .parse()
+            .map_err(|_| FetchError::Parse(format!("discovery jwks_uri {jwks_uri:?} is not a URL")))?;
+        check_scheme(&parsed, opts.allow_insecure_http)?;
+        Ok(jwks_uri.to_string())
+    }
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn check_scheme(uri: &Uri, allow_insecure_http: bool) -> Result<(), FetchError> {
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if allow_insecure_http || is_loopback_host(uri.host().unwrap_or("")) => Ok(()),
+        _ => Err(FetchError::Redirect(format!(
+            "{uri}: only https:// (or http:// to loopback, or with allow_insecure_http) is fetched"
+        ))),
+    }
+}
+
+fn resolve_location(base: &Uri, location: &str) -> Result<Uri, FetchError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location
+            .parse()
+            .map_err(|_| FetchError::Redirect(format!("bad Location {location:?}")));
+    }
+    if !location.starts_with('/') || location.starts_with("//") {
+        return Err(FetchError::Redirect(format!("unsupported Location {location:?}")));
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        location
+            .parse()
+            .map_err(|_| FetchError::Redirect(format!("bad Location {location:?}")))?,
+    );
+    Uri::from_parts(parts).map_err(|_| FetchError::Redirect(format!("bad Location {location:?}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// A header value safe to send; invalid bytes become an error rather than a panic.
+pub fn header_value(v: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(v).ok()
+}

@@ -1,0 +1,504 @@
+//! The local JWKS mirror: parsed, verification-ready key sets per provider.
+//!
+//! A `KeySet` is immutable once built; each provider's current set sits behind an
+//! `ArcSwapOption` in `ProviderKeys`, so the request path does one atomic load and a hash
+//! lookup by kid, never a lock and never the network. Parsing is tolerant per key (a key
+//! this verifier cannot or must not use is skipped and counted, not fatal for the set) and
+//! strict about what it keeps: signing keys only, RSA of at least 2048 bits, curves that
+//! match, never private material re-served.
+
+pub mod fetch;
+pub mod refresh;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value};
+
+use crate::config::KeySource;
+
+/// The key type and curve, which decide the algorithms a key can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `kty: RSA` (RS* and PS*).
+    Rsa,
+    /// `kty: EC`, `crv: P-256` (ES256).
+    EcP256,
+    /// `kty: EC`, `crv: P-384` (ES384).
+    EcP384,
+    /// `kty: OKP`, `crv: Ed25519` (EdDSA).
+    Ed25519,
+}
+
+impl KeyKind {
+    /// Whether a key of this kind can verify `alg`.
+    pub fn fits(self, alg: Algorithm) -> bool {
+        matches!(
+            (self, alg),
+            (
+                KeyKind::Rsa,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ) | (KeyKind::EcP256, Algorithm::ES256)
+                | (KeyKind::EcP384, Algorithm::ES384)
+                | (KeyKind::Ed25519, Algorithm::EdDSA)
+        )
+    }
+}
+
+/// Parses a JWS `alg` name; only the asymmetric algorithms this verifier supports.
+/// Case-sensitive on purpose (RFC 7518): `none`, `None`, `HS256`, `rs256` all give `None`.
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// One usable verification key.
+pub struct Key {
+    /// `kid`, when the JWK has one.
+    pub kid: Option<String>,
+    /// Key type and curve.
+    pub kind: KeyKind,
+    /// The JWK's own `alg`, when present: then only that algorithm is accepted.
+    pub alg: Option<Algorithm>,
+    /// Ready for `jsonwebtoken::crypto::verify`.
+    pub decoding: DecodingKey,
+    /// The public JWK as re-served by the admin endpoint (public members only).
+    pub public_jwk: Value,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl Key {
+    /// Whether this key may verify a token signed with `alg`.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// A key that was not taken into the set, and why (a bounded label value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// Its kid, if readable.
+    pub kid: Option<String>,
+    /// `not_signing`, `unsupported_kty`, `unsupported_alg`, `unsupported_curve`, `weak_key`,
+    /// `alg_not_allowed`, `symmetric`, `invalid`, `over_limit`.
+    pub reason: &'static str,
+}
+
+/// An immutable, indexed set of verification keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Box<[Arc<Key>]>,
+    by_kid: HashMap<String, Box<[Arc<Key>]>>,
+}
+
+/// Why a whole document was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksError(pub String);
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JwksError {}
+
+/// Limits applied while parsing a key set.
+#[derive(Debug, Clone)]
+pub struct ParsePolicy {
+    /// The provider's algorithm allow-list.
+    pub algorithms: Vec<Algorithm>,
+    /// Most keys taken from one document; the rest are skipped as `over_limit`.
+    pub max_keys: usize,
+}
+
+impl KeySet {
+    /// Builds a set from keys (used by tests and by the parser).
+    pub fn from_keys(keys: Vec<Key>) -> Self {
+        let keys: Vec<Arc<Key>> = keys.into_iter().map(Arc::new).collect();
+        let mut by_kid: HashMap<String, Vec<Arc<Key>>> = HashMap::new();
+        for k in &keys {
+            if let Some(kid) = &k.kid {
+                by_kid.entry(kid.clone()).or_default().push(k.clone());
+            }
+        }
+        KeySet {
+            keys: keys.into_boxed_slice(),
+            by_kid: by_kid.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
+        }
+    }
+
+    /// Parses a JWKS document (`{"keys": [...]}`, extra members such as Stytch's
+    /// `request_id` ignored). Keys that cannot be used are skipped and reported.
+    pub fn parse(bytes: &[u8], policy: &ParsePolicy) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
+        let doc: Value = serde_json::from_slice(bytes)
+            .map_err(|e| JwksError(format!("JWKS is not valid JSON: {e}")))?;
+        Self::from_document(&doc, policy)
+    }
+
+    /// Like `parse`, from an already parsed JSON value.
+    pub fn from_document(doc: &Value, policy: &ParsePolicy) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| JwksError("JWKS has no \"keys\" array".into()))?;
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for jwk in keys {
+            if out.len() >= policy.max_keys {
+                skipped.push(SkippedKey { kid: kid_of(jwk), reason: "over_limit" });
+                continue;
+            }
+            match parse_jwk(jwk, &policy.algorithms) {
+                Ok(k) => out.push(k),
+                Err(reason) => skipped.push(SkippedKey { kid: kid_of(jwk), reason }),
+            }
+        }
+        Ok((KeySet::from_keys(out), skipped))
+    }
+
+    /// Candidate keys for a token: those with its kid, or every key when it has none.
+    pub fn candidates(&self, kid: Option<&str>) -> &[Arc<Key>] {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).map(|v| &v[..]).unwrap_or(&[]),
+            None => &self.keys,
+        }
+    }
+
+    /// Whether a key with this kid exists.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
+    /// All keys.
+    pub fn keys(&self) -> &[Arc<Key>] {
+        &self.keys
+    }
+
+    /// Number of usable keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is usable.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The public key set as a JWKS document.
+    pub fn to_jwks(&self) -> Value {
+        Value::Array(self.keys.iter().map(|k| k.public_jwk.clone()).collect())
+            .pipe(|keys| serde_json::json!({ "keys": keys }))
+    }
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn kid_of(jwk: &Value) -> Option<String> {
+    jwk.get("kid").and_then(Value::as_str).map(|s| s.chars().take(128).collect())
+}
+
+fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, &'static str> {
+    let s = jwk.get(name).and_then(Value::as_str).ok_or("invalid")?;
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| "invalid")
+}
+
+/// Turns one JWK into a `Key`, or names the reason it is skipped.
+pub fn parse_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
+    let obj = jwk.as_object().ok_or("invalid")?;
+    let kid = match obj.get("kid") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("invalid"),
+    };
+    if let Some(u) = obj.get("use") {
+        if u.as_str() != Some("sig") {
+            return Err("not_signing");
+        }
+    }
+    if let Some(ops) = obj.get("key_ops") {
+        let ops = ops.as_array().ok_or("invalid")?;
+        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
+            return Err("not_signing");
+        }
+    }
+    let alg = match obj.get("alg") {
+        None => None,
+        Some(Value::String(a)) => match parse_alg(a) {
+            Some(a) => Some(a),
+            None if a.starts_with("HS") => return Err("symmetric"),
+            None => return Err("unsupported_alg"),
+        },
+        Some(_) => return Err("invalid"),
+    };
+    let kty = obj.get("kty").and_then(Value::as_str).ok_or("invalid")?;
+    let mut public = Map::new();
+    public.insert("kty".into(), Value::String(kty.into()));
+    let (kind, decoding) = match kty {
+        "RSA" => {
+            let n = b64_member(obj, "n")?;
+            let e = b64_member(obj, "e")?;
+            let n_trim = strip_leading_zeros(&n);
+            let bits = n_trim.len() * 8 - n_trim.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err("weak_key");
+            }
+            let e_trim = strip_leading_zeros(&e);
+            if e_trim.is_empty() || e_trim.len() > 8 {
+                return Err("invalid");
+            }
+            public.insert("n".into(), Value::String(URL_SAFE_NO_PAD.encode(n_trim)));
+            public.insert("e".into(), Value::String(URL_SAFE_NO_PAD.encode(e_trim)));
+            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(n_trim, e_trim))
+        }
+        "EC" => {
+            let crv = obj.get("crv").and_then(Value::as_str).ok_or("invalid")?;
+            let (kind, len) = match crv {
+                "P-256" => (KeyKind::EcP256, 32),
+                "P-384" => (KeyKind::EcP384, 48),
+                _ => return Err("unsupported_curve"),
+            };
+            let x = b64_member(obj, "x")?;
+            let y = b64_member(obj, "y")?;
+            if x.len() != len || y.len() != len {
+                return Err("invalid");
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(4u8);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            public.insert("crv".into(), Value::String(crv.into()));
+            public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(&x)));
+            public.insert("y".into(), Value::String(URL_SAFE_NO_PAD.encode(&y)));
+            (kind, DecodingKey::from_ec_der(&point))
+        }
+        "OKP" => {
+            let crv = obj.get("crv").and_then(Value::as_str).ok_or("invalid")?;
+            if crv != "Ed25519" {
+                return Err("unsupported_curve");
+            }
+            let x = b64_member(obj, "x")?;
+            if x.len() != 32 {
+                return Err("invalid");
+            }
+            public.insert("crv".into(), Value::String(crv.into()));
+            public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(&x)));
+            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+        }
+        "oct" => return Err("symmetric"),
+        _ => return Err("unsupported_kty"),
+    };
+    match alg {
+        Some(a) if !kind.fits(a) => return Err("invalid"),
+        Some(a) if !allowed.contains(&a) => return Err("alg_not_allowed"),
+        None if !allowed.iter().any(|a| kind.fits(*a)) => return Err("alg_not_allowed"),
+        _ => {}
+    }
+    if let Some(kid) = &kid {
+        public.insert("kid".into(), Value::String(kid.clone()));
+    }
+    public.insert("use".into(), Value::String("sig".into()));
+    if let Some(a) = obj.get("alg") {
+        public.insert("alg".into(), a.clone());
+    }
+    Ok(Key {
+        kid,
+        kind,
+        alg,
+        decoding,
+        public_jwk: Value::Object(public),
+    })
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+/// What an operator wants to know about one provider's mirror.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MirrorStatus {
+    /// Unix seconds of the last fetch attempt.
+    pub last_fetch: Option<u64>,
+    /// Unix seconds of the last successful fetch.
+    pub last_success: Option<u64>,
+    /// Unix seconds of the next planned fetch.
+    pub next_fetch: Option<u64>,
+    /// The last error, cleared by a success.
+    pub last_error: Option<String>,
+    /// The JWKS URL in use (after discovery).
+    pub jwks_uri: Option<String>,
+}
+
+/// One provider's mirrored keys and where they come from.
+pub struct ProviderKeys {
+    /// Provider name (metric label).
+    pub name: String,
+    /// Expected issuer (checked against discovery documents).
+    pub issuer: String,
+    /// Where the keys come from.
+    pub source: KeySource,
+    /// Parsing limits and the algorithm allow-list.
+    pub policy: ParsePolicy,
+    current: ArcSwapOption<KeySet>,
+    loaded_once: AtomicBool,
+    status: Mutex<MirrorStatus>,
+}
+
+impl ProviderKeys {
+    /// A mirror with no keys yet.
+    pub fn new(name: String, issuer: String, source: KeySource, policy: ParsePolicy) -> Self {
+        ProviderKeys {
+            name,
+            issuer,
+            source,
+            policy,
+            current: ArcSwapOption::empty(),
+            loaded_once: AtomicBool::new(false),
+            status: Mutex::new(MirrorStatus::default()),
+        }
+    }
+
+    /// The current key set (lock-free); `None` when keys were never loaded.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// Borrow-style access for the hot path.
+    pub fn with_current<R>(&self, f: impl FnOnce(Option<&KeySet>) -> R) -> R {
+        let guard = self.current.load();
+        f(guard.as_deref())
+    }
+
+    /// Installs a new key set.
+    pub fn store(&self, set: KeySet) {
+        self.current.store(Some(Arc::new(set)));
+        self.loaded_once.store(true, Ordering::Release);
+    }
+
+    /// Drops every key (after `max_stale`): requests get 503.
+    pub fn clear(&self) {
+        self.current.store(None);
+    }
+
+    /// Latched: true once keys were loaded at least once.
+    pub fn ready(&self) -> bool {
+        self.loaded_once.load(Ordering::Acquire)
+    }
+
+    /// A copy of the status.
+    pub fn status(&self) -> MirrorStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Updates the status.
+    pub fn update_status(&self, f: impl FnOnce(&mut MirrorStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all() -> ParsePolicy {
+        ParsePolicy {
+            algorithms: crate::config::SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect(),
+            max_keys: 100,
+        }
+    }
+
+    #[test]
+    fn parse_alg_is_case_sensitive_and_refuses_none_and_hmac() {
+        for bad in ["none", "None", "NONE", "nOnE", "HS256", "rs256", "", "ES512"] {
+            assert_eq!(parse_alg(bad), None, "{bad}");
+        }
+        assert_eq!(parse_alg("EdDSA"), Some(Algorithm::EdDSA));
+    }
+
+    #[test]
+    fn skips_enc_keys_and_weak_rsa_and_symmetric_keys() {
+        let small_n = URL_SAFE_NO_PAD.encode([0xC5u8; 128]); // 1024 bits
+        let doc = json!({"keys": [
+            {"kty": "RSA", "use": "enc", "kid": "e", "n": small_n, "e": "AQAB", "alg": "RSA-OAEP"},
+            {"kty": "RSA", "kid": "w", "n": small_n, "e": "AQAB"},
+            {"kty": "oct", "kid": "s", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA"},
+            {"kty": "XYZ", "kid": "u"},
+            {"kty": "OKP", "kid": "ops", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "key_ops": ["encrypt"]},
+            {"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "d": "secret"},
+        ]});
+        let (set, skipped) = KeySet::from_document(&doc, &all()).expect("doc");
+        let reasons: Vec<_> = skipped.iter().map(|s| s.reason).collect();
+        assert_eq!(reasons, ["not_signing", "weak_key", "symmetric", "unsupported_curve", "unsupported_kty", "not_signing"]);
+        assert_eq!(set.len(), 1);
+        let served = set.to_jwks().to_string();
+        assert!(!served.contains("secret"), "private member re-served: {served}");
+    }
+
+    #[test]
+    fn key_without_alg_fits_only_its_family() {
+        let doc = json!({"keys": [{"kty": "EC", "kid": "k", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])}]});
+        let (set, _) = KeySet::from_document(&doc, &all()).expect("doc");
+        let k = &set.candidates(Some("k"))[0];
+        assert!(k.accepts(Algorithm::ES256));
+        assert!(!k.accepts(Algorithm::ES384));
+        assert!(!k.accepts(Algorithm::RS256));
+    }
+
+    #[test]
+    fn key_count_limit_skips_the_rest() {
+        let key = json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32])});
+        let doc = json!({"keys": vec![key; 5]});
+        let policy = ParsePolicy { max_keys: 3, ..all() };
+        let (set, skipped) = KeySet::from_document(&doc, &policy).expect("doc");
+        assert_eq!(set.len(), 3);
+        assert_eq!(skipped.len(), 2);
+    }
+}

@@ -1,0 +1,212 @@
+//! jwks-sidecar: a JWT-verifying reverse proxy with a live JWKS mirror.
+//!
+//! Module map:
+//! - `config`: layered configuration (defaults < TOML < env < CLI) and validation.
+//! - `error`: `Reject`, the refusal reasons, and their HTTP shape (RFC 6750).
+//! - `auth`: the pipeline shared by every listener: `extract`, `provider`, `verify`, `claims`.
+//! - `jwks`: per-provider key mirrors, fetching (`fetch`) and refreshing (`refresh`).
+//! - `path`: path normalisation used for matching and forwarding.
+//! - `proxy`, `upstream`: the inline reverse proxy.
+//! - `server`: accept loops, TLS, graceful drain.
+//! - `admin`: metrics, health, readiness, provider status.
+//! - `metrics`: every collector.
+//! - `testkit`, `demo`: key generation and token minting for tests and the built-in demo.
+//!
+//! `start()` wires listeners and background tasks and returns their bound addresses, which
+//! is what the integration tests use; `run()` adds signal handling for the binary.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod auth;
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod jwks;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod testkit;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::jwks::fetch::Fetcher;
+use crate::jwks::refresh::RefreshSettings;
+use crate::metrics::Metrics;
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Seconds since the Unix epoch as a float.
+pub fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A started sidecar: bound addresses and the handles to stop it.
+pub struct Running {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin listener listens, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The authentication pipeline (shared with the listeners).
+    pub auth: Arc<Authenticator>,
+    /// Collectors.
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown of every listener and background task.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every listener has drained.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Refresh settings of a provider config.
+pub fn refresh_settings(p: &config::ProviderConfig) -> RefreshSettings {
+    RefreshSettings {
+        interval: p.refresh_interval,
+        timeout: p.fetch_timeout,
+        max_bytes: p.max_jwks_bytes,
+        allow_insecure_http: p.allow_insecure_http,
+    }
+}
+
+/// Binds every listener, starts the key refreshers, and returns at once.
+pub async fn start(config: Config) -> Result<Running, String> {
+    install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let auth = Arc::new(Authenticator::new(&config, metrics.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let fetcher = Fetcher::new();
+    for (provider, cfg) in auth.providers().iter().zip(&config.providers) {
+        tasks.push(tokio::spawn(jwks::refresh::run(
+            provider.keys.clone(),
+            fetcher.clone(),
+            metrics.clone(),
+            refresh_settings(cfg),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let tls = match &config.proxy.tls {
+        Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let upstream = upstream::Upstream::new(
+        &config.proxy.upstream,
+        config.proxy.upstream_connect_timeout,
+        config.proxy.upstream_timeout,
+    )?;
+    let proxy = Arc::new(proxy::Proxy {
+        runtime: ArcSwap::from_pointee(proxy::ProxyRuntime::new(&config, auth.clone())),
+        upstream,
+        scheme: if tls.is_some() { "https" } else { "http" },
+    });
+    let listener = TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|e| format!("proxy.listen {}: {e}", config.proxy.listen))?;
+    let proxy_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let opts = server::ServeOptions {
+        name: "proxy",
+        header_read_timeout: config.proxy.header_read_timeout,
+        grace: config.proxy.shutdown_grace,
+    };
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        tls,
+        move |peer, req| proxy.clone().handle(peer, req),
+        shutdown_rx.clone(),
+        opts.clone(),
+    )));
+
+    let mut admin_addr = None;
+    if let Some(addr) = config.admin.listen {
+        let admin = Arc::new(admin::Admin {
+            auth: ArcSwap::new(auth.clone()),
+            metrics: metrics.clone(),
+        });
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("admin.listen {addr}: {e}"))?;
+        admin_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            None,
+            move |_peer, req| admin.clone().handle(req),
+            shutdown_rx.clone(),
+            server::ServeOptions { name: "admin", ..opts },
+        )));
+    }
+    tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, upstream = %config.proxy.upstream,
+        providers = config.providers.len(), "jwks-sidecar started");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        auth,
+        metrics,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> Result<(), String> {
+    let running = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    running.shutdown();
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,107 @@
+//! The `jwks-sidecar` binary: argument parsing, logging, config loading, then the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use jwks_sidecar::config::{self, CliOverrides};
+
+/// A JWT-verifying reverse proxy sidecar with a live JWKS mirror.
+///
+/// Verifies the bearer token of every request against keys mirrored from your identity
+/// providers' JWKS, then forwards it to the app with verified-claim headers, or rejects it
+/// (401/403, 503 while no keys are available).
+#[derive(Parser, Debug)]
+#[command(name = "jwks-sidecar", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// TOML config file (also JWKS_SIDECAR_CONFIG).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Proxy listen address, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Upstream application, e.g. http://127.0.0.1:3000.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Admin listen address (metrics, health), e.g. 127.0.0.1:9901.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Single-provider mode: the token issuer (`iss`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Single-provider mode: JWKS URL (without it, OIDC discovery on the issuer is used).
+    #[arg(long, requires = "issuer")]
+    jwks_uri: Option<String>,
+    /// Single-provider mode: accepted audience (repeatable).
+    #[arg(long = "audience", requires = "issuer")]
+    audiences: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the config, fetch every provider's JWKS once, and print what was found.
+    Check,
+    /// Run a self-contained demo on loopback: issuer, echo app and proxy, with curl lines.
+    Demo {
+        /// Proxy port for the demo (another free port is used when taken).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Probe a running sidecar's admin endpoint; exit 0 when it answers 200.
+    Healthcheck {
+        /// URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:9901/readyz")]
+        url: String,
+    },
+}
+
+fn load(args: &RunArgs) -> Result<config::Config, String> {
+    let file = args.config.clone().or_else(config::config_file_from_env);
+    let cli = CliOverrides {
+        listen: args.listen,
+        upstream: args.upstream.clone(),
+        admin_listen: args.admin_listen,
+        issuer: args.issuer.clone(),
+        jwks_uri: args.jwks_uri.clone(),
+        audiences: args.audiences.clone(),
+    };
+    config::load(file.as_deref(), &cli).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Demo { port }) => runtime.block_on(jwks_sidecar::demo::run(port)),
+        Some(Command::Healthcheck { url }) => runtime.block_on(jwks_sidecar::check::healthcheck(&url)),
+        Some(Command::Check) => load(&cli.run).and_then(|cfg| {
+            runtime.block_on(jwks_sidecar::check::check(&cfg)).map(|report| print!("{report}"))
+        }),
+        None => load(&cli.run).and_then(|cfg| {
+            jwks_sidecar::telemetry::init(&cfg.log);
+            runtime.block_on(jwks_sidecar::run(cfg))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Accept loops shared by every listener: optional TLS (rustls, ALPN h2 + http/1.1),
+//! HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port, upgrades, a header read timeout
+//! against slow clients, and graceful drain: on shutdown the listener closes, in-flight
+//! requests finish within the grace period, then remaining connections are dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// Per-listener connection settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Listener name for logs.
+    pub name: &'static str,
+    /// Time allowed for a request's headers (HTTP/1) and for the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get after shutdown starts.
+    pub grace: Duration,
+}
+
+/// Builds a TLS acceptor from PEM files.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    crate::install_crypto_provider();
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", cert_file.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?,
+    ))
+    .map_err(|e| format!("{}: {e}", key_file.display()))?
+    .ok_or_else(|| format!("{}: no PEM private key found", key_file.display()))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate/key: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves `handler` on `listener` until `shutdown` becomes true, then drains.
+pub async fn serve<H, Fut, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    opts: ServeOptions,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    if *shutdown.borrow() {
+        return;
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = opts.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(peer, req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let name = opts.name;
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let handshake_timeout = opts.header_read_timeout;
+                tokio::spawn(async move {
+                    let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(listener = opts.name, connections = open, grace = ?opts.grace, "draining connections");
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(opts.grace) => {
+            tracing::warn!(listener = opts.name, "grace period over; closing remaining connections");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Signing keys and token minting, for the test suite and the built-in demo.
+//!
+//! Keys are generated at run time with aws-lc-rs (nothing secret is ever committed), and
+//! tokens are signed by hand so tests can also mint the malformed and hostile ones a real
+//! library would refuse to produce (alg confusion, odd headers, bad signatures).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+
+enum Material {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+/// A private key with its kid and algorithm.
+pub struct SigningKey {
+    /// Key id published in the JWKS and put in token headers.
+    pub kid: String,
+    /// Algorithm used to sign.
+    pub alg: Algorithm,
+    material: Material,
+}
+
+/// The JWS name of an algorithm.
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        _ => "unknown",
+    }
+}
+
+/// base64url without padding.
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl SigningKey {
+    /// Generates a fresh key for `alg` (RSA keys are 2048 bits).
+    pub fn generate(alg: Algorithm, kid: &str) -> SigningKey {
+        let material = match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                Material::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"))
+            }
+            Algorithm::ES256 => Material::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key generation")),
+            Algorithm::ES384 => Material::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384 key generation")),
+            Algorithm::EdDSA => Material::Ed(Ed25519KeyPair::generate().expect("Ed25519 key generation")),
+            other => panic!("testkit cannot generate a key for {other:?}"),
+        };
+        SigningKey {
+            kid: kid.to_string(),
+            alg,
+            material,
+        }
+    }
+
+    /// The same key material under another algorithm of its family (e.g. RS256 -> PS384).
+    pub fn with_alg(mut self, alg: Algorithm) -> SigningKey {
+        self.alg = alg;
+        self
+    }
+
+    /// The public JWK, with `kid`, `alg` and `use: sig`.
+    pub fn public_jwk(&self) -> Value {
+        let mut jwk = self.public_jwk_without_alg();
+        jwk["alg"] = json!(alg_name(self.alg));
+        jwk
+    }
+
+    /// The public JWK without `alg` (as Entra publishes them).
+    pub fn public_jwk_without_alg(&self) -> Value {
+        match &self.material {
+            Material::Rsa(k) => {
+                let pk = k.public_key();
+                json!({"kty": "RSA", "kid": self.kid, "use": "sig",
+                    "n": b64(pk.modulus().big_endian_without_leading_zero()),
+                    "e": b64(pk.exponent().big_endian_without_leading_zero())})
+            }
+            Material::Ec(k) => {
+                let point = k.public_key().as_ref();
+                let len = (point.len() - 1) / 2;
+                let crv = if len == 32 { "P-256" } else { "P-384" };
+                json!({"kty": "EC", "kid": self.kid, "use": "sig", "crv": crv,
+                    "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..])})
+            }
+            Material::Ed(k) => json!({"kty": "OKP", "kid": self.kid, "use": "sig", "crv": "Ed25519",
+                "x": b64(k.public_key().as_ref())}),
+        }
+    }
+
+    /// Raw public key bytes as used for HMAC alg-confusion attacks: the RSA modulus, the
+    /// EC point, or the Ed25519 key.
+    pub fn public_bytes(&self) -> Vec<u8> {
+        match &self.material {
+            Material::Rsa(k) => k.public_key().as_ref().to_vec(),
+            Material::Ec(k) => k.public_key().as_ref().to_vec(),
+            Material::Ed(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+
+    /// Signs arbitrary bytes with this key and algorithm.
+    pub fn sign(&self, input: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match &self.material {
+            Material::Rsa(k) => {
+                let padding: &'static dyn sig::RsaEncoding = match self.alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
+                    Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &sig::RSA_PSS_SHA256,
+                    Algorithm::PS384 => &sig::RSA_PSS_SHA384,
+                    _ => &sig::RSA_PSS_SHA512,
+                };
+                let mut out = vec![0u8; k.public_modulus_len()];
+                k.sign(padding, &rng, input, &mut out).expect("RSA signing");
+                out
+            }
+            Material::Ec(k) => k.sign(&rng, input).expect("ECDSA signing").as_ref().to_vec(),
+            Material::Ed(k) => k.sign(input).as_ref().to_vec(),
+        }
+    }
+
+    /// A token with header `{"alg", "kid", "typ": "JWT"}`.
+    pub fn mint(&self, claims: &Value) -> String {
+        self.mint_with_header(&json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"}), claims)
+    }
+
+    /// A token with an arbitrary header, signed with this key.
+    pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+        let s = self.sign(input.as_bytes());
+        format!("{input}.{}", b64(s))
+    }
+}
+
+/// A JWKS document of the keys' public JWKs.
+pub fn jwks(keys: &[&SigningKey]) -> Value {
+    json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()})
+}
+
+/// An HMAC-SHA256 token signed with `secret` (for alg-confusion tests).
+pub fn mint_hs256(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64(tag.as_ref()))
+}
+
+/// An unsigned token (`alg` as given, empty or junk signature).
+pub fn mint_unsigned(header: &Value, claims: &Value, signature: &str) -> String {
+    format!("{}.{}.{signature}", b64(header.to_string()), b64(claims.to_string()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    crate::auth::now_unix()
+}
