@@ -36,7 +36,11 @@ impl Admin {
     /// Serves one admin request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
         }
         let auth = self.auth.load();
         match req.uri().path() {
@@ -54,7 +58,11 @@ impl Admin {
                     .map(|p| p.name.as_str())
                     .collect();
                 if not_ready.is_empty() {
-                    respond(StatusCode::OK, "application/json", json!({"ready": true}).to_string())
+                    respond(
+                        StatusCode::OK,
+                        "application/json",
+                        json!({"ready": true}).to_string(),
+                    )
                 } else {
                     respond(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -80,14 +88,26 @@ impl Admin {
                         })
                     })
                     .collect();
-                respond(StatusCode::OK, "application/json", json!({ "providers": list }).to_string())
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    json!({ "providers": list }).to_string(),
+                )
             }
             path => {
                 if let Some(name) = path.strip_prefix("/jwks/") {
                     if let Some(p) = auth.providers().iter().find(|p| p.name == name) {
                         return match p.keys.current() {
-                            Some(set) => respond(StatusCode::OK, "application/jwk-set+json", set.to_jwks().to_string()),
-                            None => respond(StatusCode::SERVICE_UNAVAILABLE, "application/json", json!({"error": "no keys loaded yet"}).to_string()),
+                            Some(set) => respond(
+                                StatusCode::OK,
+                                "application/jwk-set+json",
+                                set.to_jwks().to_string(),
+                            ),
+                            None => respond(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "application/json",
+                                json!({"error": "no keys loaded yet"}).to_string(),
+                            ),
                         };
                     }
                 }

@@ -26,11 +26,27 @@ pub async fn check(config: &Config) -> Result<String, String> {
                     let _ = writeln!(report, "  jwks_uri: {uri}");
                 }
                 for k in set.keys() {
-                    let algs: Vec<&str> = p.algorithms.iter().filter(|a| k.accepts(**a)).map(|a| alg_name(*a)).collect();
-                    let _ = writeln!(report, "  key kid={:?} type={:?} algs={}", k.kid.as_deref().unwrap_or("-"), k.kind, algs.join(","));
+                    let algs: Vec<&str> = p
+                        .algorithms
+                        .iter()
+                        .filter(|a| k.accepts(**a))
+                        .map(|a| alg_name(*a))
+                        .collect();
+                    let _ = writeln!(
+                        report,
+                        "  key kid={:?} type={:?} algs={}",
+                        k.kid.as_deref().unwrap_or("-"),
+                        k.kind,
+                        algs.join(",")
+                    );
                 }
                 for s in &skipped {
-                    let _ = writeln!(report, "  skipped kid={:?}: {}", s.kid.as_deref().unwrap_or("-"), s.reason);
+                    let _ = writeln!(
+                        report,
+                        "  skipped kid={:?}: {}",
+                        s.kid.as_deref().unwrap_or("-"),
+                        s.reason
+                    );
                 }
                 if set.is_empty() {
                     failed.push(format!("provider {:?}: the key set has no usable signing key (check algorithms and the JWKS)", p.name));
@@ -53,8 +69,7 @@ pub async fn healthcheck(url: &str) -> Result<(), String> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let resp = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri))
         .await
         .map_err(|_| format!("{url}: timed out"))?

@@ -372,11 +372,7 @@ fn figment(file: Option<&Path>, cli: &CliOverrides) -> Figment {
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(
-        Env::prefixed(ENV_PREFIX)
-            .ignore(&["config"])
-            .split("__"),
-    );
+    fig = fig.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
     if let Some(v) = cli.listen {
         fig = fig.merge(Serialized::default("proxy.listen", v));
     }
@@ -410,7 +406,9 @@ impl Config {
     /// Checks everything the type system cannot; all problems are reported together.
     pub fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
         let mut p = Vec::new();
-        let src = file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
+        let src = file
+            .map(|f| format!("{}: ", f.display()))
+            .unwrap_or_default();
 
         match http::Uri::try_from(self.proxy.upstream.as_str()) {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
@@ -424,9 +422,14 @@ impl Config {
             )),
         }
         if self.proxy.identity_header_prefix.is_empty() {
-            p.push(format!("{src}proxy.identity_header_prefix must not be empty (default \"x-jwt-\")"));
+            p.push(format!(
+                "{src}proxy.identity_header_prefix must not be empty (default \"x-jwt-\")"
+            ));
         } else if http::HeaderName::try_from(self.proxy.identity_header_prefix.as_str()).is_err() {
-            p.push(format!("{src}proxy.identity_header_prefix = {:?} is not a valid header name prefix", self.proxy.identity_header_prefix));
+            p.push(format!(
+                "{src}proxy.identity_header_prefix = {:?} is not a valid header name prefix",
+                self.proxy.identity_header_prefix
+            ));
         }
         if let Some(h) = &self.proxy.payload_header {
             check_header_name(&mut p, &src, "proxy.payload_header", h);
@@ -436,14 +439,22 @@ impl Config {
         }
         for (i, path) in self.proxy.public_paths.iter().enumerate() {
             if !path.starts_with('/') {
-                p.push(format!("{src}proxy.public_paths[{i}] = {path:?} must start with '/'"));
+                p.push(format!(
+                    "{src}proxy.public_paths[{i}] = {path:?} must start with '/'"
+                ));
             }
         }
         if self.proxy.max_token_bytes < 64 {
-            p.push(format!("{src}proxy.max_token_bytes = {} is too small (default 16384)", self.proxy.max_token_bytes));
+            p.push(format!(
+                "{src}proxy.max_token_bytes = {} is too small (default 16384)",
+                self.proxy.max_token_bytes
+            ));
         }
         if let Some(tls) = &self.proxy.tls {
-            for (key, f) in [("proxy.tls.cert_file", &tls.cert_file), ("proxy.tls.key_file", &tls.key_file)] {
+            for (key, f) in [
+                ("proxy.tls.cert_file", &tls.cert_file),
+                ("proxy.tls.key_file", &tls.key_file),
+            ] {
                 if !f.is_file() {
                     p.push(format!("{src}{key} = {:?}: no such file", f.display()));
                 }
@@ -458,30 +469,58 @@ impl Config {
         let mut issuers = std::collections::HashSet::new();
         for (i, prov) in self.providers.iter().enumerate() {
             let at = format!("{src}providers[{i}]");
-            if prov.name.is_empty() || !prov.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if prov.name.is_empty()
+                || !prov
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 p.push(format!("{at}.name = {:?}: use letters, digits, '-' or '_' (it appears in metrics and URLs)", prov.name));
             } else if !names.insert(prov.name.clone()) {
-                p.push(format!("{at}.name = {:?} is used by two providers; names must be unique", prov.name));
+                p.push(format!(
+                    "{at}.name = {:?} is used by two providers; names must be unique",
+                    prov.name
+                ));
             }
             if prov.issuer.is_empty() {
-                p.push(format!("{at}.issuer is required: the exact `iss` of this provider's tokens"));
+                p.push(format!(
+                    "{at}.issuer is required: the exact `iss` of this provider's tokens"
+                ));
             } else if !issuers.insert(prov.issuer.clone()) {
                 p.push(format!("{at}.issuer = {:?} is used by two providers; the issuer selects the provider, so it must be unique", prov.issuer));
             }
-            let sources = [prov.jwks_uri.is_some(), prov.discovery_url.is_some() || prov.discovery, prov.jwks_file.is_some(), prov.jwks.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let sources = [
+                prov.jwks_uri.is_some(),
+                prov.discovery_url.is_some() || prov.discovery,
+                prov.jwks_file.is_some(),
+                prov.jwks.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if sources != 1 {
                 p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks; found {sources}", prov.name));
             }
-            for (key, url) in [("jwks_uri", &prov.jwks_uri), ("discovery_url", &prov.discovery_url)] {
+            for (key, url) in [
+                ("jwks_uri", &prov.jwks_uri),
+                ("discovery_url", &prov.discovery_url),
+            ] {
                 if let Some(url) = url {
-                    check_fetch_url(&mut p, &format!("{at}.{key}"), url, prov.allow_insecure_http);
+                    check_fetch_url(
+                        &mut p,
+                        &format!("{at}.{key}"),
+                        url,
+                        prov.allow_insecure_http,
+                    );
                 }
             }
             if prov.discovery && prov.discovery_url.is_none() {
-                check_fetch_url(&mut p, &format!("{at}.issuer (discovery)"), &prov.issuer, prov.allow_insecure_http);
+                check_fetch_url(
+                    &mut p,
+                    &format!("{at}.issuer (discovery)"),
+                    &prov.issuer,
+                    prov.allow_insecure_http,
+                );
             }
             if let Some(f) = &prov.jwks_file {
                 if !f.is_file() {
@@ -493,14 +532,22 @@ impl Config {
             }
             for alg in &prov.algorithms {
                 if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
-                    p.push(format!("{at}.algorithms: {alg:?} is not supported; choose from {}", SUPPORTED_ALGORITHMS.join(", ")));
+                    p.push(format!(
+                        "{at}.algorithms: {alg:?} is not supported; choose from {}",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ));
                 }
             }
             for (claim, header) in &prov.claim_headers {
                 if claim.is_empty() {
                     p.push(format!("{at}.claim_headers: empty claim name"));
                 }
-                check_header_name(&mut p, &src, &format!("providers[{i}].claim_headers.{claim:?}"), header);
+                check_header_name(
+                    &mut p,
+                    &src,
+                    &format!("providers[{i}].claim_headers.{claim:?}"),
+                    header,
+                );
             }
             if prov.refresh_interval < Duration::from_secs(1) {
                 p.push(format!("{at}.refresh_interval must be at least 1s"));
@@ -516,10 +563,17 @@ impl Config {
 
 fn check_header_name(p: &mut Vec<String>, src: &str, key: &str, name: &str) {
     if http::HeaderName::try_from(name).is_err() {
-        p.push(format!("{src}{key} = {name:?} is not a valid HTTP header name"));
+        p.push(format!(
+            "{src}{key} = {name:?} is not a valid HTTP header name"
+        ));
     }
-    if matches!(name.to_ascii_lowercase().as_str(), "host" | "authorization" | "connection" | "content-length" | "transfer-encoding" | "cookie") {
-        p.push(format!("{src}{key} = {name:?} would overwrite a header the request needs; choose another name"));
+    if matches!(
+        name.to_ascii_lowercase().as_str(),
+        "host" | "authorization" | "connection" | "content-length" | "transfer-encoding" | "cookie"
+    ) {
+        p.push(format!(
+            "{src}{key} = {name:?} would overwrite a header the request needs; choose another name"
+        ));
     }
 }
 
@@ -543,7 +597,8 @@ fn check_fetch_url(p: &mut Vec<String>, key: &str, url: &str, allow_insecure_htt
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -563,12 +618,18 @@ mod tests {
         let c = from_toml_str(MINIMAL).expect("valid");
         assert_eq!(c.proxy.identity_header_prefix, "x-jwt-");
         assert_eq!(c.providers[0].leeway, Duration::from_secs(60));
-        assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().expect("addr")));
+        assert_eq!(
+            c.admin.listen,
+            Some("127.0.0.1:9901".parse().expect("addr"))
+        );
     }
 
     #[test]
     fn unknown_key_is_an_error() {
-        let err = from_toml_str(&format!("{MINIMAL}\n[proxy]\nlisten_addr = \"0.0.0.0:1\"\n")).expect_err("typo");
+        let err = from_toml_str(&format!(
+            "{MINIMAL}\n[proxy]\nlisten_addr = \"0.0.0.0:1\"\n"
+        ))
+        .expect_err("typo");
         assert!(err.to_string().contains("listen_addr"), "{err}");
     }
 
@@ -577,7 +638,10 @@ mod tests {
         let text = MINIMAL.replace("https://a.example/jwks.json", "http://a.example/jwks.json");
         let err = from_toml_str(&text).expect_err("http");
         assert!(err.to_string().contains("allow_insecure_http"), "{err}");
-        let ok = MINIMAL.replace("https://a.example/jwks.json", "http://127.0.0.1:9/jwks.json");
+        let ok = MINIMAL.replace(
+            "https://a.example/jwks.json",
+            "http://127.0.0.1:9/jwks.json",
+        );
         assert!(from_toml_str(&ok).is_ok());
     }
 
@@ -590,7 +654,10 @@ mod tests {
 
     #[test]
     fn durations_are_humantime_strings() {
-        let c = from_toml_str(&format!("{MINIMAL}leeway = \"5s\"\nrefresh_interval = \"2m\"\n")).expect("ok");
+        let c = from_toml_str(&format!(
+            "{MINIMAL}leeway = \"5s\"\nrefresh_interval = \"2m\"\n"
+        ))
+        .expect("ok");
         assert_eq!(c.providers[0].leeway, Duration::from_secs(5));
         assert_eq!(c.providers[0].refresh_interval, Duration::from_secs(120));
     }

@@ -123,7 +123,11 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
         }
     }
     if fail != 0 {
-        return full(StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "text/plain", "failing on purpose\n");
+        return full(
+            StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "text/plain",
+            "failing on purpose\n",
+        );
     }
     match path.as_str() {
         "/.well-known/openid-configuration" => {
@@ -140,7 +144,10 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
             let mut r = full(StatusCode::OK, "application/json", body);
             if let Ok(h) = st.jwks_headers.lock() {
                 for (k, v) in h.iter() {
-                    if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k.as_str()), http::HeaderValue::from_str(v)) {
+                    if let (Ok(k), Ok(v)) = (
+                        http::HeaderName::try_from(k.as_str()),
+                        http::HeaderValue::from_str(v),
+                    ) {
                         r.headers_mut().insert(k, v);
                     }
                 }
@@ -217,16 +224,25 @@ async fn echo_handle(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         });
         let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "text/plain", Bytes::new());
-        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         if let Some(up) = req.headers().get(http::header::UPGRADE) {
             r.headers_mut().insert(http::header::UPGRADE, up.clone());
         }
         return r;
     }
     let method = req.method().to_string();
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    if path.starts_with("/slow") {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    // `/slow?ms=N` answers after N milliseconds (timeouts and graceful-drain tests).
+    if let Some((_, q)) = path.split_once("/slow?ms=") {
+        let ms: u64 = q.parse().unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     // Count the body without keeping it: uploads of any size stay flat in memory.
     let mut body = req.into_body();
@@ -252,7 +268,9 @@ where
 {
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -278,11 +296,15 @@ async fn bind_or_any(port: u16) -> u16 {
 pub async fn run(port: u16) -> Result<(), String> {
     crate::install_crypto_provider();
     let key = Arc::new(SigningKey::generate(Algorithm::RS256, "demo-rs256"));
-    let idp = FakeIdp::start(&[&key], 0).await.map_err(|e| format!("demo issuer: {e}"))?;
+    let idp = FakeIdp::start(&[&key], 0)
+        .await
+        .map_err(|e| format!("demo issuer: {e}"))?;
     if let Ok(mut s) = idp.state.signing.lock() {
         s.push(key.clone());
     }
-    let echo = EchoUpstream::start().await.map_err(|e| format!("echo upstream: {e}"))?;
+    let echo = EchoUpstream::start()
+        .await
+        .map_err(|e| format!("echo upstream: {e}"))?;
     let proxy_port = bind_or_any(port).await;
     let admin_port = bind_or_any(9901).await;
     let toml = format!(
@@ -320,12 +342,19 @@ scope = "x-jwt-scope"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let now = crate::auth::now_unix();
-    let good = key.mint(&json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
-        "iat": now, "exp": now + 3600, "email": "demo-user@example.com", "scope": "read write"}));
-    let expired = key.mint(&json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
-        "iat": now - 7200, "exp": now - 3600}));
+    let good = key.mint(
+        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
+        "iat": now, "exp": now + 3600, "email": "demo-user@example.com", "scope": "read write"}),
+    );
+    let expired = key.mint(
+        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
+        "iat": now - 7200, "exp": now - 3600}),
+    );
     let p = running.proxy_addr;
-    let a = running.admin_addr.map(|a| a.to_string()).unwrap_or_default();
+    let a = running
+        .admin_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!(
         r#"
 jwks-sidecar demo is running (Ctrl-C to stop)

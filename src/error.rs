@@ -103,7 +103,9 @@ impl Reject {
             Reject::MultipleTokens => "more than one token in the request",
             Reject::TooLarge => "token is larger than the configured limit",
             Reject::Malformed(what) => what,
-            Reject::UnsupportedCrit => "token header lists a critical extension that is not supported",
+            Reject::UnsupportedCrit => {
+                "token header lists a critical extension that is not supported"
+            }
             Reject::UnknownIssuer => "token issuer is not a configured provider",
             Reject::AlgNotAllowed => "token algorithm is not allowed",
             Reject::UnknownKid => "token key id is not in the provider's key set",
@@ -164,7 +166,10 @@ mod tests {
     #[test]
     fn statuses_follow_rfc6750() {
         assert_eq!(Reject::Missing.status(), 401);
-        assert_eq!(Reject::Missing.www_authenticate("r").as_deref(), Some("Bearer realm=\"r\""));
+        assert_eq!(
+            Reject::Missing.www_authenticate("r").as_deref(),
+            Some("Bearer realm=\"r\"")
+        );
         assert_eq!(Reject::Expired.status(), 401);
         assert!(Reject::Expired
             .www_authenticate("r")

@@ -162,7 +162,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
             None,
             move |_peer, req| admin.clone().handle(req),
             shutdown_rx.clone(),
-            server::ServeOptions { name: "admin", ..opts },
+            server::ServeOptions {
+                name: "admin",
+                ..opts
+            },
         )));
     }
     tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, upstream = %config.proxy.upstream,

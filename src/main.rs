@@ -79,7 +79,10 @@ fn load(args: &RunArgs) -> Result<config::Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -88,9 +91,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Demo { port }) => runtime.block_on(jwks_sidecar::demo::run(port)),
-        Some(Command::Healthcheck { url }) => runtime.block_on(jwks_sidecar::check::healthcheck(&url)),
+        Some(Command::Healthcheck { url }) => {
+            runtime.block_on(jwks_sidecar::check::healthcheck(&url))
+        }
         Some(Command::Check) => load(&cli.run).and_then(|cfg| {
-            runtime.block_on(jwks_sidecar::check::check(&cfg)).map(|report| print!("{report}"))
+            runtime
+                .block_on(jwks_sidecar::check::check(&cfg))
+                .map(|report| print!("{report}"))
         }),
         None => load(&cli.run).and_then(|cfg| {
             jwks_sidecar::telemetry::init(&cfg.log);

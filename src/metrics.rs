@@ -101,33 +101,111 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
-        reg.register(Box::new(jwks_fetch_duration.clone())).expect("unique metric");
+        reg.register(Box::new(jwks_fetch_duration.clone()))
+            .expect("unique metric");
         let start_time = Gauge::with_opts(
-            Opts::new("start_time_seconds", "Start time of the process since the Unix epoch.").namespace(NS),
+            Opts::new(
+                "start_time_seconds",
+                "Start time of the process since the Unix epoch.",
+            )
+            .namespace(NS),
         )
         .expect("valid metric");
-        reg.register(Box::new(start_time.clone())).expect("unique metric");
+        reg.register(Box::new(start_time.clone()))
+            .expect("unique metric");
         start_time.set(crate::unix_now_f64());
-        let build_info = gauge(&reg, "build_info", "Build information; always 1.", &["version"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let build_info = gauge(
+            &reg,
+            "build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
 
         Metrics {
-            requests_total: counter(&reg, "requests_total", "Requests decided, by listener, provider, decision and reason.", &["listener", "provider", "decision", "reason"]),
+            requests_total: counter(
+                &reg,
+                "requests_total",
+                "Requests decided, by listener, provider, decision and reason.",
+                &["listener", "provider", "decision", "reason"],
+            ),
             verify_duration,
             upstream_duration,
-            upstream_errors_total: counter(&reg, "upstream_errors_total", "Upstream failures by kind (connect, timeout, error).", &["kind"]),
-            jwks_fetch_total: counter(&reg, "jwks_fetch_total", "JWKS fetches by provider and result.", &["provider", "result"]),
+            upstream_errors_total: counter(
+                &reg,
+                "upstream_errors_total",
+                "Upstream failures by kind (connect, timeout, error).",
+                &["kind"],
+            ),
+            jwks_fetch_total: counter(
+                &reg,
+                "jwks_fetch_total",
+                "JWKS fetches by provider and result.",
+                &["provider", "result"],
+            ),
             jwks_fetch_duration,
-            jwks_keys: int_gauge(&reg, "jwks_keys", "Usable keys in the local mirror.", &["provider"]),
-            jwks_last_success: gauge(&reg, "jwks_last_success_timestamp_seconds", "Unix time of the last successful JWKS fetch.", &["provider"]),
-            jwks_stale: int_gauge(&reg, "jwks_stale", "1 while the provider's keys are past their freshness and served stale.", &["provider"]),
-            jwks_key_changes_total: counter(&reg, "jwks_key_changes_total", "Keys added to or removed from the mirror.", &["provider", "change"]),
-            jwks_kid_miss_total: counter(&reg, "jwks_kid_miss_total", "Tokens whose kid was not in the mirror, by outcome.", &["provider", "result"]),
-            key_lookups_total: counter(&reg, "key_lookups_total", "Key lookups by kid.", &["provider", "result"]),
-            jwks_skipped_keys_total: counter(&reg, "jwks_skipped_keys_total", "JWKs ignored while parsing a key set, by reason.", &["provider", "reason"]),
-            token_cache_total: counter(&reg, "token_cache_total", "Verified-token cache lookups.", &["result"]),
-            claim_headers_dropped_total: counter(&reg, "claim_headers_dropped_total", "Claim values not forwarded as headers, by reason.", &["provider", "reason"]),
-            spoofed_headers_removed_total: counter(&reg, "spoofed_headers_removed_total", "Inbound identity headers removed before forwarding.", &["listener"]),
+            jwks_keys: int_gauge(
+                &reg,
+                "jwks_keys",
+                "Usable keys in the local mirror.",
+                &["provider"],
+            ),
+            jwks_last_success: gauge(
+                &reg,
+                "jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful JWKS fetch.",
+                &["provider"],
+            ),
+            jwks_stale: int_gauge(
+                &reg,
+                "jwks_stale",
+                "1 while the provider's keys are past their freshness and served stale.",
+                &["provider"],
+            ),
+            jwks_key_changes_total: counter(
+                &reg,
+                "jwks_key_changes_total",
+                "Keys added to or removed from the mirror.",
+                &["provider", "change"],
+            ),
+            jwks_kid_miss_total: counter(
+                &reg,
+                "jwks_kid_miss_total",
+                "Tokens whose kid was not in the mirror, by outcome.",
+                &["provider", "result"],
+            ),
+            key_lookups_total: counter(
+                &reg,
+                "key_lookups_total",
+                "Key lookups by kid.",
+                &["provider", "result"],
+            ),
+            jwks_skipped_keys_total: counter(
+                &reg,
+                "jwks_skipped_keys_total",
+                "JWKs ignored while parsing a key set, by reason.",
+                &["provider", "reason"],
+            ),
+            token_cache_total: counter(
+                &reg,
+                "token_cache_total",
+                "Verified-token cache lookups.",
+                &["result"],
+            ),
+            claim_headers_dropped_total: counter(
+                &reg,
+                "claim_headers_dropped_total",
+                "Claim values not forwarded as headers, by reason.",
+                &["provider", "reason"],
+            ),
+            spoofed_headers_removed_total: counter(
+                &reg,
+                "spoofed_headers_removed_total",
+                "Inbound identity headers removed before forwarding.",
+                &["listener"],
+            ),
             build_info,
             start_time,
             registry: reg,

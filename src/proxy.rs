@@ -66,7 +66,9 @@ impl ProxyRuntime {
 
     /// Whether a normalised path is public.
     pub fn is_public(&self, path: &str) -> bool {
-        self.public_paths.iter().any(|p| path::prefix_matches(path, p))
+        self.public_paths
+            .iter()
+            .any(|p| path::prefix_matches(path, p))
     }
 }
 
@@ -89,7 +91,10 @@ fn new_request_id() -> String {
         let _ = aws_lc_rs::rand::fill(&mut b);
         u32::from_le_bytes(b)
     });
-    format!("{prefix:08x}{:016x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix:08x}{:016x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
@@ -97,15 +102,23 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         .get(&X_REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&new_request_id()).unwrap_or(HeaderValue::from_static("0")))
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&new_request_id()).unwrap_or(HeaderValue::from_static("0"))
+        })
 }
 
 /// A local answer with a JSON body.
-pub fn local_response(status: u16, body: String, headers: &[(HeaderName, HeaderValue)]) -> Response<Full<Bytes>> {
+pub fn local_response(
+    status: u16,
+    body: String,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(json_body(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (k, v) in headers {
@@ -117,7 +130,10 @@ pub fn local_response(status: u16, body: String, headers: &[(HeaderName, HeaderV
 /// The answer for a refusal: status, `WWW-Authenticate`, `Retry-After` on 503, JSON body.
 pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
     let mut extra = Vec::new();
-    if let Some(v) = reject.www_authenticate(realm).and_then(|s| HeaderValue::from_str(&s).ok()) {
+    if let Some(v) = reject
+        .www_authenticate(realm)
+        .and_then(|s| HeaderValue::from_str(&s).ok())
+    {
         extra.push((header::WWW_AUTHENTICATE, v));
     }
     if reject.status() == 503 {
@@ -138,7 +154,11 @@ struct LogFields<'a> {
 
 impl Proxy {
     /// Handles one request end to end.
-    pub async fn handle(self: Arc<Self>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let rt = self.runtime.load_full();
         let metrics = rt.auth.metrics.clone();
@@ -149,10 +169,20 @@ impl Proxy {
             Ok(p) => p,
             Err(reject) => {
                 let resp = reject_response(&reject, &rt.realm);
-                return self.finish_local(resp, &rt, started, LogFields {
-                    request_id: &rid, method: &method, path: req.uri().path(),
-                    decision: "deny", reason: reject.reason(), provider: None, kid: None,
-                });
+                return self.finish_local(
+                    resp,
+                    &rt,
+                    started,
+                    LogFields {
+                        request_id: &rid,
+                        method: &method,
+                        path: req.uri().path(),
+                        decision: "deny",
+                        reason: reject.reason(),
+                        provider: None,
+                        kid: None,
+                    },
+                );
             }
         };
 
@@ -178,10 +208,20 @@ impl Proxy {
                 Err(f) => {
                     let resp = reject_response(&f.reject, &rt.realm);
                     let provider = f.provider.as_ref().map(|p| p.name.as_str());
-                    return self.finish_local(resp, &rt, started, LogFields {
-                        request_id: &rid, method: &method, path: &normalized,
-                        decision: "deny", reason: f.reject.reason(), provider, kid: f.kid.as_deref(),
-                    });
+                    return self.finish_local(
+                        resp,
+                        &rt,
+                        started,
+                        LogFields {
+                            request_id: &rid,
+                            method: &method,
+                            path: &normalized,
+                            decision: "deny",
+                            reason: f.reject.reason(),
+                            provider,
+                            kid: f.kid.as_deref(),
+                        },
+                    );
                 }
             }
         };
@@ -206,14 +246,20 @@ impl Proxy {
             None => ("public", None, None),
         };
         let fields = LogFields {
-            request_id: &rid, method: &method, path: &normalized,
-            decision: "allow", reason, provider, kid,
+            request_id: &rid,
+            method: &method,
+            path: &normalized,
+            decision: "allow",
+            reason,
+            provider,
+            kid,
         };
         metrics
             .requests_total
             .with_label_values(&["proxy", provider.unwrap_or(""), "allow", reason])
             .inc();
-        self.forward(req, peer, &normalized, rid.clone(), started, fields).await
+        self.forward(req, peer, &normalized, rid.clone(), started, fields)
+            .await
     }
 
     async fn forward(
@@ -227,12 +273,16 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let rt = self.runtime.load();
         let metrics = &rt.auth.metrics;
-        let upgrade = if req.version() == Version::HTTP_11 { upgrade_request(req.headers()) } else { None };
-        let original_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let upgrade = if req.version() == Version::HTTP_11 {
+            upgrade_request(req.headers())
+        } else {
+            None
+        };
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let uri = self.upstream.uri_for(normalized, req.uri().query());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         {
@@ -251,7 +301,10 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 h.insert(X_FORWARDED_FOR.clone(), v);
             }
-            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.scheme));
+            h.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(self.scheme),
+            );
             if let Some(host) = &original_host {
                 h.insert(X_FORWARDED_HOST.clone(), host.clone());
                 if !h.contains_key(header::HOST) {
@@ -267,11 +320,16 @@ impl Proxy {
             Some(on_upgrade) => self.upstream.send_upgrade(req, on_upgrade).await,
             None => self.upstream.send(req).await,
         };
-        metrics.upstream_duration.observe(up_started.elapsed().as_secs_f64());
+        metrics
+            .upstream_duration
+            .observe(up_started.elapsed().as_secs_f64());
         let mut resp = match result {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
-                metrics.upstream_errors_total.with_label_values(&[e.label()]).inc();
+                metrics
+                    .upstream_errors_total
+                    .with_label_values(&[e.label()])
+                    .inc();
                 let body = serde_json::json!({
                     "error": if e == UpstreamError::Timeout { "gateway_timeout" } else { "bad_gateway" },
                     "reason": format!("upstream_{}", e.label()),
@@ -300,9 +358,15 @@ impl Proxy {
         rt.auth
             .metrics
             .requests_total
-            .with_label_values(&["proxy", fields.provider.unwrap_or(""), fields.decision, fields.reason])
+            .with_label_values(&[
+                "proxy",
+                fields.provider.unwrap_or(""),
+                fields.decision,
+                fields.reason,
+            ])
             .inc();
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), fields.request_id.clone());
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), fields.request_id.clone());
         log_line(&fields, resp.status().as_u16(), started);
         resp.map(Either::Right)
     }

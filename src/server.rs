@@ -120,7 +120,12 @@ pub async fn serve<H, Fut, B>(
                 let acceptor = acceptor.clone();
                 let handshake_timeout = opts.header_read_timeout;
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let tls_stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
@@ -131,7 +136,8 @@ pub async fn serve<H, Fut, B>(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
                     }

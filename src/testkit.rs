@@ -55,12 +55,25 @@ impl SigningKey {
     /// Generates a fresh key for `alg` (RSA keys are 2048 bits).
     pub fn generate(alg: Algorithm, kid: &str) -> SigningKey {
         let material = match alg {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                Material::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"))
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => Material::Rsa(
+                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"),
+            ),
+            Algorithm::ES256 => Material::Ec(
+                EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .expect("P-256 key generation"),
+            ),
+            Algorithm::ES384 => Material::Ec(
+                EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING)
+                    .expect("P-384 key generation"),
+            ),
+            Algorithm::EdDSA => {
+                Material::Ed(Ed25519KeyPair::generate().expect("Ed25519 key generation"))
             }
-            Algorithm::ES256 => Material::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key generation")),
-            Algorithm::ES384 => Material::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384 key generation")),
-            Algorithm::EdDSA => Material::Ed(Ed25519KeyPair::generate().expect("Ed25519 key generation")),
             other => panic!("testkit cannot generate a key for {other:?}"),
         };
         SigningKey {
@@ -99,8 +112,10 @@ impl SigningKey {
                 json!({"kty": "EC", "kid": self.kid, "use": "sig", "crv": crv,
                     "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..])})
             }
-            Material::Ed(k) => json!({"kty": "OKP", "kid": self.kid, "use": "sig", "crv": "Ed25519",
-                "x": b64(k.public_key().as_ref())}),
+            Material::Ed(k) => {
+                json!({"kty": "OKP", "kid": self.kid, "use": "sig", "crv": "Ed25519",
+                "x": b64(k.public_key().as_ref())})
+            }
         }
     }
 
@@ -131,14 +146,21 @@ impl SigningKey {
                 k.sign(padding, &rng, input, &mut out).expect("RSA signing");
                 out
             }
-            Material::Ec(k) => k.sign(&rng, input).expect("ECDSA signing").as_ref().to_vec(),
+            Material::Ec(k) => k
+                .sign(&rng, input)
+                .expect("ECDSA signing")
+                .as_ref()
+                .to_vec(),
             Material::Ed(k) => k.sign(input).as_ref().to_vec(),
         }
     }
 
     /// A token with header `{"alg", "kid", "typ": "JWT"}`.
     pub fn mint(&self, claims: &Value) -> String {
-        self.mint_with_header(&json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"}), claims)
+        self.mint_with_header(
+            &json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"}),
+            claims,
+        )
     }
 
     /// A token with an arbitrary header, signed with this key.
@@ -164,7 +186,11 @@ pub fn mint_hs256(secret: &[u8], header: &Value, claims: &Value) -> String {
 
 /// An unsigned token (`alg` as given, empty or junk signature).
 pub fn mint_unsigned(header: &Value, claims: &Value, signature: &str) -> String {
-    format!("{}.{}.{signature}", b64(header.to_string()), b64(claims.to_string()))
+    format!(
+        "{}.{}.{signature}",
+        b64(header.to_string()),
+        b64(claims.to_string())
+    )
 }
 
 /// Seconds since the Unix epoch.

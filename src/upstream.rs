@@ -59,9 +59,17 @@ impl Upstream {
     /// Builds the pooled client for `base` (`http://host:port` or `https://...`).
     pub fn new(base: &str, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
         crate::install_crypto_provider();
-        let uri: Uri = base.parse().map_err(|e| format!("proxy.upstream {base:?}: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or("proxy.upstream needs a scheme")?;
-        let authority = uri.authority().cloned().ok_or("proxy.upstream needs a host")?;
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| format!("proxy.upstream {base:?}: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("proxy.upstream needs a scheme")?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("proxy.upstream needs a host")?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -132,7 +140,10 @@ impl Upstream {
             .map_err(|_| UpstreamError::Connect)?;
         let exchange = async {
             let mut connector = self.connector.clone();
-            let io = connector.call(target).await.map_err(|_| UpstreamError::Connect)?;
+            let io = connector
+                .call(target)
+                .await
+                .map_err(|_| UpstreamError::Connect)?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|_| UpstreamError::Connect)?;
@@ -141,7 +152,10 @@ impl Upstream {
                     tracing::debug!(error = %e, "upgrade connection ended with an error");
                 }
             });
-            sender.send_request(req).await.map_err(|_| UpstreamError::Protocol)
+            sender
+                .send_request(req)
+                .await
+                .map_err(|_| UpstreamError::Protocol)
         };
         let mut resp = tokio::time::timeout(self.timeout, exchange)
             .await

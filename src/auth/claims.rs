@@ -41,7 +41,13 @@ impl ReservedHeaders {
 
 fn fold(name: &str) -> String {
     name.bytes()
-        .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
+        .map(|b| {
+            if b == b'_' {
+                '-'
+            } else {
+                b.to_ascii_lowercase() as char
+            }
+        })
         .collect()
 }
 
@@ -119,7 +125,11 @@ impl Dropped {
 }
 
 /// Renders a claim as a header value.
-pub fn render(value: &Value, format: ArrayClaimFormat, max_len: usize) -> Result<HeaderValue, Dropped> {
+pub fn render(
+    value: &Value,
+    format: ArrayClaimFormat,
+    max_len: usize,
+) -> Result<HeaderValue, Dropped> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -145,7 +155,11 @@ pub fn render(value: &Value, format: ArrayClaimFormat, max_len: usize) -> Result
     if text.chars().any(|c| c.is_control()) {
         return Err(Dropped::ControlCharacter);
     }
-    let text = if text.is_ascii() { text } else { percent_encode_non_ascii(&text) };
+    let text = if text.is_ascii() {
+        text
+    } else {
+        percent_encode_non_ascii(&text)
+    };
     if text.len() > max_len {
         return Err(Dropped::TooLong);
     }
@@ -172,7 +186,14 @@ mod tests {
     #[test]
     fn spoofed_names_in_every_case_and_underscore_variant_are_reserved() {
         let r = ReservedHeaders::new("x-jwt-", ["x-user-id".to_string()]);
-        for n in ["x-jwt-sub", "X-JWT-SUB", "x_jwt_sub", "X_Jwt-Sub", "x-user-id", "X_USER_ID"] {
+        for n in [
+            "x-jwt-sub",
+            "X-JWT-SUB",
+            "x_jwt_sub",
+            "X_Jwt-Sub",
+            "x-user-id",
+            "X_USER_ID",
+        ] {
             assert!(r.is_reserved(n), "{n}");
         }
         for n in ["x-jwtsub", "authorization", "x-user", "x-request-id"] {
@@ -197,23 +218,56 @@ mod tests {
         let claims = json!({"org": {"id": "o1"}, "https://x.io/roles": ["a"], "sub": "u"});
         let claims = claims.as_object().expect("object");
         assert_eq!(ClaimPath::new("org.id").lookup(claims), Some(&json!("o1")));
-        assert_eq!(ClaimPath::new("https://x.io/roles").lookup(claims), Some(&json!(["a"])));
+        assert_eq!(
+            ClaimPath::new("https://x.io/roles").lookup(claims),
+            Some(&json!(["a"]))
+        );
         assert_eq!(ClaimPath::new("org.nope").lookup(claims), None);
     }
 
     #[test]
     fn rendering_rules() {
         let c = ArrayClaimFormat::Comma;
-        assert_eq!(render(&json!("abc"), c, 100), Ok(HeaderValue::from_static("abc")));
-        assert_eq!(render(&json!(42), c, 100), Ok(HeaderValue::from_static("42")));
-        assert_eq!(render(&json!(true), c, 100), Ok(HeaderValue::from_static("true")));
-        assert_eq!(render(&json!(["a", "b"]), c, 100), Ok(HeaderValue::from_static("a,b")));
-        assert_eq!(render(&json!(["a", "b"]), ArrayClaimFormat::Json, 100), Ok(HeaderValue::from_static("[\"a\",\"b\"]")));
-        assert_eq!(render(&json!("a\r\nx-jwt-admin: 1"), c, 100), Err(Dropped::ControlCharacter));
-        assert_eq!(render(&json!("a\u{0}b"), c, 100), Err(Dropped::ControlCharacter));
-        assert_eq!(render(&json!("a\u{85}b"), c, 100), Err(Dropped::ControlCharacter));
-        assert_eq!(render(&json!("José"), c, 100), Ok(HeaderValue::from_static("Jos%C3%A9")));
-        assert_eq!(render(&json!("x".repeat(101)), c, 100), Err(Dropped::TooLong));
+        assert_eq!(
+            render(&json!("abc"), c, 100),
+            Ok(HeaderValue::from_static("abc"))
+        );
+        assert_eq!(
+            render(&json!(42), c, 100),
+            Ok(HeaderValue::from_static("42"))
+        );
+        assert_eq!(
+            render(&json!(true), c, 100),
+            Ok(HeaderValue::from_static("true"))
+        );
+        assert_eq!(
+            render(&json!(["a", "b"]), c, 100),
+            Ok(HeaderValue::from_static("a,b"))
+        );
+        assert_eq!(
+            render(&json!(["a", "b"]), ArrayClaimFormat::Json, 100),
+            Ok(HeaderValue::from_static("[\"a\",\"b\"]"))
+        );
+        assert_eq!(
+            render(&json!("a\r\nx-jwt-admin: 1"), c, 100),
+            Err(Dropped::ControlCharacter)
+        );
+        assert_eq!(
+            render(&json!("a\u{0}b"), c, 100),
+            Err(Dropped::ControlCharacter)
+        );
+        assert_eq!(
+            render(&json!("a\u{85}b"), c, 100),
+            Err(Dropped::ControlCharacter)
+        );
+        assert_eq!(
+            render(&json!("José"), c, 100),
+            Ok(HeaderValue::from_static("Jos%C3%A9"))
+        );
+        assert_eq!(
+            render(&json!("x".repeat(101)), c, 100),
+            Err(Dropped::TooLong)
+        );
         assert_eq!(render(&json!(null), c, 100), Err(Dropped::Unrenderable));
     }
 }

@@ -103,7 +103,9 @@ fn bearer(value: &str) -> Result<Option<&str>, Reject> {
         return Err(Reject::Malformed("Bearer scheme without a token"));
     }
     if tok.contains([' ', '\t', ',']) {
-        return Err(Reject::Malformed("Authorization header holds more than one value"));
+        return Err(Reject::Malformed(
+            "Authorization header holds more than one value",
+        ));
     }
     Ok(Some(tok))
 }
@@ -123,33 +125,65 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         h
     }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer a.b.c", "bearer a.b.c", "BEARER   a.b.c", "BeArEr\ta.b.c"] {
-            assert_eq!(extract(&hm(&[("authorization", v)]), None, &src()), Ok(Some("a.b.c")), "{v}");
+        for v in [
+            "Bearer a.b.c",
+            "bearer a.b.c",
+            "BEARER   a.b.c",
+            "BeArEr\ta.b.c",
+        ] {
+            assert_eq!(
+                extract(&hm(&[("authorization", v)]), None, &src()),
+                Ok(Some("a.b.c")),
+                "{v}"
+            );
         }
     }
 
     #[test]
     fn other_schemes_are_not_tokens() {
-        assert_eq!(extract(&hm(&[("authorization", "Basic dXNlcjpwYXNz")]), None, &src()), Ok(None));
+        assert_eq!(
+            extract(
+                &hm(&[("authorization", "Basic dXNlcjpwYXNz")]),
+                None,
+                &src()
+            ),
+            Ok(None)
+        );
         assert_eq!(extract(&HeaderMap::new(), None, &src()), Ok(None));
     }
 
     #[test]
     fn two_different_tokens_rejected_same_token_twice_accepted() {
-        let two = hm(&[("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")]);
+        let two = hm(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "Bearer d.e.f"),
+        ]);
         assert_eq!(extract(&two, None, &src()), Err(Reject::MultipleTokens));
-        let same = hm(&[("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")]);
+        let same = hm(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "Bearer a.b.c"),
+        ]);
         assert_eq!(extract(&same, None, &src()), Ok(Some("a.b.c")));
-        let s = TokenSources { query: Some("access_token".into()), ..src() };
+        let s = TokenSources {
+            query: Some("access_token".into()),
+            ..src()
+        };
         assert_eq!(
-            extract(&hm(&[("authorization", "Bearer a.b.c")]), Some("x=1&access_token=d.e.f"), &s),
+            extract(
+                &hm(&[("authorization", "Bearer a.b.c")]),
+                Some("x=1&access_token=d.e.f"),
+                &s
+            ),
             Err(Reject::MultipleTokens)
         );
     }
@@ -162,18 +196,43 @@ mod tests {
             query: Some("t".into()),
             ..src()
         };
-        assert_eq!(extract(&hm(&[("cookie", "a=1; session=x.y.z; b=2")]), None, &s), Ok(Some("x.y.z")));
-        assert_eq!(extract(&hm(&[("x-token", "x.y.z")]), None, &s), Ok(Some("x.y.z")));
-        assert_eq!(extract(&HeaderMap::new(), Some("t=x.y.z"), &s), Ok(Some("x.y.z")));
+        assert_eq!(
+            extract(&hm(&[("cookie", "a=1; session=x.y.z; b=2")]), None, &s),
+            Ok(Some("x.y.z"))
+        );
+        assert_eq!(
+            extract(&hm(&[("x-token", "x.y.z")]), None, &s),
+            Ok(Some("x.y.z"))
+        );
+        assert_eq!(
+            extract(&HeaderMap::new(), Some("t=x.y.z"), &s),
+            Ok(Some("x.y.z"))
+        );
         // Off by default.
-        assert_eq!(extract(&hm(&[("cookie", "session=x.y.z")]), Some("t=x.y.z"), &src()), Ok(None));
+        assert_eq!(
+            extract(&hm(&[("cookie", "session=x.y.z")]), Some("t=x.y.z"), &src()),
+            Ok(None)
+        );
     }
 
     #[test]
     fn oversized_and_empty_tokens_rejected() {
         let long = format!("Bearer {}", "a".repeat(101));
-        assert_eq!(extract(&hm(&[("authorization", &long)]), None, &src()), Err(Reject::TooLarge));
-        assert!(matches!(extract(&hm(&[("authorization", "Bearer")]), None, &src()), Err(Reject::Malformed(_))));
-        assert!(matches!(extract(&hm(&[("authorization", "Bearer a, Bearer b")]), None, &src()), Err(Reject::Malformed(_))));
+        assert_eq!(
+            extract(&hm(&[("authorization", &long)]), None, &src()),
+            Err(Reject::TooLarge)
+        );
+        assert!(matches!(
+            extract(&hm(&[("authorization", "Bearer")]), None, &src()),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            extract(
+                &hm(&[("authorization", "Bearer a, Bearer b")]),
+                None,
+                &src()
+            ),
+            Err(Reject::Malformed(_))
+        ));
     }
 }

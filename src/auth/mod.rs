@@ -82,7 +82,10 @@ impl Authenticator {
             .iter()
             .map(|p| Arc::new(Provider::from_config(p, &metrics)))
             .collect();
-        let by_issuer = providers.iter().map(|p| (p.issuer.clone(), p.clone())).collect();
+        let by_issuer = providers
+            .iter()
+            .map(|p| (p.issuer.clone(), p.clone()))
+            .collect();
         let mut reserved_names: Vec<String> = config
             .providers
             .iter()
@@ -116,7 +119,11 @@ impl Authenticator {
     }
 
     /// Finds the token in a request.
-    pub fn extract<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Option<&'a str>, Reject> {
+    pub fn extract<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Result<Option<&'a str>, Reject> {
         extract::extract(headers, query, &self.sources)
     }
 
@@ -124,13 +131,19 @@ impl Authenticator {
     pub fn verify(&self, token: &str, now: u64) -> Result<Verified, Failure> {
         let started = Instant::now();
         let result = self.verify_inner(token, now);
-        self.metrics.verify_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .verify_duration
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
     fn verify_inner(&self, token: &str, now: u64) -> Result<Verified, Failure> {
         let parsed = verify::parse(token)?;
-        let kid = parsed.header.kid.as_ref().map(|k| k.chars().take(64).collect::<String>());
+        let kid = parsed
+            .header
+            .kid
+            .as_ref()
+            .map(|k| k.chars().take(64).collect::<String>());
         let provider = verify::peek_issuer(&parsed)
             .and_then(|iss| self.by_issuer.get(iss))
             .cloned()
@@ -170,7 +183,9 @@ impl Authenticator {
     pub fn claim_headers(&self, v: &Verified) -> Vec<(http::HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(v.provider.claim_headers.len());
         for (path, header) in &v.provider.claim_headers {
-            let Some(value) = path.lookup(&v.claims) else { continue };
+            let Some(value) = path.lookup(&v.claims) else {
+                continue;
+            };
             match render(value, self.array_format, self.max_claim_header_bytes) {
                 Ok(hv) => out.push((header.clone(), hv)),
                 Err(d) => {

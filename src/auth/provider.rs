@@ -36,7 +36,10 @@ pub struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("name", &self.name).field("issuer", &self.issuer).finish()
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .finish()
     }
 }
 
@@ -44,13 +47,16 @@ impl Provider {
     /// Compiles a validated provider config.
     pub fn from_config(cfg: &ProviderConfig, metrics: &Metrics) -> Provider {
         let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
-            SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect()
+            SUPPORTED_ALGORITHMS
+                .iter()
+                .filter_map(|a| parse_alg(a))
+                .collect()
         } else {
             cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
         };
-        let source = cfg
-            .key_source()
-            .unwrap_or(crate::config::KeySource::Inline(serde_json::json!({"keys": []})));
+        let source = cfg.key_source().unwrap_or(crate::config::KeySource::Inline(
+            serde_json::json!({"keys": []}),
+        ));
         let keys = Arc::new(ProviderKeys::new(
             cfg.name.clone(),
             cfg.issuer.clone(),
@@ -83,8 +89,12 @@ impl Provider {
                 .collect(),
             algorithms,
             keys,
-            lookup_hit: metrics.key_lookups_total.with_label_values(&[&cfg.name, "hit"]),
-            lookup_miss: metrics.key_lookups_total.with_label_values(&[&cfg.name, "miss"]),
+            lookup_hit: metrics
+                .key_lookups_total
+                .with_label_values(&[&cfg.name, "hit"]),
+            lookup_miss: metrics
+                .key_lookups_total
+                .with_label_values(&[&cfg.name, "miss"]),
         }
     }
 }

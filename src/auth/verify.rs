@@ -43,16 +43,27 @@ pub struct ParsedToken<'a> {
 }
 
 fn is_b64url(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Parses `header.payload.signature`. Never panics; everything odd is `Malformed`.
 pub fn parse(token: &str) -> Result<ParsedToken<'_>, Reject> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(Reject::Malformed("token is not three dot-separated segments (JWE and nested tokens are not accepted)"));
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Reject::Malformed(
+            "token is not three dot-separated segments (JWE and nested tokens are not accepted)",
+        ));
     };
-    if h.is_empty() || p.is_empty() || s.is_empty() || !is_b64url(h) || !is_b64url(p) || !is_b64url(s) {
+    if h.is_empty()
+        || p.is_empty()
+        || s.is_empty()
+        || !is_b64url(h)
+        || !is_b64url(p)
+        || !is_b64url(s)
+    {
         return Err(Reject::Malformed("token segment is empty or not base64url"));
     }
     let header_bytes = URL_SAFE_NO_PAD
@@ -123,7 +134,11 @@ pub fn verify_signature<'k>(
             return Ok(key);
         }
     }
-    Err(if any_fit { Reject::BadSignature } else { Reject::KeyMismatch })
+    Err(if any_fit {
+        Reject::BadSignature
+    } else {
+        Reject::KeyMismatch
+    })
 }
 
 /// Claim rules of one provider.
@@ -145,7 +160,11 @@ pub struct ClaimPolicy {
     pub required_scopes: Vec<String>,
 }
 
-fn numeric_date(claims: &Map<String, Value>, name: &'static str, what: &'static str) -> Result<Option<f64>, Reject> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+    what: &'static str,
+) -> Result<Option<f64>, Reject> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n
@@ -175,9 +194,10 @@ pub fn check_claims(token: &ParsedToken<'_>, policy: &ClaimPolicy, now: u64) -> 
     numeric_date(claims, "iat", "iat must be a number")?;
     let aud_ok = match claims.get(&policy.audience_claim) {
         Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .any(|v| v.as_str().is_some_and(|a| policy.audiences.iter().any(|x| x == a))),
+        Some(Value::Array(list)) => list.iter().any(|v| {
+            v.as_str()
+                .is_some_and(|a| policy.audiences.iter().any(|x| x == a))
+        }),
         _ => false,
     };
     if !aud_ok {
@@ -196,7 +216,11 @@ pub fn check_claims(token: &ParsedToken<'_>, policy: &ClaimPolicy, now: u64) -> 
     }
     if !policy.required_scopes.is_empty() {
         let granted = scopes(claims);
-        if !policy.required_scopes.iter().all(|s| granted.contains(&s.as_str())) {
+        if !policy
+            .required_scopes
+            .iter()
+            .all(|s| granted.contains(&s.as_str()))
+        {
             return Err(Reject::InsufficientScope);
         }
     }
@@ -206,7 +230,9 @@ pub fn check_claims(token: &ParsedToken<'_>, policy: &ClaimPolicy, now: u64) -> 
 /// `typ` compared case-insensitively with the optional `application/` prefix removed.
 pub fn normalize_typ(t: &str) -> String {
     let t = t.to_ascii_lowercase();
-    t.strip_prefix("application/").map(str::to_string).unwrap_or(t)
+    t.strip_prefix("application/")
+        .map(str::to_string)
+        .unwrap_or(t)
 }
 
 /// Granted scopes from `scope` and `scp`, each a space-delimited string or an array.
@@ -263,24 +289,39 @@ mod tests {
             format!("{good_h}.{}.c2ln", URL_SAFE_NO_PAD.encode("\"str\"")),
             format!("{good_h}.{}.c2ln", URL_SAFE_NO_PAD.encode("not json")),
             format!("{}.{good_p}.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":5}"#)),
-            format!("{}.{good_p}.c2ln", URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":7}"#)),
+            format!(
+                "{}.{good_p}.c2ln",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":7}"#)
+            ),
             format!("{good_h}.{good_p}.c2l+"),
         ];
         for c in cases {
-            assert!(matches!(parse(&c), Err(Reject::Malformed(_))), "{c:?} -> {:?}", parse(&c).err());
+            assert!(
+                matches!(parse(&c), Err(Reject::Malformed(_))),
+                "{c:?} -> {:?}",
+                parse(&c).err()
+            );
         }
     }
 
     #[test]
     fn crit_is_refused() {
-        let t = tok(json!({"alg": "RS256", "crit": ["b64"], "b64": false}), json!({}));
+        let t = tok(
+            json!({"alg": "RS256", "crit": ["b64"], "b64": false}),
+            json!({}),
+        );
         assert_eq!(parse(&t).err(), Some(Reject::UnsupportedCrit));
     }
 
     #[test]
     fn none_and_hmac_never_allowed() {
-        let all: Vec<Algorithm> = crate::config::SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect();
-        for alg in ["none", "None", "NONE", "nOnE", "HS256", "HS384", "HS512", "rs256", "RSA-OAEP"] {
+        let all: Vec<Algorithm> = crate::config::SUPPORTED_ALGORITHMS
+            .iter()
+            .filter_map(|a| parse_alg(a))
+            .collect();
+        for alg in [
+            "none", "None", "NONE", "nOnE", "HS256", "HS384", "HS512", "rs256", "RSA-OAEP",
+        ] {
             let t = tok(json!({"alg": alg}), json!({}));
             let p = parse(&t).expect("parses");
             assert_eq!(check_alg(&p, &all), Err(Reject::AlgNotAllowed), "{alg}");
@@ -293,18 +334,38 @@ mod tests {
         let now = 1_000_000u64;
         let t = |exp: f64| tok(json!({"alg": "RS256"}), json!({"aud": "api", "exp": exp}));
         // Valid while now < exp + leeway.
-        assert_eq!(check_claims(&parse(&t(now as f64 - 59.0)).expect("p"), &p, now), Ok(()));
-        assert_eq!(check_claims(&parse(&t(now as f64 - 60.0)).expect("p"), &p, now), Err(Reject::Expired));
-        assert_eq!(check_claims(&parse(&t(now as f64 - 61.0)).expect("p"), &p, now), Err(Reject::Expired));
+        assert_eq!(
+            check_claims(&parse(&t(now as f64 - 59.0)).expect("p"), &p, now),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(&parse(&t(now as f64 - 60.0)).expect("p"), &p, now),
+            Err(Reject::Expired)
+        );
+        assert_eq!(
+            check_claims(&parse(&t(now as f64 - 61.0)).expect("p"), &p, now),
+            Err(Reject::Expired)
+        );
     }
 
     #[test]
     fn nbf_boundary_with_leeway() {
         let p = policy();
         let now = 1_000_000u64;
-        let t = |nbf: u64| tok(json!({"alg": "RS256"}), json!({"aud": "api", "exp": now + 600, "nbf": nbf}));
-        assert_eq!(check_claims(&parse(&t(now + 60)).expect("p"), &p, now), Ok(()));
-        assert_eq!(check_claims(&parse(&t(now + 61)).expect("p"), &p, now), Err(Reject::NotYetValid));
+        let t = |nbf: u64| {
+            tok(
+                json!({"alg": "RS256"}),
+                json!({"aud": "api", "exp": now + 600, "nbf": nbf}),
+            )
+        };
+        assert_eq!(
+            check_claims(&parse(&t(now + 60)).expect("p"), &p, now),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(&parse(&t(now + 61)).expect("p"), &p, now),
+            Err(Reject::NotYetValid)
+        );
     }
 
     #[test]
@@ -316,17 +377,29 @@ mod tests {
             json!({"aud": "api", "exp": 9999999999u64, "iat": [1]}),
         ] {
             let t = tok(json!({"alg": "RS256"}), claims.clone());
-            assert!(matches!(check_claims(&parse(&t).expect("p"), &p, 0), Err(Reject::InvalidClaim(_))), "{claims}");
+            assert!(
+                matches!(
+                    check_claims(&parse(&t).expect("p"), &p, 0),
+                    Err(Reject::InvalidClaim(_))
+                ),
+                "{claims}"
+            );
         }
         let no_exp = tok(json!({"alg": "RS256"}), json!({"aud": "api"}));
-        assert_eq!(check_claims(&parse(&no_exp).expect("p"), &p, 0), Err(Reject::MissingClaim));
+        assert_eq!(
+            check_claims(&parse(&no_exp).expect("p"), &p, 0),
+            Err(Reject::MissingClaim)
+        );
     }
 
     #[test]
     fn audience_string_array_and_wrong_types() {
         let p = policy();
         let ok = |aud: Value| {
-            let t = tok(json!({"alg": "RS256"}), json!({"aud": aud, "exp": 9999999999u64}));
+            let t = tok(
+                json!({"alg": "RS256"}),
+                json!({"aud": aud, "exp": 9999999999u64}),
+            );
             check_claims(&parse(&t).expect("p"), &p, 0)
         };
         assert_eq!(ok(json!("api")), Ok(()));
@@ -348,8 +421,14 @@ mod tests {
         let base = |k: &str, v: Value| json!({"aud": "api", "exp": 9999999999u64, k: v});
         assert_eq!(check(base("scope", json!("read write admin"))), Ok(()));
         assert_eq!(check(base("scp", json!(["write", "read"]))), Ok(()));
-        assert_eq!(check(base("scope", json!("read"))), Err(Reject::InsufficientScope));
-        assert_eq!(check(json!({"aud": "api", "exp": 9999999999u64})), Err(Reject::InsufficientScope));
+        assert_eq!(
+            check(base("scope", json!("read"))),
+            Err(Reject::InsufficientScope)
+        );
+        assert_eq!(
+            check(json!({"aud": "api", "exp": 9999999999u64})),
+            Err(Reject::InsufficientScope)
+        );
     }
 
     #[test]
@@ -361,7 +440,11 @@ mod tests {
                 Some(t) => json!({"alg": "RS256", "typ": t}),
                 None => json!({"alg": "RS256"}),
             };
-            check_claims(&parse(&tok(h, json!({"aud": "api", "exp": 9999999999u64}))).expect("p"), &p, 0)
+            check_claims(
+                &parse(&tok(h, json!({"aud": "api", "exp": 9999999999u64}))).expect("p"),
+                &p,
+                0,
+            )
         };
         assert_eq!(check(Some("at+jwt")), Ok(()));
         assert_eq!(check(Some("application/AT+JWT")), Ok(()));

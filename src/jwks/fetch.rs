@@ -139,8 +139,14 @@ impl Fetcher {
         check_scheme(&uri, opts.allow_insecure_http)?;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::get(uri.clone())
-                .header(http::header::USER_AGENT, concat!("jwks-sidecar/", env!("CARGO_PKG_VERSION")))
-                .header(http::header::ACCEPT, "application/json, application/jwk-set+json")
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("jwks-sidecar/", env!("CARGO_PKG_VERSION")),
+                )
+                .header(
+                    http::header::ACCEPT,
+                    "application/json, application/jwk-set+json",
+                )
                 .body(Empty::new())
                 .map_err(|e| FetchError::Parse(e.to_string()))?;
             req.headers_mut().extend(opts.headers.clone());
@@ -158,7 +164,9 @@ impl Fetcher {
                     .ok_or_else(|| FetchError::Redirect("redirect without Location".into()))?;
                 let next = resolve_location(&uri, location)?;
                 if uri.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
-                    return Err(FetchError::Redirect(format!("https to {next} is a downgrade")));
+                    return Err(FetchError::Redirect(format!(
+                        "https to {next} is a downgrade"
+                    )));
                 }
                 check_scheme(&next, opts.allow_insecure_http)?;
                 uri = next;
@@ -195,12 +203,19 @@ impl Fetcher {
                 body,
             });
         }
-        Err(FetchError::Redirect(format!("more than {MAX_REDIRECTS} redirects")))
+        Err(FetchError::Redirect(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 
     /// Reads an OIDC discovery document and returns its `jwks_uri`, after checking that
     /// its `issuer` is exactly the configured one (OpenID Connect Discovery 1.0, 4.3).
-    pub async fn discover(&self, url: &str, issuer: &str, opts: &GetOptions) -> Result<String, FetchError> {
+    pub async fn discover(
+        &self,
+        url: &str,
+        issuer: &str,
+        opts: &GetOptions,
+    ) -> Result<String, FetchError> {
         let opts = GetOptions {
             headers: HeaderMap::new(),
             ..opts.clone()
@@ -218,9 +233,9 @@ impl Fetcher {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| FetchError::Parse("discovery document has no jwks_uri".into()))?;
-        let parsed: Uri = jwks_uri
-            .parse()
-            .map_err(|_| FetchError::Parse(format!("discovery jwks_uri {jwks_uri:?} is not a URL")))?;
+        let parsed: Uri = jwks_uri.parse().map_err(|_| {
+            FetchError::Parse(format!("discovery jwks_uri {jwks_uri:?} is not a URL"))
+        })?;
         check_scheme(&parsed, opts.allow_insecure_http)?;
         Ok(jwks_uri.to_string())
     }
@@ -249,7 +264,9 @@ fn resolve_location(base: &Uri, location: &str) -> Result<Uri, FetchError> {
             .map_err(|_| FetchError::Redirect(format!("bad Location {location:?}")));
     }
     if !location.starts_with('/') || location.starts_with("//") {
-        return Err(FetchError::Redirect(format!("unsupported Location {location:?}")));
+        return Err(FetchError::Redirect(format!(
+            "unsupported Location {location:?}"
+        )));
     }
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(

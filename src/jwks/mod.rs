@@ -154,20 +154,29 @@ impl KeySet {
         }
         KeySet {
             keys: keys.into_boxed_slice(),
-            by_kid: by_kid.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
+            by_kid: by_kid
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
         }
     }
 
     /// Parses a JWKS document (`{"keys": [...]}`, extra members such as Stytch's
     /// `request_id` ignored). Keys that cannot be used are skipped and reported.
-    pub fn parse(bytes: &[u8], policy: &ParsePolicy) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
+    pub fn parse(
+        bytes: &[u8],
+        policy: &ParsePolicy,
+    ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
         let doc: Value = serde_json::from_slice(bytes)
             .map_err(|e| JwksError(format!("JWKS is not valid JSON: {e}")))?;
         Self::from_document(&doc, policy)
     }
 
     /// Like `parse`, from an already parsed JSON value.
-    pub fn from_document(doc: &Value, policy: &ParsePolicy) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
+    pub fn from_document(
+        doc: &Value,
+        policy: &ParsePolicy,
+    ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -176,12 +185,18 @@ impl KeySet {
         let mut skipped = Vec::new();
         for jwk in keys {
             if out.len() >= policy.max_keys {
-                skipped.push(SkippedKey { kid: kid_of(jwk), reason: "over_limit" });
+                skipped.push(SkippedKey {
+                    kid: kid_of(jwk),
+                    reason: "over_limit",
+                });
                 continue;
             }
             match parse_jwk(jwk, &policy.algorithms) {
                 Ok(k) => out.push(k),
-                Err(reason) => skipped.push(SkippedKey { kid: kid_of(jwk), reason }),
+                Err(reason) => skipped.push(SkippedKey {
+                    kid: kid_of(jwk),
+                    reason,
+                }),
             }
         }
         Ok((KeySet::from_keys(out), skipped))
@@ -230,7 +245,9 @@ trait Pipe: Sized {
 impl<T> Pipe for T {}
 
 fn kid_of(jwk: &Value) -> Option<String> {
-    jwk.get("kid").and_then(Value::as_str).map(|s| s.chars().take(128).collect())
+    jwk.get("kid")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(128).collect())
 }
 
 fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, &'static str> {
@@ -286,7 +303,10 @@ pub fn parse_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str
             }
             public.insert("n".into(), Value::String(URL_SAFE_NO_PAD.encode(n_trim)));
             public.insert("e".into(), Value::String(URL_SAFE_NO_PAD.encode(e_trim)));
-            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(n_trim, e_trim))
+            (
+                KeyKind::Rsa,
+                DecodingKey::from_rsa_raw_components(n_trim, e_trim),
+            )
         }
         "EC" => {
             let crv = obj.get("crv").and_then(Value::as_str).ok_or("invalid")?;
@@ -438,7 +458,9 @@ impl ProviderKeys {
 
 /// Seconds since the Unix epoch.
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -448,14 +470,19 @@ mod tests {
 
     fn all() -> ParsePolicy {
         ParsePolicy {
-            algorithms: crate::config::SUPPORTED_ALGORITHMS.iter().filter_map(|a| parse_alg(a)).collect(),
+            algorithms: crate::config::SUPPORTED_ALGORITHMS
+                .iter()
+                .filter_map(|a| parse_alg(a))
+                .collect(),
             max_keys: 100,
         }
     }
 
     #[test]
     fn parse_alg_is_case_sensitive_and_refuses_none_and_hmac() {
-        for bad in ["none", "None", "NONE", "nOnE", "HS256", "rs256", "", "ES512"] {
+        for bad in [
+            "none", "None", "NONE", "nOnE", "HS256", "rs256", "", "ES512",
+        ] {
             assert_eq!(parse_alg(bad), None, "{bad}");
         }
         assert_eq!(parse_alg("EdDSA"), Some(Algorithm::EdDSA));
@@ -475,10 +502,23 @@ mod tests {
         ]});
         let (set, skipped) = KeySet::from_document(&doc, &all()).expect("doc");
         let reasons: Vec<_> = skipped.iter().map(|s| s.reason).collect();
-        assert_eq!(reasons, ["not_signing", "weak_key", "symmetric", "unsupported_curve", "unsupported_kty", "not_signing"]);
+        assert_eq!(
+            reasons,
+            [
+                "not_signing",
+                "weak_key",
+                "symmetric",
+                "unsupported_curve",
+                "unsupported_kty",
+                "not_signing"
+            ]
+        );
         assert_eq!(set.len(), 1);
         let served = set.to_jwks().to_string();
-        assert!(!served.contains("secret"), "private member re-served: {served}");
+        assert!(
+            !served.contains("secret"),
+            "private member re-served: {served}"
+        );
     }
 
     #[test]
@@ -496,7 +536,10 @@ mod tests {
     fn key_count_limit_skips_the_rest() {
         let key = json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32])});
         let doc = json!({"keys": vec![key; 5]});
-        let policy = ParsePolicy { max_keys: 3, ..all() };
+        let policy = ParsePolicy {
+            max_keys: 3,
+            ..all()
+        };
         let (set, skipped) = KeySet::from_document(&doc, &policy).expect("doc");
         assert_eq!(set.len(), 3);
         assert_eq!(skipped.len(), 2);

@@ -41,7 +41,8 @@ pub async fn fetch_key_set(
         allow_insecure_http: settings.allow_insecure_http,
         headers: HeaderMap::new(),
     };
-    let parse = |bytes: &[u8]| KeySet::parse(bytes, &keys.policy).map_err(|e| FetchError::Parse(e.0));
+    let parse =
+        |bytes: &[u8]| KeySet::parse(bytes, &keys.policy).map_err(|e| FetchError::Parse(e.0));
     match &keys.source {
         KeySource::Inline(doc) => {
             KeySet::from_document(doc, &keys.policy).map_err(|e| FetchError::Parse(e.0))
@@ -80,17 +81,23 @@ pub async fn refresh_once(
     let started = std::time::Instant::now();
     let now = unix_secs(SystemTime::now());
     keys.update_status(|s| s.last_fetch = Some(now));
-    let result = fetch_key_set(keys, fetcher, settings).await.and_then(|(set, skipped)| {
-        if set.is_empty() {
-            Err(FetchError::Parse(format!(
-                "no usable signing key ({} skipped: {})",
-                skipped.len(),
-                skipped.iter().map(|s| s.reason).collect::<Vec<_>>().join(", ")
-            )))
-        } else {
-            Ok((set, skipped))
-        }
-    });
+    let result = fetch_key_set(keys, fetcher, settings)
+        .await
+        .and_then(|(set, skipped)| {
+            if set.is_empty() {
+                Err(FetchError::Parse(format!(
+                    "no usable signing key ({} skipped: {})",
+                    skipped.len(),
+                    skipped
+                        .iter()
+                        .map(|s| s.reason)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            } else {
+                Ok((set, skipped))
+            }
+        });
     metrics
         .jwks_fetch_duration
         .with_label_values(&[name])
@@ -98,7 +105,10 @@ pub async fn refresh_once(
     match result {
         Ok((set, skipped)) => {
             for s in &skipped {
-                metrics.jwks_skipped_keys_total.with_label_values(&[name, s.reason]).inc();
+                metrics
+                    .jwks_skipped_keys_total
+                    .with_label_values(&[name, s.reason])
+                    .inc();
             }
             let old: HashSet<String> = keys
                 .current()
@@ -108,24 +118,44 @@ pub async fn refresh_once(
             let added = new.difference(&old).count() as u64;
             let removed = old.difference(&new).count() as u64;
             if keys.ready() {
-                metrics.jwks_key_changes_total.with_label_values(&[name, "added"]).inc_by(added);
-                metrics.jwks_key_changes_total.with_label_values(&[name, "removed"]).inc_by(removed);
+                metrics
+                    .jwks_key_changes_total
+                    .with_label_values(&[name, "added"])
+                    .inc_by(added);
+                metrics
+                    .jwks_key_changes_total
+                    .with_label_values(&[name, "removed"])
+                    .inc_by(removed);
             }
             let n = set.len();
             keys.store(set);
-            metrics.jwks_fetch_total.with_label_values(&[name, "ok"]).inc();
+            metrics
+                .jwks_fetch_total
+                .with_label_values(&[name, "ok"])
+                .inc();
             metrics.jwks_keys.with_label_values(&[name]).set(n as i64);
-            metrics.jwks_last_success.with_label_values(&[name]).set(now as f64);
+            metrics
+                .jwks_last_success
+                .with_label_values(&[name])
+                .set(now as f64);
             metrics.jwks_stale.with_label_values(&[name]).set(0);
             keys.update_status(|s| {
                 s.last_success = Some(now);
                 s.last_error = None;
             });
-            tracing::info!(provider = name, keys = n, skipped = skipped.len(), "JWKS loaded");
+            tracing::info!(
+                provider = name,
+                keys = n,
+                skipped = skipped.len(),
+                "JWKS loaded"
+            );
             Ok(n)
         }
         Err(e) => {
-            metrics.jwks_fetch_total.with_label_values(&[name, e.label()]).inc();
+            metrics
+                .jwks_fetch_total
+                .with_label_values(&[name, e.label()])
+                .inc();
             keys.update_status(|s| s.last_error = Some(e.to_string()));
             tracing::warn!(provider = name, error = %e, result = e.label(), "JWKS fetch failed; keeping the last good keys");
             Err(e)

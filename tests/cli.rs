@@ -1,0 +1,224 @@
+//! The binary as a user runs it: --version/--help, `check`, config layering (file < env <
+//! flags), clear errors for bad configs, and exit 0 after SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jwks-sidecar");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("jwks-sidecar-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "check",
+        "demo",
+        "--config",
+        "--upstream",
+        "--issuer",
+        "--jwks-uri",
+        "--audience",
+        "--admin-listen",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn check_lists_kids_and_algorithms_and_exits_zero() {
+    let idp =
+        jwks_sidecar::demo::FakeIdp::start(&[&key(Algorithm::ES256), &key(Algorithm::RS256)], 0)
+            .await
+            .expect("idp");
+    let cfg = write_config(
+        "check-ok.toml",
+        &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("kid=\"kid-ES256\"") && stdout.contains("algs=ES256"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kid=\"kid-RS256\"") && stdout.contains("algs=RS256"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Algorithm::ES256)], 0)
+        .await
+        .expect("idp");
+    idp.fail_with(404);
+    let cfg = write_config(
+        "check-down.toml",
+        &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("provider \"idp\"") && stderr.contains("404"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_config_names_file_key_and_fix() {
+    let cfg = write_config(
+        "bad.toml",
+        "[proxy]\nlisten = \"0.0.0.0:8080\"\nupstream = \"ftp://x\"\nlisten_addr = 1\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listen_addr") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+    let cfg = write_config("bad2.toml", "[proxy]\nupstream = \"ftp://x\"\n");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad2.toml: proxy.upstream") && stderr.contains("http://"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no [[providers]]"), "{stderr}");
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/x.toml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
+}
+
+#[tokio::test]
+async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
+    let k = key(Algorithm::ES256);
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
+        .await
+        .expect("idp");
+    let echo = jwks_sidecar::demo::EchoUpstream::start()
+        .await
+        .expect("echo");
+    // The file says upstream 127.0.0.1:9 (dead); env fixes it; admin port comes from a flag.
+    let file = write_config(
+        "layer.toml",
+        &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
+    );
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (proxy_env, proxy_flag, admin_flag) = (free(()), free(()), free(()));
+    let mut child = tokio::process::Command::new(BIN)
+        .env("JWKS_SIDECAR_CONFIG", &file)
+        .env("JWKS_SIDECAR_PROXY__UPSTREAM", echo.url())
+        .env("JWKS_SIDECAR_PROXY__LISTEN", proxy_env.to_string())
+        .env("JWKS_SIDECAR_LOG__FORMAT", "json")
+        .args([
+            "--listen",
+            &proxy_flag.to_string(),
+            "--admin-listen",
+            &admin_flag.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let url = format!("http://{proxy_flag}/x");
+    let mut ok = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(proxy_flag).await.is_ok()
+            && get(&format!("http://{admin_flag}/readyz"), &[]).await.0 == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "sidecar did not come up on the flag's address");
+    assert!(
+        tokio::net::TcpStream::connect(proxy_env).await.is_err(),
+        "flag overrides env"
+    );
+    let now = jwks_sidecar::testkit::now();
+    let t = k.mint(
+        &serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "cli", "exp": now + 60}),
+    );
+    let (s, _, body) = get_with_token(&url, &t).await;
+    assert_eq!(s, 200, "env upstream overrides the file: {body}");
+    // SIGTERM: drain and exit 0.
+    let pid = child.id().expect("pid");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "exit status {status:?}");
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("read");
+    let access = stderr
+        .lines()
+        .find(|l| l.contains("\"request\"") || l.contains("\"message\":\"request\""))
+        .unwrap_or_else(|| panic!("no access log line in {stderr}"));
+    let v: serde_json::Value = serde_json::from_str(access).expect("JSON log line");
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["provider"], "idp");
+    assert!(
+        !stderr.contains(&t[..40]) && !stderr.contains(t.split('.').nth(2).expect("sig")),
+        "token leaked into logs"
+    );
+}

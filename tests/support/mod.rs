@@ -1,0 +1,196 @@
+//! Shared pieces of the integration tests: a fake IdP and an echo upstream on 127.0.0.1
+//! port 0, a sidecar started in-process from TOML, keys generated once per test binary,
+//! and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
+use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::testkit::SigningKey;
+use jwks_sidecar::Running;
+use serde_json::{json, Value};
+
+/// One key per algorithm, generated once per test binary (RSA generation is slow).
+pub fn key(alg: Algorithm) -> Arc<SigningKey> {
+    static KEYS: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<SigningKey>>>> = OnceLock::new();
+    let map = KEYS.get_or_init(Default::default);
+    let name = jwks_sidecar::testkit::alg_name(alg);
+    let mut m = map.lock().expect("lock");
+    m.entry(name.to_string())
+        .or_insert_with(|| Arc::new(SigningKey::generate(alg, &format!("kid-{name}"))))
+        .clone()
+}
+
+/// Every algorithm the verifier supports.
+pub const ALL_ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+pub struct Harness {
+    pub idp: FakeIdp,
+    pub echo: EchoUpstream,
+    pub sidecar: Running,
+}
+
+impl Harness {
+    /// Starts IdP (serving `keys`), echo upstream and a sidecar. `proxy_extra` goes into
+    /// [proxy], `provider_extra` into the provider block (before its claim_headers table).
+    pub async fn start(keys: &[&SigningKey], proxy_extra: &str, provider_extra: &str) -> Harness {
+        let idp = FakeIdp::start(keys, 0).await.expect("idp");
+        let echo = EchoUpstream::start().await.expect("echo");
+        let toml = base_toml(
+            &idp.jwks_uri(),
+            &idp.issuer(),
+            &echo.url(),
+            proxy_extra,
+            provider_extra,
+        );
+        let sidecar = start_toml(&toml).await;
+        let h = Harness { idp, echo, sidecar };
+        h.wait_ready().await;
+        h
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.sidecar.auth.providers().iter().all(|p| p.keys.ready()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("sidecar never loaded keys");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar.proxy_addr, path)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar.admin_addr.expect("admin"), path)
+    }
+
+    /// Standard valid claims for this IdP.
+    pub fn claims(&self) -> Value {
+        let now = jwks_sidecar::testkit::now();
+        json!({"iss": self.idp.issuer(), "sub": "user-1", "aud": "api", "iat": now, "exp": now + 600,
+               "email": "u@example.com", "org": {"id": "org-9"}, "roles": ["a", "b"], "scope": "read write"})
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(&self.admin("/metrics"), &[]).await.2
+    }
+}
+
+pub fn base_toml(
+    jwks_uri: &str,
+    issuer: &str,
+    upstream: &str,
+    proxy_extra: &str,
+    provider_extra: &str,
+) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+public_paths = ["/healthz", "/public/"]
+payload_header = "x-jwt-payload"
+shutdown_grace = "5s"
+{proxy_extra}
+[admin]
+listen = "127.0.0.1:0"
+[[providers]]
+name = "idp"
+issuer = "{issuer}"
+jwks_uri = "{jwks_uri}"
+audiences = ["api"]
+refresh_interval = "60s"
+{provider_extra}
+[providers.claim_headers]
+sub = "x-jwt-sub"
+email = "x-user-email"
+"org.id" = "x-jwt-org-id"
+roles = "x-jwt-roles"
+"#
+    )
+}
+
+pub async fn start_toml(toml: &str) -> Running {
+    let cfg = jwks_sidecar::config::from_toml_str(toml)
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    jwks_sidecar::start(cfg).await.expect("sidecar starts")
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET with headers; returns status, headers and body text.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    request("GET", url, headers, Bytes::new()).await
+}
+
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (StatusCode, HeaderMap, String) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body)).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("no hang")
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// GET with a bearer token.
+pub async fn get_with_token(url: &str, token: &str) -> (StatusCode, HeaderMap, String) {
+    let auth = format!("Bearer {token}");
+    get(url, &[("authorization", &auth)]).await
+}
+
+/// The headers the echo upstream saw (name -> values).
+pub fn echoed(body: &str) -> BTreeMap<String, Vec<String>> {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("echo body {body:?}: {e}"));
+    serde_json::from_value(v["headers"].clone()).expect("headers map")
+}
+
+pub fn echoed_path(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).expect("echo body");
+    v["path"].as_str().unwrap_or("").to_string()
+}
+
+/// The reason field of a JSON refusal body.
+pub fn reason(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("<no reason in {body:?}>"))
+}
