@@ -261,6 +261,60 @@ function sidecarLogTail(lines = 40) {
   }
 }
 
+// Runs the sidecar binary with these arguments (bounded), for the `check` subcommand.
+function runSidecarCommand(args, ms = 20000) {
+  return new Promise((resolve) => {
+    const child = spawn(SIDECAR, args, { stdio: ['ignore', 'pipe', 'pipe'], env: sidecarEnv() });
+    children.add(child);
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { out += d; });
+    const t = setTimeout(() => child.kill('SIGKILL'), ms);
+    child.on('exit', (code, signal) => {
+      clearTimeout(t);
+      children.delete(child);
+      resolve({ code, signal, out });
+    });
+  });
+}
+
+// The sidecar's config: the provider is found by OIDC discovery on its issuer.
+function sidecarConfig({ proxyPort, adminPort, upstreamUrl, issuer = op.issuer }) {
+  return `# written by e2e/oidc/run.mjs
+[proxy]
+listen = "127.0.0.1:${proxyPort}"
+upstream = "${upstreamUrl}"
+
+[admin]
+listen = "127.0.0.1:${adminPort}"
+
+[log]
+format = "json"
+
+[[providers]]
+name = "oidc"
+issuer = "${issuer}"
+discovery = true
+audiences = ["${AUDIENCE}"]
+algorithms = ["RS256"]
+required_scopes = ["api:read"]
+refresh_interval = "5m"
+
+[providers.claim_headers]
+sub = "x-jwt-sub"
+client_id = "x-jwt-client-id"
+scope = "x-jwt-scope"
+`;
+}
+
+// Only the config file counts: JWKS_SIDECAR_* variables of the caller would override it.
+function sidecarEnv() {
+  return {
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('JWKS_SIDECAR_'))),
+    RUST_LOG: 'info',
+  };
+}
+
 async function startSidecar(config) {
   const cfgPath = path.join(tmpDir, 'sidecar.toml');
   fs.writeFileSync(cfgPath, config);
@@ -268,11 +322,7 @@ async function startSidecar(config) {
   const out = fs.openSync(sidecarLog, 'a');
   const child = spawn(SIDECAR, ['--config', cfgPath], {
     stdio: ['ignore', out, out],
-    // Only this config file counts: JWKS_SIDECAR_* variables of the caller would override it.
-    env: {
-      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('JWKS_SIDECAR_'))),
-      RUST_LOG: 'info',
-    },
+    env: sidecarEnv(),
   });
   fs.closeSync(out);
   children.add(child);
@@ -391,36 +441,39 @@ async function main() {
   const upstreamUrl = `http://127.0.0.1:${upstream.address().port}`;
   info(`upstream ${upstreamUrl}`);
 
+  step('jwks-sidecar check (validates the config, one discovery + JWKS fetch)');
+  {
+    const ports = { proxyPort: await freePort(), adminPort: await freePort(), upstreamUrl };
+    const good = path.join(tmpDir, 'check-good.toml');
+    fs.writeFileSync(good, sidecarConfig(ports));
+    const r = await runSidecarCommand(['check', '--config', good]);
+    check('check: exit 0', r.code === 0, `exit ${r.code} ${r.signal ?? ''}\n${r.out}`);
+    check(`check: reports jwks_uri and kid ${key1.kid}`, r.out.includes(`${op.issuer}/jwks`) && r.out.includes(key1.kid), r.out);
+    // A very common mistake: the configured issuer differs from the discovery document's
+    // (here by a trailing slash). The sidecar must refuse it, and say why.
+    const bad = path.join(tmpDir, 'check-bad.toml');
+    fs.writeFileSync(bad, sidecarConfig({ ...ports, issuer: `${op.issuer}/` }));
+    const rb = await runSidecarCommand(['check', '--config', bad]);
+    check('check: issuer with a trailing slash fails (exit non-zero)', rb.code !== 0 && rb.code !== null, `exit ${rb.code}\n${rb.out}`);
+    check('check: the failure names the discovery issuer mismatch', /issuer/.test(rb.out) && rb.out.includes(JSON.stringify(op.issuer)), rb.out);
+  }
+
   step('start jwks-sidecar (provider found by discovery)');
-  const proxyPort = await freePort();
-  const adminPort = await freePort();
-  sc.proxy = `http://127.0.0.1:${proxyPort}`;
-  sc.admin = `http://127.0.0.1:${adminPort}`;
-  await startSidecar(`# written by e2e/oidc/run.mjs
-[proxy]
-listen = "127.0.0.1:${proxyPort}"
-upstream = "${upstreamUrl}"
-
-[admin]
-listen = "127.0.0.1:${adminPort}"
-
-[log]
-format = "json"
-
-[[providers]]
-name = "oidc"
-issuer = "${op.issuer}"
-discovery = true
-audiences = ["${AUDIENCE}"]
-algorithms = ["RS256"]
-required_scopes = ["api:read"]
-refresh_interval = "5m"
-
-[providers.claim_headers]
-sub = "x-jwt-sub"
-client_id = "x-jwt-client-id"
-scope = "x-jwt-scope"
-`);
+  // The ports are picked free just before the sidecar binds them; if another process took
+  // one in between, try again with new ones.
+  for (let attempt = 1; ; attempt += 1) {
+    const proxyPort = await freePort();
+    const adminPort = await freePort();
+    sc.proxy = `http://127.0.0.1:${proxyPort}`;
+    sc.admin = `http://127.0.0.1:${adminPort}`;
+    try {
+      await startSidecar(sidecarConfig({ proxyPort, adminPort, upstreamUrl }));
+      break;
+    } catch (err) {
+      if (attempt >= 3 || !/Address already in use/.test(String(err.message))) throw err;
+      info(`port taken before the sidecar bound it; retrying (${err.message.split('\n').find((l) => /in use/.test(l))})`);
+    }
+  }
   check('sidecar: /readyz 200', true);
   const kids0 = await providerKids();
   check(`sidecar: /providers lists kid ${key1.kid}`, kids0.includes(key1.kid), JSON.stringify(kids0));
