@@ -4,6 +4,7 @@
 //
 // Usage: node run.mjs            (from anywhere; needs `npm ci` in this directory first)
 // Env:   OIDC_E2E_SIDECAR        sidecar binary (default: <repo>/target/debug/jwks-sidecar)
+//        OIDC_E2E_PIDFILE        append the pid of every process started here to this file
 //        OIDC_E2E_KEEP=1         keep the temp dir (config, logs) after the run
 //
 // Everything listens on 127.0.0.1 only. Keys and client secrets are generated per run and
@@ -59,6 +60,16 @@ function info(msg) {
 // ---------------------------------------------------------------- process bookkeeping
 
 const children = new Set();
+
+// Each child's pid also goes to $OIDC_E2E_PIDFILE (if set), so that the calling script can
+// still end them if this process is killed outright (SIGKILL leaves no chance to clean up).
+function track(child) {
+  children.add(child);
+  if (process.env.OIDC_E2E_PIDFILE && child.pid) {
+    fs.appendFileSync(process.env.OIDC_E2E_PIDFILE, `${child.pid}\n`);
+  }
+  return child;
+}
 let tmpDir;
 let sidecarLog;
 
@@ -167,7 +178,7 @@ async function startProvider(keys) {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       env: { ...process.env, DEBUG: '' },
     });
-    children.add(child);
+    track(child);
     for (const stream of [child.stdout, child.stderr]) {
       readline.createInterface({ input: stream }).on('line', (line) => {
         // The same start-up warnings come with every restart: show each once.
@@ -265,7 +276,7 @@ function sidecarLogTail(lines = 40) {
 function runSidecarCommand(args, ms = 20000) {
   return new Promise((resolve) => {
     const child = spawn(SIDECAR, args, { stdio: ['ignore', 'pipe', 'pipe'], env: sidecarEnv() });
-    children.add(child);
+    track(child);
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { out += d; });
@@ -325,7 +336,7 @@ async function startSidecar(config) {
     env: sidecarEnv(),
   });
   fs.closeSync(out);
-  children.add(child);
+  track(child);
   sc.child = child;
   let exited = null;
   child.on('exit', (code, sig) => { exited = { code, sig }; });
@@ -560,6 +571,18 @@ async function main() {
   // kids), so this is reported, not asserted.
   const old = await proxied(t1);
   info(`old-kid token after key 1 was retired by the provider: HTTP ${old.status} ${old.json?.reason ?? ''} (not asserted)`);
+
+  step('a token signed by a key the provider never published');
+  {
+    // Same claims as a real token, but signed with a key of our own under an unknown kid:
+    // the sidecar may refetch (rate-limited), must not find the kid, and refuses.
+    const rogue = generateSigningKey(`e2e-${tag}-rogue`);
+    const header = Buffer.from(JSON.stringify({ alg: 'RS256', typ: 'at+jwt', kid: rogue.kid })).toString('base64url');
+    const now = Math.floor(Date.now() / 1000);
+    const payload = Buffer.from(JSON.stringify({ ...decodeJwt(t3).payload, iat: now, exp: now + 300 })).toString('base64url');
+    const sig = crypto.sign('RSA-SHA256', Buffer.from(`${header}.${payload}`), crypto.createPrivateKey({ key: rogue, format: 'jwk' }));
+    await expectDenied('unknown kid (rogue key)', `${header}.${payload}.${sig.toString('base64url')}`, 401, 'unknown_kid');
+  }
 
   step('metrics');
   const m = await metrics();

@@ -41,9 +41,25 @@ echo "-- oidc-e2e: npm ci (e2e/oidc)"
 (cd "$E2E" && timeout 300 npm ci --no-audit --no-fund)
 
 echo "-- oidc-e2e: run"
+# The driver ends what it starts and removes its temp dir; if it is itself killed, this trap
+# ends what it left (the pids it started, if they still run one of our programs).
+WORK=$(mktemp -d -t oidc-e2e-run.XXXXXX)
+PIDFILE=$WORK/pids
+: > "$PIDFILE"
+cleanup() {
+  local pid
+  while read -r pid; do
+    if [ -n "$pid" ] && grep -qaE 'jwks-sidecar|provider\.mjs' "/proc/$pid/cmdline" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done < "$PIDFILE"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 status=0
-OIDC_E2E_SIDECAR=$SIDECAR timeout -k 10 180 node "$E2E/run.mjs" || status=$?
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
-  echo "oidc-e2e: FAIL: the driver did not finish within 180 s" >&2
-fi
+TMPDIR=$WORK OIDC_E2E_SIDECAR=$SIDECAR OIDC_E2E_PIDFILE=$PIDFILE timeout -k 10 180 node "$E2E/run.mjs" || status=$?
+case $status in
+  124) echo "oidc-e2e: FAIL: the driver did not finish within 180 s" >&2 ;;
+  137) echo "oidc-e2e: FAIL: the driver was killed (timeout or SIGKILL)" >&2 ;;
+esac
 exit "$status"
