@@ -12,7 +12,7 @@
       Every ConfigMap key config.toml is started with the real binary (listeners moved to
       127.0.0.1 free ports) and must come up: /healthz answers 200 within a few seconds.
       Keys the binary of this checkout does not know yet but the chart can render on request
-      (the [authz] and [jwks] sections, cache_dir, fetch_headers) are removed and reported
+      (the [authz], [jwks] and [token_cache] sections, fetch_headers, ca_file) are removed and reported
       when, and only when, the binary rejects exactly them.
 
 Exit status 0 when everything passed; one line per problem otherwise.
@@ -20,6 +20,7 @@ Exit status 0 when everything passed; one line per problem otherwise.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ CRD_KINDS = {
     ("security.istio.io/v1", "AuthorizationPolicy"),
     ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"),
 }
-PENDING_KEYS = {"authz", "jwks", "cache_dir", "fetch_headers"}
+PENDING_KEYS = {"authz", "jwks", "token_cache", "cache_dir", "fetch_headers", "ca_file"}
 
 problems = []
 notes = []
@@ -126,14 +127,16 @@ def pod_spec_of(doc):
     return None
 
 
-def check_workload(where, doc, mode, helm):
+def check_workload(where, doc, mode, helm, needs_token=False):
     tmpl = pod_spec_of(doc)
     if tmpl is None:
         return
     spec = tmpl["spec"]
     psc = spec.get("securityContext") or {}
-    if spec.get("automountServiceAccountToken") is not False:
+    if spec.get("automountServiceAccountToken") is not False and not needs_token:
         fail(where, "automountServiceAccountToken must be false (no provider here needs a token)")
+    if needs_token and spec.get("automountServiceAccountToken") is not True:
+        fail(where, "a provider reads the service-account token but automountServiceAccountToken is not true")
     if psc.get("runAsNonRoot") is not True:
         fail(where, "pod securityContext.runAsNonRoot must be true")
     if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
@@ -198,6 +201,9 @@ def cmd_validate(args):
         if not docs:
             fail(path, "no objects rendered")
         kinds = []
+        # A service-account token may be mounted only when a provider's config reads it.
+        needs_token = any("/var/run/secrets/kubernetes.io/serviceaccount/" in (d.get("data") or {}).get("config.toml", "")
+                          for d in docs if d.get("kind") == "ConfigMap")
         for doc in docs:
             where = f"{os.path.basename(path)}: {name_of(doc)}"
             kinds.append(doc.get("kind"))
@@ -213,7 +219,7 @@ def cmd_validate(args):
                     msg = getattr(e, "message", None) or str(e)
                     fail(where, f"Kubernetes {v} schema: {msg.splitlines()[0]}")
             if mode:
-                check_workload(where, doc, mode, helm)
+                check_workload(where, doc, mode, helm, needs_token)
         print(f"   {os.path.basename(path)}: {len(docs)} objects ({', '.join(sorted(set(map(str, kinds))))})")
     print(f"   {counts['schema']} object validations against Kubernetes {', '.join(K8S_VERSIONS)} schemas (strict), {counts['crd']} custom resources checked structurally")
 
@@ -298,6 +304,50 @@ def start_and_probe(binary, cfg):
         return ok, errf.read()
 
 
+TEST_JWKS = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+
+
+def test_ca_pem():
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks-sidecar test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def replace_mounted_files(cfg, d):
+    """Files that Kubernetes would mount (CA bundles, secrets, JWKS files) are replaced by
+    test files so the binary's start-up checks can run here. Returns the keys replaced."""
+    replaced = []
+    for i, p in enumerate(cfg.get("providers", [])):
+        if "ca_file" in p:
+            path = os.path.join(d, f"ca-{i}.pem")
+            open(path, "wb").write(test_ca_pem())
+            p["ca_file"] = path
+            replaced.append(f"providers[{i}].ca_file")
+        if "jwks_file" in p:
+            path = os.path.join(d, f"jwks-{i}.json")
+            open(path, "w").write(TEST_JWKS)
+            p["jwks_file"] = path
+            replaced.append(f"providers[{i}].jwks_file")
+        for j, h in enumerate(p.get("fetch_headers", [])):
+            if "value_from_file" in h:
+                path = os.path.join(d, f"header-{i}-{j}")
+                open(path, "w").write("test-secret\n")
+                h["value_from_file"] = path
+                replaced.append(f"providers[{i}].fetch_headers[{j}].value_from_file")
+    return replaced
+
+
 def remove_key(cfg, key):
     removed = False
     if key in cfg:
@@ -328,6 +378,8 @@ def cmd_config(args):
                 continue
             n += 1
             stripped = []
+            filedir = tempfile.mkdtemp(prefix="jwks-files-")
+            replaced = replace_mounted_files(cfg, filedir)
             while True:
                 ok, err = start_and_probe(binary, json.loads(json.dumps(cfg)))
                 if ok:
@@ -338,8 +390,11 @@ def cmd_config(args):
                     continue
                 fail(where, "the binary refused it:\n      " + "\n      ".join(err.strip().splitlines()[-8:]))
                 break
+            shutil.rmtree(filedir, ignore_errors=True)
             if ok:
                 extra = f" (NOTE: this build does not know {', '.join(stripped)} yet; validated without)" if stripped else ""
+                if replaced:
+                    extra += f" (mounted files replaced by test files: {len(replaced)})"
                 print(f"   {where}: accepted by the binary{extra}")
                 if stripped:
                     notes.append(f"{where}: {', '.join(stripped)} not supported by this build")

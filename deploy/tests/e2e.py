@@ -107,10 +107,16 @@ def cmd_healthcheck(binary):
                 '[[providers]]\nname = "inline"\nissuer = "https://inline.example/"\naudiences = ["a"]\n'
                 'jwks = { keys = [{ kty = "OKP", crv = "Ed25519", kid = "k1", x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" }] }\n'
             )
-        p = subprocess.Popen([binary, "--config", cfg], stderr=subprocess.DEVNULL)
+        errf = open(os.path.join(d, "stderr"), "w+")
+        p = subprocess.Popen([binary, "--config", cfg], stderr=errf)
         procs.append(p)
         try:
-            wait_for(lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, 10, "the sidecar to be ready")
+            try:
+                wait_for(lambda: p.poll() is not None or http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, 30, "the sidecar to be ready")
+            finally:
+                if p.poll() is not None:
+                    errf.seek(0)
+                    raise SystemExit(f"FAIL the sidecar exited ({p.returncode}):\n{errf.read()[-2000:]}")
             for path in ("/healthz", "/readyz"):
                 r = subprocess.run([binary, "healthcheck", "--url", f"http://127.0.0.1:{admin}{path}"], capture_output=True, timeout=10)
                 if r.returncode != 0:
@@ -336,6 +342,8 @@ jwks_uri = "http://127.0.0.1:{ports['idp']}/jwks.json"
 audiences = ["api"]
 algorithms = ["RS256"]
 refresh_interval = "2s"
+min_refresh = "1s"
+kid_miss_min_interval = "1s"
 fetch_timeout = "1s"
 [providers.claim_headers]
 sub = "x-jwt-sub"
@@ -346,16 +354,32 @@ issuer = "https://down.test/"
 jwks_uri = "http://127.0.0.1:{ports['down']}/jwks.json"
 audiences = ["api"]
 refresh_interval = "2s"
+min_refresh = "1s"
 fetch_timeout = "1s"
 """
     cfg_path = os.path.join(work, "config.toml")
-    open(cfg_path, "w").write(cfg)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JWKS_SIDECAR_") and k != "RUST_LOG"}
-    sidecar_log = open(os.path.join(out_dir, "sidecar.log"), "w")
-    procs.append(subprocess.Popen([binary, "--config", cfg_path], stdout=sidecar_log, stderr=subprocess.STDOUT, env=env))
     admin = f"http://127.0.0.1:{ports['admin']}"
     proxy = f"http://127.0.0.1:{ports['proxy']}"
-    wait_for(lambda: http_get(admin + "/healthz")[0] == 200, 20, "the sidecar's /healthz")
+    log_path = os.path.join(out_dir, "sidecar.log")
+    # Fast-refresh keys (min_refresh, kid_miss_min_interval) that an older build does not know
+    # are dropped when, and only when, the binary names them as unknown.
+    optional = {"min_refresh", "kid_miss_min_interval"}
+    while True:
+        open(cfg_path, "w").write(cfg)
+        sidecar_log = open(log_path, "w")
+        p = subprocess.Popen([binary, "--config", cfg_path], stdout=sidecar_log, stderr=subprocess.STDOUT, env=env)
+        procs.append(p)
+        up = wait_for(lambda: p.poll() is not None or http_get(admin + "/healthz")[0] == 200, 20, "the sidecar's /healthz")
+        if p.poll() is None:
+            break
+        text = open(log_path).read()
+        m = re.search(r"unknown field(?::? found)? `(\w+)`", text)
+        if not (m and m.group(1) in optional):
+            raise SystemExit(f"FAIL the sidecar exited at start:\n{text[-2000:]}")
+        optional.discard(m.group(1))
+        cfg = re.sub(rf"(?m)^{m.group(1)} = .*\n", "", cfg)
+        log(f"NOTE: this build does not know {m.group(1)}; running without it")
     wait_for(lambda: any(p["name"] == "main" and p["ready"] for p in json.loads(http_get(admin + "/providers")[1])["providers"]), 20, "provider main's keys")
     log(f"sidecar up: proxy {proxy}, admin {admin}; provider main ready, provider down never answers")
 

@@ -58,6 +58,7 @@ cluster's own issuer. */}}
 {{- $need := .Values.serviceAccount.automountToken }}
 {{- range .Values.providers }}
 {{- $p := . }}
+{{- if .useServiceAccountToken }}{{ $need = true }}{{ end }}
 {{- range $k := list "issuer" "jwks_uri" "discovery_url" }}
 {{- if contains "kubernetes.default.svc" (toString (get $p $k)) }}{{ $need = true }}{{ end }}
 {{- end }}
@@ -160,6 +161,11 @@ tables are written inline, null values are left out. */}}
 {{- printf "/var/run/secrets/jwks-sidecar/%s/%s" .secretName .secretKey }}
 {{- end }}
 
+{{/* Where a provider's caFrom (ConfigMap or Secret) is mounted. */}}
+{{- define "jwks-sidecar.caPath" -}}
+{{- if .configMap }}{{ printf "/etc/ssl/jwks-sidecar/configmap-%s/%s" .configMap .key }}{{ else }}{{ printf "/etc/ssl/jwks-sidecar/secret-%s/%s" .secret .key }}{{ end }}
+{{- end }}
+
 {{- define "jwks-sidecar.configDict" -}}
 {{- $v := .Values }}
 {{- if not $v.providers }}
@@ -184,22 +190,24 @@ tables are written inline, null values are left out. */}}
 {{- if $v.authz.pathPrefix }}{{ $_ := set $authz "path_prefix" $v.authz.pathPrefix }}{{ end }}
 {{- $_ := set $cfg "authz" $authz }}
 {{- end }}
-{{- if and $v.cache.enabled (eq $v.cache.scope "global") }}
+{{- if $v.cache.enabled }}
 {{- $_ := set $cfg "jwks" (dict "cache_dir" $v.cache.mountPath) }}
 {{- end }}
 {{- $providers := list }}
 {{- range $v.providers }}
-{{- $p := omit (deepCopy .) "fetchHeaders" }}
-{{- if .fetchHeaders }}
+{{- $p := omit (deepCopy .) "fetchHeaders" "caFrom" "useServiceAccountToken" }}
 {{- $fh := list }}
 {{- range .fetchHeaders }}
-{{- $fh = append $fh (dict "name" .name "value_file" (include "jwks-sidecar.secretPath" .)) }}
+{{- $h := dict "name" .name "value_from_file" (include "jwks-sidecar.secretPath" .) }}
+{{- if .prefix }}{{ $_ := set $h "prefix" .prefix }}{{ end }}
+{{- $fh = append $fh $h }}
 {{- end }}
-{{- $_ := set $p "fetch_headers" $fh }}
+{{- if .useServiceAccountToken }}
+{{- $fh = append $fh (dict "name" "authorization" "value_from_file" "/var/run/secrets/kubernetes.io/serviceaccount/token" "prefix" "Bearer ") }}
+{{- if not .caFrom }}{{ $_ := set $p "ca_file" "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt" }}{{ end }}
 {{- end }}
-{{- if and $v.cache.enabled (eq $v.cache.scope "provider") }}
-{{- $_ := set $p "cache_dir" (printf "%s/%s" $v.cache.mountPath .name) }}
-{{- end }}
+{{- if $fh }}{{ $_ := set $p "fetch_headers" (concat (default list .fetch_headers) $fh) }}{{ end }}
+{{- with .caFrom }}{{ $_ := set $p "ca_file" (include "jwks-sidecar.caPath" .) }}{{ end }}
 {{- $providers = append $providers $p }}
 {{- end }}
 {{- $_ := set $cfg "providers" $providers }}
@@ -218,6 +226,20 @@ tables are written inline, null values are left out. */}}
 {{- $names := list }}
 {{- range .Values.providers }}{{ range .fetchHeaders }}{{ $names = append $names .secretName }}{{ end }}{{ end }}
 {{- toJson ($names | uniq | sortAlpha) }}
+{{- end }}
+
+{{/* ConfigMaps and Secrets referenced by providers[].caFrom, deduplicated. */}}
+{{- define "jwks-sidecar.caSources" -}}
+{{- $seen := dict }}
+{{- $out := list }}
+{{- range .Values.providers }}
+{{- with .caFrom }}
+{{- $src := ternary (dict "kind" "configmap" "name" .configMap) (dict "kind" "secret" "name" .secret) (not (empty .configMap)) }}
+{{- $id := printf "%s/%s" $src.kind $src.name }}
+{{- if not (hasKey $seen $id) }}{{ $_ := set $seen $id true }}{{ $out = append $out $src }}{{ end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{- define "jwks-sidecar.terminationGrace" -}}
@@ -311,6 +333,11 @@ restartPolicy: Always (a native sidecar: started before the app, stopped after i
       mountPath: {{ printf "/var/run/secrets/jwks-sidecar/%s" . }}
       readOnly: true
     {{- end }}
+    {{- range (include "jwks-sidecar.caSources" . | fromJsonArray) }}
+    - name: {{ printf "ca-%s-%s" .kind .name | trunc 63 | trimSuffix "-" }}
+      mountPath: {{ printf "/etc/ssl/jwks-sidecar/%s-%s" .kind .name }}
+      readOnly: true
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -334,6 +361,16 @@ restartPolicy: Always (a native sidecar: started before the app, stopped after i
   secret:
     secretName: {{ . }}
     defaultMode: 0440
+{{- end }}
+{{- range (include "jwks-sidecar.caSources" . | fromJsonArray) }}
+- name: {{ printf "ca-%s-%s" .kind .name | trunc 63 | trimSuffix "-" }}
+  {{- if eq .kind "configmap" }}
+  configMap:
+    name: {{ .name }}
+  {{- else }}
+  secret:
+    secretName: {{ .name }}
+  {{- end }}
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
