@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::jwks::refresh::fetch_key_set;
+use crate::jwks::refresh::{fetch_key_set, ConfiguredSource};
 use crate::metrics::Metrics;
 use crate::testkit::alg_name;
 
@@ -18,9 +18,15 @@ pub async fn check(config: &Config) -> Result<String, String> {
     let mut report = String::new();
     let mut failed = Vec::new();
     for (p, cfg) in auth.providers().iter().zip(&config.providers) {
-        let settings = crate::refresh_settings(cfg);
         let _ = writeln!(report, "provider {:?} (issuer {})", p.name, p.issuer);
-        match fetch_key_set(&p.keys, &fetcher, &settings).await {
+        let source = match crate::fetcher_for(cfg, &fetcher) {
+            Ok(f) => ConfiguredSource::new(f, cfg, Some(p.keys.clone())),
+            Err(e) => {
+                failed.push(e);
+                continue;
+            }
+        };
+        match fetch_key_set(&source, &p.keys).await {
             Ok((set, skipped)) => {
                 if let Some(uri) = p.keys.status().jwks_uri {
                     let _ = writeln!(report, "  jwks_uri: {uri}");

@@ -28,6 +28,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// Settings shared by every provider's key mirror.
+    pub jwks: JwksConfig,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheConfig,
     /// Token issuers whose keys are mirrored.
     pub providers: Vec<ProviderConfig>,
 }
@@ -151,6 +155,39 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[jwks]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// Directory where each provider's last good key set is persisted (atomically) and
+    /// reloaded at start if still within `max_stale`. Unset: no persistence.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[token_cache]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCacheConfig {
+    /// Remember verified tokens (keyed by SHA-256 of the token) so a repeated token skips
+    /// the signature check. `exp`/`nbf` are re-checked on every hit, and an entry is void
+    /// as soon as its key leaves the key set.
+    pub enabled: bool,
+    /// Most tokens remembered.
+    pub max_entries: usize,
+    /// Approximate memory bound for cached claims.
+    pub max_bytes: usize,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        TokenCacheConfig {
+            enabled: true,
+            max_entries: 10_000,
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +238,8 @@ pub struct ProviderConfig {
     pub jwks_file: Option<PathBuf>,
     /// An inline JWKS (a TOML table with `keys`).
     pub jwks: Option<serde_json::Value>,
+    /// An inline PEM public key or certificate (e.g. Clerk's "JWT public key"); no kid.
+    pub public_key_pem: Option<String>,
     /// Accepted audiences: the token's audience claim must contain one of them.
     pub audiences: Vec<String>,
     /// Claim checked against `audiences` (`aud`; Cognito access tokens use `client_id`).
@@ -222,9 +261,38 @@ pub struct ProviderConfig {
     pub claim_headers: BTreeMap<String, String>,
     /// Allow `http://` JWKS/discovery URLs for non-loopback hosts.
     pub allow_insecure_http: bool,
-    /// How often keys are refetched.
+    /// How often keys are refetched when the JWKS response has no caching headers.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Lower clamp for `Cache-Control: max-age` / `Expires` (Auth0 sends 15 s).
+    #[serde(with = "humantime_serde")]
+    pub min_refresh: Duration,
+    /// Upper clamp for caching headers (Okta may say weeks).
+    #[serde(with = "humantime_serde")]
+    pub max_refresh: Duration,
+    /// After the keys' freshness lapses and refreshes keep failing, keep serving them this
+    /// long; then the provider has no keys and its requests get 503.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// At most one unknown-kid refetch per this interval (per provider).
+    #[serde(with = "humantime_serde")]
+    pub kid_miss_min_interval: Duration,
+    /// How long a request with an unknown kid waits for the refetch it triggered.
+    #[serde(with = "humantime_serde")]
+    pub kid_miss_wait: Duration,
+    /// A key missing from this many consecutive successful fetches is dropped (1: at once).
+    pub key_removal_confirmations: u32,
+    /// Most keys taken from one JWKS document.
+    pub max_keys: usize,
+    /// Extra PEM CA certificates trusted for this provider's fetches (besides webpki roots).
+    pub ca_file: Option<PathBuf>,
+    /// Extra request headers for fetches, read from the environment or a file at each fetch.
+    pub fetch_headers: Vec<FetchHeader>,
+    /// Entra multi-tenant: the claim holding the tenant id substituted for `{tenantid}`
+    /// in `issuer`.
+    pub tenant_claim: String,
+    /// With a `{tenantid}` issuer: the accepted tenants (empty: any).
+    pub allowed_tenants: Vec<String>,
     /// Timeout for one JWKS or discovery fetch.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
@@ -242,6 +310,7 @@ impl Default for ProviderConfig {
             discovery: false,
             jwks_file: None,
             jwks: None,
+            public_key_pem: None,
             audiences: Vec::new(),
             audience_claim: "aud".into(),
             algorithms: Vec::new(),
@@ -253,10 +322,37 @@ impl Default for ProviderConfig {
             claim_headers: BTreeMap::new(),
             allow_insecure_http: false,
             refresh_interval: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(12 * 3600),
+            kid_miss_min_interval: Duration::from_secs(30),
+            kid_miss_wait: Duration::from_secs(2),
+            key_removal_confirmations: 2,
+            max_keys: 100,
+            ca_file: None,
+            fetch_headers: Vec::new(),
+            tenant_claim: "tid".into(),
+            allowed_tenants: Vec::new(),
             fetch_timeout: Duration::from_secs(10),
             max_jwks_bytes: 1024 * 1024,
         }
     }
+}
+
+/// `[[providers.fetch_headers]]`: one header added to JWKS/discovery requests. Its value is
+/// read at each fetch (so rotated secrets apply) and never logged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FetchHeader {
+    /// Header name, e.g. `authorization`.
+    pub name: String,
+    /// Read the value from this environment variable.
+    pub value_from_env: Option<String>,
+    /// Read the value from this file (trailing newline trimmed), e.g. a service-account token.
+    pub value_from_file: Option<PathBuf>,
+    /// Put before the value, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// Where a provider's keys come from, after validation.
@@ -270,6 +366,8 @@ pub enum KeySource {
     File(PathBuf),
     /// Use this JWKS document.
     Inline(serde_json::Value),
+    /// Use this PEM public key or certificate.
+    Pem(String),
 }
 
 impl ProviderConfig {
@@ -289,6 +387,9 @@ impl ProviderConfig {
         }
         if let Some(p) = &self.jwks_file {
             return Some(KeySource::File(p.clone()));
+        }
+        if let Some(pem) = &self.public_key_pem {
+            return Some(KeySource::Pem(pem.clone()));
         }
         self.jwks.clone().map(KeySource::Inline)
     }
@@ -372,7 +473,14 @@ fn figment(file: Option<&Path>, cli: &CliOverrides) -> Figment {
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
+    // Every option lives in a section, so only nested names (`SECTION__KEY`) are config.
+    // This ignores JWKS_SIDECAR_CONFIG and the variables Kubernetes injects for a Service
+    // named jwks-sidecar (JWKS_SIDECAR_PORT, JWKS_SIDECAR_SERVICE_HOST, ...).
+    fig = fig.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| k.as_str().contains("__"))
+            .split("__"),
+    );
     if let Some(v) = cli.listen {
         fig = fig.merge(Serialized::default("proxy.listen", v));
     }
@@ -494,12 +602,13 @@ impl Config {
                 prov.discovery_url.is_some() || prov.discovery,
                 prov.jwks_file.is_some(),
                 prov.jwks.is_some(),
+                prov.public_key_pem.is_some(),
             ]
             .iter()
             .filter(|b| **b)
             .count();
             if sources != 1 {
-                p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks; found {sources}", prov.name));
+                p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks, public_key_pem; found {sources}", prov.name));
             }
             for (key, url) in [
                 ("jwks_uri", &prov.jwks_uri),
@@ -551,6 +660,40 @@ impl Config {
             }
             if prov.refresh_interval < Duration::from_secs(1) {
                 p.push(format!("{at}.refresh_interval must be at least 1s"));
+            }
+            if prov.min_refresh > prov.max_refresh {
+                p.push(format!(
+                    "{at}: min_refresh ({:?}) is larger than max_refresh ({:?})",
+                    prov.min_refresh, prov.max_refresh
+                ));
+            }
+            if prov.key_removal_confirmations == 0 {
+                p.push(format!("{at}.key_removal_confirmations must be at least 1 (1 = drop a key as soon as it is missing)"));
+            }
+            if prov.max_keys == 0 {
+                p.push(format!("{at}.max_keys must be at least 1"));
+            }
+            if let Some(f) = &prov.ca_file {
+                if !f.is_file() {
+                    p.push(format!("{at}.ca_file = {:?}: no such file", f.display()));
+                }
+            }
+            for (j, h) in prov.fetch_headers.iter().enumerate() {
+                if http::HeaderName::try_from(h.name.as_str()).is_err() {
+                    p.push(format!(
+                        "{at}.fetch_headers[{j}].name = {:?} is not a valid HTTP header name",
+                        h.name
+                    ));
+                }
+                if h.value_from_env.is_some() == h.value_from_file.is_some() {
+                    p.push(format!("{at}.fetch_headers[{j}] ({}): set exactly one of value_from_env, value_from_file", h.name));
+                }
+            }
+            if prov.issuer.contains('{') && !prov.issuer.contains("{tenantid}") {
+                p.push(format!(
+                    "{at}.issuer = {:?}: the only supported placeholder is {{tenantid}}",
+                    prov.issuer
+                ));
             }
         }
         if p.is_empty() {

@@ -34,6 +34,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -43,7 +44,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::jwks::fetch::Fetcher;
-use crate::jwks::refresh::RefreshSettings;
+use crate::jwks::refresh::{ConfiguredSource, Mirror, MirrorSettings};
 use crate::metrics::Metrics;
 
 /// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
@@ -87,13 +88,26 @@ impl Running {
     }
 }
 
-/// Refresh settings of a provider config.
-pub fn refresh_settings(p: &config::ProviderConfig) -> RefreshSettings {
-    RefreshSettings {
-        interval: p.refresh_interval,
-        timeout: p.fetch_timeout,
-        max_bytes: p.max_jwks_bytes,
-        allow_insecure_http: p.allow_insecure_http,
+/// Mirror settings of a provider config.
+pub fn mirror_settings(p: &config::ProviderConfig) -> MirrorSettings {
+    MirrorSettings {
+        refresh_interval: p.refresh_interval,
+        min_refresh: p.min_refresh,
+        max_refresh: p.max_refresh,
+        max_stale: p.max_stale,
+        key_removal_confirmations: p.key_removal_confirmations,
+        max_retry: Duration::from_secs(60).min(p.max_refresh),
+        jitter: 0.1,
+    }
+}
+
+/// The fetcher for a provider: the shared one, or one trusting its `ca_file` too.
+pub fn fetcher_for(p: &config::ProviderConfig, shared: &Fetcher) -> Result<Fetcher, String> {
+    match &p.ca_file {
+        Some(f) => {
+            Fetcher::with_ca_file(f).map_err(|e| format!("provider {:?} ca_file: {e}", p.name))
+        }
+        None => Ok(shared.clone()),
     }
 }
 
@@ -107,13 +121,22 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
     let fetcher = Fetcher::new();
     for (provider, cfg) in auth.providers().iter().zip(&config.providers) {
-        tasks.push(tokio::spawn(jwks::refresh::run(
-            provider.keys.clone(),
-            fetcher.clone(),
-            metrics.clone(),
-            refresh_settings(cfg),
-            shutdown_rx.clone(),
-        )));
+        let mirror = Mirror {
+            keys: provider.keys.clone(),
+            source: ConfiguredSource::new(
+                fetcher_for(cfg, &fetcher)?,
+                cfg,
+                Some(provider.keys.clone()),
+            ),
+            metrics: metrics.clone(),
+            settings: mirror_settings(cfg),
+            persist_path: config
+                .jwks
+                .cache_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.json", cfg.name))),
+        };
+        tasks.push(tokio::spawn(mirror.run(shutdown_rx.clone())));
     }
 
     let tls = match &config.proxy.tls {

@@ -199,7 +199,7 @@ impl Proxy {
             None
         } else {
             let outcome = match rt.auth.extract(req.headers(), req.uri().query()) {
-                Ok(Some(token)) => rt.auth.verify(token, now_unix()),
+                Ok(Some(token)) => rt.auth.authenticate(token, now_unix()).await,
                 Ok(None) => Err(Failure::from(Reject::Missing)),
                 Err(r) => Err(Failure::from(r)),
             };
@@ -228,11 +228,11 @@ impl Proxy {
 
         // Identity headers from the verified token.
         if let Some(v) = &verified {
-            for (name, value) in rt.auth.claim_headers(v) {
-                req.headers_mut().insert(name, value);
+            for (name, value) in &v.info.headers {
+                req.headers_mut().insert(name.clone(), value.clone());
             }
             if let Some(h) = &rt.payload_header {
-                if let Ok(value) = HeaderValue::from_str(&v.payload_b64) {
+                if let Ok(value) = HeaderValue::from_str(&v.info.payload_b64) {
                     req.headers_mut().insert(h.clone(), value);
                 }
             }
@@ -242,7 +242,7 @@ impl Proxy {
         }
 
         let (reason, provider, kid) = match &verified {
-            Some(v) => ("ok", Some(v.provider.name.as_str()), v.kid.as_deref()),
+            Some(v) => ("ok", Some(v.provider.name.as_str()), v.info.kid.as_deref()),
             None => ("public", None, None),
         };
         let fields = LogFields {
@@ -381,9 +381,21 @@ fn log_line(f: &LogFields<'_>, status: u16, started: Instant) {
         decision = f.decision,
         reason = f.reason,
         provider = f.provider.unwrap_or(""),
-        kid = f.kid.unwrap_or(""),
+        kid = truncate(f.kid.unwrap_or(""), 64),
         status,
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
+}
+
+/// At most `max` bytes of an untrusted string, cut on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -393,24 +393,7 @@ async fn keys_marked_enc_or_without_verify_op_are_never_used() {
     let mut enc = k.public_jwk();
     enc["use"] = json!("enc");
     h.idp.set_jwks(idp_doc(enc));
-    jwks_sidecar::jwks::refresh::refresh_once(
-        &h.sidecar.auth.providers()[0].keys,
-        &jwks_sidecar::jwks::fetch::Fetcher::new(),
-        &h.sidecar.metrics,
-        &jwks_sidecar::refresh_settings(
-            &jwks_sidecar::config::from_toml_str(&base_toml(
-                &h.idp.jwks_uri(),
-                &h.idp.issuer(),
-                &h.echo.url(),
-                "",
-                "",
-            ))
-            .expect("cfg")
-            .providers[0],
-        ),
-    )
-    .await
-    .expect("refresh");
+    // The unknown kid triggers a refetch; the refetched key is marked enc and skipped.
     let (s, _, body) = get_with_token(&h.url("/x"), &k.mint(&h.claims())).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "unknown_kid"));
     let m = h.metrics().await;

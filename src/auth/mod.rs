@@ -2,6 +2,7 @@
 //! provider by its (unverified) issuer, look the key up in that provider's mirror only,
 //! verify, check claims, and map claims to headers. Knows nothing about sockets.
 
+pub mod cache;
 pub mod claims;
 pub mod extract;
 pub mod provider;
@@ -22,11 +23,9 @@ use claims::{render, ReservedHeaders};
 use extract::TokenSources;
 pub use provider::Provider;
 
-/// A token that passed every check.
+/// What a verified token says, computed once and shared by cache hits.
 #[derive(Debug)]
-pub struct Verified {
-    /// The provider that issued it.
-    pub provider: Arc<Provider>,
+pub struct TokenInfo {
     /// The key id used.
     pub kid: Option<String>,
     /// The algorithm used.
@@ -35,6 +34,21 @@ pub struct Verified {
     pub claims: Map<String, Value>,
     /// The payload segment as in the token (base64url JSON).
     pub payload_b64: String,
+    /// `exp`, re-checked on cache hits.
+    pub exp: Option<f64>,
+    /// `nbf`, re-checked on cache hits.
+    pub nbf: Option<f64>,
+    /// Claim headers rendered from the claims (unsafe values already dropped).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The provider that issued it.
+    pub provider: Arc<Provider>,
+    /// Its verified content.
+    pub info: Arc<TokenInfo>,
 }
 
 /// A refused token, with what was known when it was refused (for logs and metrics).
@@ -44,7 +58,7 @@ pub struct Failure {
     pub reject: Reject,
     /// The provider, when the issuer was recognised.
     pub provider: Option<Arc<Provider>>,
-    /// The token's kid, when it had one (truncated for logs).
+    /// The token's kid, when it had one (untrusted: truncate before logging).
     pub kid: Option<String>,
 }
 
@@ -61,6 +75,7 @@ impl From<Reject> for Failure {
 /// Everything needed to authenticate a request, built once per config.
 pub struct Authenticator {
     by_issuer: HashMap<String, Arc<Provider>>,
+    templated: Vec<Arc<Provider>>,
     providers: Vec<Arc<Provider>>,
     /// Token locations.
     pub sources: TokenSources,
@@ -72,6 +87,7 @@ pub struct Authenticator {
     pub max_claim_header_bytes: usize,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
+    cache: Option<cache::TokenCache>,
 }
 
 impl Authenticator {
@@ -84,7 +100,13 @@ impl Authenticator {
             .collect();
         let by_issuer = providers
             .iter()
+            .filter(|p| !p.issuer.contains("{tenantid}"))
             .map(|p| (p.issuer.clone(), p.clone()))
+            .collect();
+        let templated = providers
+            .iter()
+            .filter(|p| p.issuer.contains("{tenantid}"))
+            .cloned()
             .collect();
         let mut reserved_names: Vec<String> = config
             .providers
@@ -94,6 +116,7 @@ impl Authenticator {
         reserved_names.extend(config.proxy.payload_header.clone());
         Authenticator {
             by_issuer,
+            templated,
             providers,
             sources: TokenSources {
                 header: config
@@ -109,6 +132,10 @@ impl Authenticator {
             reserved: ReservedHeaders::new(&config.proxy.identity_header_prefix, reserved_names),
             array_format: config.proxy.array_claim_format,
             max_claim_header_bytes: config.proxy.max_claim_header_bytes,
+            cache: config
+                .token_cache
+                .enabled
+                .then(|| cache::TokenCache::new(&config.token_cache, &metrics)),
             metrics,
         }
     }
@@ -139,14 +166,9 @@ impl Authenticator {
 
     fn verify_inner(&self, token: &str, now: u64) -> Result<Verified, Failure> {
         let parsed = verify::parse(token)?;
-        let kid = parsed
-            .header
-            .kid
-            .as_ref()
-            .map(|k| k.chars().take(64).collect::<String>());
+        let kid = parsed.header.kid.clone();
         let provider = verify::peek_issuer(&parsed)
-            .and_then(|iss| self.by_issuer.get(iss))
-            .cloned()
+            .and_then(|iss| self.provider_for(iss, &parsed.claims))
             .ok_or(Failure {
                 reject: Reject::UnknownIssuer,
                 provider: None,
@@ -170,20 +192,97 @@ impl Authenticator {
         });
         let used_kid = signed.map_err(fail)?;
         verify::check_claims(&parsed, &provider.claims, now).map_err(fail)?;
-        Ok(Verified {
+        let headers = self.render_claim_headers(&provider, &parsed.claims);
+        let number = |name: &str| parsed.claims.get(name).and_then(Value::as_f64);
+        let info = TokenInfo {
             kid: used_kid,
             alg,
+            exp: number("exp"),
+            nbf: number("nbf"),
             payload_b64: parsed.payload_b64.to_string(),
             claims: parsed.claims,
+            headers,
+        };
+        Ok(Verified {
+            info: Arc::new(info),
             provider,
         })
     }
 
-    /// The headers to add upstream for a verified token; unsafe values are dropped and counted.
-    pub fn claim_headers(&self, v: &Verified) -> Vec<(http::HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(v.provider.claim_headers.len());
-        for (path, header) in &v.provider.claim_headers {
-            let Some(value) = path.lookup(&v.claims) else {
+    /// The whole authentication of one token: cache, verification, and on an unknown kid
+    /// one bounded wait for the provider's refetch, then a second verification.
+    pub async fn authenticate(&self, token: &str, now: u64) -> Result<Verified, Failure> {
+        let cache_key = match &self.cache {
+            Some(c) => {
+                let key = cache::TokenCache::key(token);
+                if let Some(v) = c.get(&key, now) {
+                    return Ok(v);
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let result = match self.verify(token, now) {
+            Err(Failure {
+                reject: Reject::UnknownKid,
+                provider: Some(p),
+                kid: Some(kid),
+            }) => {
+                let outcome = p.keys.resolve_unknown_kid(&kid).await;
+                self.metrics
+                    .jwks_kid_miss_total
+                    .with_label_values(&[&p.name, outcome.label()])
+                    .inc();
+                if outcome == crate::jwks::kidmiss::KidMiss::RefetchedFound {
+                    self.verify(token, now)
+                } else {
+                    Err(Failure {
+                        reject: Reject::UnknownKid,
+                        provider: Some(p),
+                        kid: Some(kid),
+                    })
+                }
+            }
+            other => other,
+        };
+        if let (Ok(v), Some(c), Some(key)) = (&result, &self.cache, cache_key) {
+            c.insert(key, v);
+        }
+        result
+    }
+
+    /// The provider for an (unverified) issuer: exact match, else an issuer template such as
+    /// `https://login.microsoftonline.com/{tenantid}/v2.0` whose `{tenantid}`, replaced by the
+    /// token's tenant claim, gives exactly `iss` (and the tenant is allowed).
+    fn provider_for(&self, iss: &str, claims: &Map<String, Value>) -> Option<Arc<Provider>> {
+        if let Some(p) = self.by_issuer.get(iss) {
+            return Some(p.clone());
+        }
+        self.templated
+            .iter()
+            .find(|p| {
+                let Some(tenant) = claims.get(&p.tenant_claim).and_then(Value::as_str) else {
+                    return false;
+                };
+                !tenant.is_empty()
+                    && tenant
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && (p.allowed_tenants.is_empty()
+                        || p.allowed_tenants.iter().any(|t| t == tenant))
+                    && p.issuer.replace("{tenantid}", tenant) == iss
+            })
+            .cloned()
+    }
+
+    fn render_claim_headers(
+        &self,
+        provider: &Provider,
+        claims: &Map<String, Value>,
+    ) -> Vec<(http::HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(provider.claim_headers.len());
+        for (path, header) in &provider.claim_headers {
+            let Some(value) = path.lookup(claims) else {
                 continue;
             };
             match render(value, self.array_format, self.max_claim_header_bytes) {
@@ -191,9 +290,9 @@ impl Authenticator {
                 Err(d) => {
                     self.metrics
                         .claim_headers_dropped_total
-                        .with_label_values(&[&v.provider.name, d.label()])
+                        .with_label_values(&[&provider.name, d.label()])
                         .inc();
-                    tracing::warn!(provider = %v.provider.name, claim = path.as_str(), reason = d.label(), "claim not forwarded as a header");
+                    tracing::warn!(provider = %provider.name, claim = path.as_str(), reason = d.label(), "claim not forwarded as a header");
                 }
             }
         }

@@ -10,11 +10,9 @@ use prometheus::IntCounter;
 use super::claims::ClaimPath;
 use super::verify::{normalize_typ, ClaimPolicy};
 use crate::config::{ProviderConfig, SUPPORTED_ALGORITHMS};
+use crate::jwks::kidmiss::KidMissGate;
 use crate::jwks::{parse_alg, ParsePolicy, ProviderKeys};
 use crate::metrics::Metrics;
-
-/// Most keys taken from one JWKS document.
-pub const MAX_KEYS_PER_SET: usize = 100;
 
 /// One configured issuer, ready for the request path.
 pub struct Provider {
@@ -30,6 +28,10 @@ pub struct Provider {
     pub claim_headers: Vec<(ClaimPath, HeaderName)>,
     /// The key mirror.
     pub keys: Arc<ProviderKeys>,
+    /// Claim substituted for `{tenantid}` in a templated issuer.
+    pub tenant_claim: String,
+    /// Accepted tenants for a templated issuer (empty: any).
+    pub allowed_tenants: Vec<String>,
     pub(crate) lookup_hit: IntCounter,
     pub(crate) lookup_miss: IntCounter,
 }
@@ -63,8 +65,9 @@ impl Provider {
             source,
             ParsePolicy {
                 algorithms: algorithms.clone(),
-                max_keys: MAX_KEYS_PER_SET,
+                max_keys: cfg.max_keys,
             },
+            KidMissGate::new(cfg.kid_miss_min_interval, cfg.kid_miss_wait),
         ));
         Provider {
             name: cfg.name.clone(),
@@ -89,6 +92,8 @@ impl Provider {
                 .collect(),
             algorithms,
             keys,
+            tenant_claim: cfg.tenant_claim.clone(),
+            allowed_tenants: cfg.allowed_tenants.clone(),
             lookup_hit: metrics
                 .key_lookups_total
                 .with_label_values(&[&cfg.name, "hit"]),

@@ -35,6 +35,10 @@ pub enum FetchError {
     Redirect(String),
     /// Reading a local file failed.
     File(String),
+    /// The discovery document names another issuer.
+    IssuerMismatch(String),
+    /// A fetch header's secret could not be read.
+    Credentials(String),
 }
 
 impl FetchError {
@@ -48,6 +52,8 @@ impl FetchError {
             FetchError::Parse(_) => "parse",
             FetchError::Redirect(_) => "redirect",
             FetchError::File(_) => "file",
+            FetchError::IssuerMismatch(_) => "issuer_mismatch",
+            FetchError::Credentials(_) => "credentials",
         }
     }
 }
@@ -62,6 +68,8 @@ impl std::fmt::Display for FetchError {
             FetchError::Parse(e) => write!(f, "unusable document: {e}"),
             FetchError::Redirect(e) => write!(f, "redirect refused: {e}"),
             FetchError::File(e) => write!(f, "file: {e}"),
+            FetchError::IssuerMismatch(e) => write!(f, "{e}"),
+            FetchError::Credentials(e) => write!(f, "credentials: {e}"),
         }
     }
 }
@@ -103,14 +111,38 @@ const MAX_REDIRECTS: usize = 3;
 impl Fetcher {
     /// A client with the webpki root store, HTTP/1.1, short connect timeout.
     pub fn new() -> Self {
+        Self::with_roots(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+    }
+
+    /// A client that also trusts the PEM CA certificates in `ca_file`.
+    pub fn with_ca_file(ca_file: &std::path::Path) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let file =
+            std::fs::File::open(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no PEM certificate found", ca_file.display()));
+        }
+        Ok(Self::with_roots(roots))
+    }
+
+    fn with_roots(roots: rustls::RootCertStore) -> Self {
         crate::install_crypto_provider();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         http.set_nodelay(true);
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -225,8 +257,8 @@ impl Fetcher {
             .map_err(|e| FetchError::Parse(format!("discovery document is not JSON: {e}")))?;
         let found = v.get("issuer").and_then(Value::as_str).unwrap_or("");
         if found != issuer {
-            return Err(FetchError::Parse(format!(
-                "discovery document issuer {found:?} differs from the configured issuer {issuer:?}"
+            return Err(FetchError::IssuerMismatch(format!(
+                "discovery document issuer {found:?} differs from the configured issuer {issuer:?}; set issuer to the exact value"
             )));
         }
         let jwks_uri = v

@@ -8,6 +8,7 @@
 //! match, never private material re-served.
 
 pub mod fetch;
+pub mod kidmiss;
 pub mod refresh;
 
 use std::collections::HashMap;
@@ -145,7 +146,11 @@ pub struct ParsePolicy {
 impl KeySet {
     /// Builds a set from keys (used by tests and by the parser).
     pub fn from_keys(keys: Vec<Key>) -> Self {
-        let keys: Vec<Arc<Key>> = keys.into_iter().map(Arc::new).collect();
+        Self::from_arcs(keys.into_iter().map(Arc::new).collect())
+    }
+
+    /// Builds a set from shared keys (merging keeps the `Arc`s of retained keys).
+    pub fn from_arcs(keys: Vec<Arc<Key>>) -> Self {
         let mut by_kid: HashMap<String, Vec<Arc<Key>>> = HashMap::new();
         for k in &keys {
             if let Some(kid) = &k.kid {
@@ -161,13 +166,20 @@ impl KeySet {
         }
     }
 
-    /// Parses a JWKS document (`{"keys": [...]}`, extra members such as Stytch's
-    /// `request_id` ignored). Keys that cannot be used are skipped and reported.
+    /// Parses a key document in any shape providers publish:
+    /// a JWKS (`{"keys": [...]}`, extra members such as Stytch's `request_id` ignored),
+    /// a `{kid: PEM certificate}` map (Google, Firebase), or PEM text (a public key or
+    /// certificates, e.g. Clerk's JWT public key). Unusable keys are skipped and reported.
     pub fn parse(
         bytes: &[u8],
         policy: &ParsePolicy,
     ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
-        let doc: Value = serde_json::from_slice(bytes)
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| JwksError("key document is not UTF-8".into()))?;
+        if text.trim_start().starts_with("-----BEGIN") {
+            return Self::from_pem(text, None, policy);
+        }
+        let doc: Value = serde_json::from_str(text)
             .map_err(|e| JwksError(format!("JWKS is not valid JSON: {e}")))?;
         Self::from_document(&doc, policy)
     }
@@ -177,24 +189,87 @@ impl KeySet {
         doc: &Value,
         policy: &ParsePolicy,
     ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
-        let keys = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or_else(|| JwksError("JWKS has no \"keys\" array".into()))?;
+        let obj = doc
+            .as_object()
+            .ok_or_else(|| JwksError("key document is not a JSON object".into()))?;
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        for jwk in keys {
-            if out.len() >= policy.max_keys {
-                skipped.push(SkippedKey {
-                    kid: kid_of(jwk),
-                    reason: "over_limit",
-                });
-                continue;
+        if let Some(keys) = obj.get("keys") {
+            let keys = keys
+                .as_array()
+                .ok_or_else(|| JwksError("JWKS \"keys\" is not an array".into()))?;
+            for jwk in keys {
+                if out.len() >= policy.max_keys {
+                    skipped.push(SkippedKey {
+                        kid: kid_of(jwk),
+                        reason: "over_limit",
+                    });
+                    continue;
+                }
+                match parse_jwk(jwk, &policy.algorithms) {
+                    Ok(k) => out.push(k),
+                    Err(reason) => skipped.push(SkippedKey {
+                        kid: kid_of(jwk),
+                        reason,
+                    }),
+                }
             }
-            match parse_jwk(jwk, &policy.algorithms) {
-                Ok(k) => out.push(k),
+        } else if !obj.is_empty()
+            && obj.values().all(|v| {
+                v.as_str()
+                    .is_some_and(|s| s.trim_start().starts_with("-----BEGIN"))
+            })
+        {
+            // {kid: "-----BEGIN CERTIFICATE-----..."} (Google, Firebase securetoken).
+            for (kid, pem) in obj {
+                if out.len() >= policy.max_keys {
+                    skipped.push(SkippedKey {
+                        kid: Some(kid.clone()),
+                        reason: "over_limit",
+                    });
+                    continue;
+                }
+                let (set, mut skip) =
+                    Self::from_pem(pem.as_str().unwrap_or(""), Some(kid), policy)?;
+                out.extend(set.keys.iter().map(|k| clone_key(k)));
+                skipped.append(&mut skip);
+            }
+        } else {
+            return Err(JwksError(
+                "key document has no \"keys\" array and is not a {kid: PEM certificate} map".into(),
+            ));
+        }
+        Ok((KeySet::from_keys(out), skipped))
+    }
+
+    /// Keys from PEM text: `PUBLIC KEY` or `CERTIFICATE` blocks, all with the given kid.
+    pub fn from_pem(
+        text: &str,
+        kid: Option<&str>,
+        policy: &ParsePolicy,
+    ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
+        let blocks = pem_blocks(text);
+        if blocks.is_empty() {
+            return Err(JwksError("no PEM block found".into()));
+        }
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for (label, der) in blocks {
+            let spki = match label.as_str() {
+                "PUBLIC KEY" => Ok(der.clone()),
+                "CERTIFICATE" => spki_of_certificate(&der),
+                "RSA PUBLIC KEY" => Err("unsupported_kty"),
+                _ => Err("invalid"),
+            };
+            let result = spki.and_then(|spki| key_from_spki(&spki, kid, None, &policy.algorithms));
+            match result {
+                Ok(k) if out.len() < policy.max_keys => out.push(k),
+                Ok(_) => skipped.push(SkippedKey {
+                    kid: kid.map(str::to_string),
+                    reason: "over_limit",
+                }),
                 Err(reason) => skipped.push(SkippedKey {
-                    kid: kid_of(jwk),
+                    kid: kid.map(str::to_string),
                     reason,
                 }),
             }
@@ -257,8 +332,202 @@ fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, &'static 
         .map_err(|_| "invalid")
 }
 
-/// Turns one JWK into a `Key`, or names the reason it is skipped.
+fn clone_key(k: &Key) -> Key {
+    Key {
+        kid: k.kid.clone(),
+        kind: k.kind,
+        alg: k.alg,
+        decoding: k.decoding.clone(),
+        public_jwk: k.public_jwk.clone(),
+    }
+}
+
+/// The verification material of one key, with its public JWK members.
+struct Material {
+    kind: KeyKind,
+    decoding: DecodingKey,
+    public: Map<String, Value>,
+}
+
+fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, &'static str> {
+    let n = strip_leading_zeros(n);
+    let bits = (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
+    if bits < 2048 {
+        return Err("weak_key");
+    }
+    let e = strip_leading_zeros(e);
+    if e.is_empty() || e.len() > 8 {
+        return Err("invalid");
+    }
+    let mut public = Map::new();
+    public.insert("kty".into(), Value::String("RSA".into()));
+    public.insert("n".into(), Value::String(URL_SAFE_NO_PAD.encode(n)));
+    public.insert("e".into(), Value::String(URL_SAFE_NO_PAD.encode(e)));
+    Ok(Material {
+        kind: KeyKind::Rsa,
+        decoding: DecodingKey::from_rsa_raw_components(n, e),
+        public,
+    })
+}
+
+fn ec_material(crv: &str, x: &[u8], y: &[u8]) -> Result<Material, &'static str> {
+    let (kind, len) = match crv {
+        "P-256" => (KeyKind::EcP256, 32),
+        "P-384" => (KeyKind::EcP384, 48),
+        _ => return Err("unsupported_curve"),
+    };
+    if x.len() != len || y.len() != len {
+        return Err("invalid");
+    }
+    let mut point = Vec::with_capacity(1 + 2 * len);
+    point.push(4u8);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    let mut public = Map::new();
+    public.insert("kty".into(), Value::String("EC".into()));
+    public.insert("crv".into(), Value::String(crv.into()));
+    public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(x)));
+    public.insert("y".into(), Value::String(URL_SAFE_NO_PAD.encode(y)));
+    Ok(Material {
+        kind,
+        decoding: DecodingKey::from_ec_der(&point),
+        public,
+    })
+}
+
+fn ed_material(x: &[u8]) -> Result<Material, &'static str> {
+    if x.len() != 32 {
+        return Err("invalid");
+    }
+    let mut public = Map::new();
+    public.insert("kty".into(), Value::String("OKP".into()));
+    public.insert("crv".into(), Value::String("Ed25519".into()));
+    public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(x)));
+    Ok(Material {
+        kind: KeyKind::Ed25519,
+        decoding: DecodingKey::from_ed_der(x),
+        public,
+    })
+}
+
+/// Key material from a DER SubjectPublicKeyInfo (PEM public keys, certificates, x5c).
+fn material_from_spki(der: &[u8]) -> Result<Material, &'static str> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384, OID_SIG_ED25519};
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    use x509_parser::x509::SubjectPublicKeyInfo;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|_| "invalid")?;
+    if spki.algorithm.algorithm == OID_SIG_ED25519 {
+        return ed_material(&spki.subject_public_key.data);
+    }
+    match spki.parsed().map_err(|_| "invalid")? {
+        PublicKey::RSA(k) => rsa_material(k.modulus, k.exponent),
+        PublicKey::EC(point) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let crv = match curve {
+                Some(oid) if oid == OID_EC_P256 => "P-256",
+                Some(oid) if oid == OID_NIST_EC_P384 => "P-384",
+                _ => return Err("unsupported_curve"),
+            };
+            let data = point.data();
+            if data.first() != Some(&4) || data.len() % 2 != 1 {
+                return Err("invalid");
+            }
+            let len = (data.len() - 1) / 2;
+            ec_material(crv, &data[1..1 + len], &data[1 + len..])
+        }
+        _ => Err("unsupported_kty"),
+    }
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate. Validity dates are not checked: the
+/// certificate is only a container for a key fetched from a trusted endpoint.
+fn spki_of_certificate(der: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| "invalid")?;
+    Ok(cert.public_key().raw.to_vec())
+}
+
+fn key_from_spki(
+    spki: &[u8],
+    kid: Option<&str>,
+    alg: Option<Algorithm>,
+    allowed: &[Algorithm],
+) -> Result<Key, &'static str> {
+    finish_key(
+        material_from_spki(spki)?,
+        kid.map(str::to_string),
+        alg,
+        None,
+        allowed,
+    )
+}
+
+fn finish_key(
+    m: Material,
+    kid: Option<String>,
+    alg: Option<Algorithm>,
+    alg_text: Option<&Value>,
+    allowed: &[Algorithm],
+) -> Result<Key, &'static str> {
+    match alg {
+        Some(a) if !m.kind.fits(a) => return Err("invalid"),
+        Some(a) if !allowed.contains(&a) => return Err("alg_not_allowed"),
+        None if !allowed.iter().any(|a| m.kind.fits(*a)) => return Err("alg_not_allowed"),
+        _ => {}
+    }
+    let mut public = m.public;
+    if let Some(kid) = &kid {
+        public.insert("kid".into(), Value::String(kid.clone()));
+    }
+    public.insert("use".into(), Value::String("sig".into()));
+    if let Some(a) = alg_text {
+        public.insert("alg".into(), a.clone());
+    }
+    Ok(Key {
+        kid,
+        kind: m.kind,
+        alg,
+        decoding: m.decoding,
+        public_jwk: Value::Object(public),
+    })
+}
+
+/// PEM blocks as (label, DER bytes); malformed blocks are left out.
+fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
+    use base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let after = &rest[begin + 11..];
+        let Some(label_end) = after.find("-----") else {
+            break;
+        };
+        let label = after[..label_end].to_string();
+        let body_start = &after[label_end + 5..];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = body_start.find(&end_marker) else {
+            break;
+        };
+        let b64: String = body_start[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        if let Ok(der) = STANDARD.decode(b64) {
+            out.push((label, der));
+        }
+        rest = &body_start[end + end_marker.len()..];
+    }
+    out
+}
+
+/// Turns one JWK into a `Key`, or names the reason it is skipped. Key material comes from
+/// `n`/`e`, `crv`/`x`/`y`, or, when those are absent, the first `x5c` certificate.
 pub fn parse_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str> {
+    use base64::engine::general_purpose::STANDARD;
     let obj = jwk.as_object().ok_or("invalid")?;
     let kid = match obj.get("kid") {
         None => None,
@@ -286,85 +555,47 @@ pub fn parse_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Key, &'static str
         Some(_) => return Err("invalid"),
     };
     let kty = obj.get("kty").and_then(Value::as_str).ok_or("invalid")?;
-    let mut public = Map::new();
-    public.insert("kty".into(), Value::String(kty.into()));
-    let (kind, decoding) = match kty {
-        "RSA" => {
-            let n = b64_member(obj, "n")?;
-            let e = b64_member(obj, "e")?;
-            let n_trim = strip_leading_zeros(&n);
-            let bits = n_trim.len() * 8 - n_trim.first().map_or(8, |b| b.leading_zeros() as usize);
-            if bits < 2048 {
-                return Err("weak_key");
-            }
-            let e_trim = strip_leading_zeros(&e);
-            if e_trim.is_empty() || e_trim.len() > 8 {
-                return Err("invalid");
-            }
-            public.insert("n".into(), Value::String(URL_SAFE_NO_PAD.encode(n_trim)));
-            public.insert("e".into(), Value::String(URL_SAFE_NO_PAD.encode(e_trim)));
-            (
-                KeyKind::Rsa,
-                DecodingKey::from_rsa_raw_components(n_trim, e_trim),
-            )
-        }
-        "EC" => {
+    let has = |name: &str| obj.contains_key(name);
+    let x5c_material = || -> Result<Material, &'static str> {
+        let first = obj
+            .get("x5c")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .ok_or("invalid")?;
+        let der = STANDARD.decode(first).map_err(|_| "invalid")?;
+        material_from_spki(&spki_of_certificate(&der)?)
+    };
+    let material = match kty {
+        "RSA" if has("n") => rsa_material(&b64_member(obj, "n")?, &b64_member(obj, "e")?)?,
+        "EC" if has("x") => {
             let crv = obj.get("crv").and_then(Value::as_str).ok_or("invalid")?;
-            let (kind, len) = match crv {
-                "P-256" => (KeyKind::EcP256, 32),
-                "P-384" => (KeyKind::EcP384, 48),
-                _ => return Err("unsupported_curve"),
-            };
-            let x = b64_member(obj, "x")?;
-            let y = b64_member(obj, "y")?;
-            if x.len() != len || y.len() != len {
-                return Err("invalid");
-            }
-            let mut point = Vec::with_capacity(1 + 2 * len);
-            point.push(4u8);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            public.insert("crv".into(), Value::String(crv.into()));
-            public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(&x)));
-            public.insert("y".into(), Value::String(URL_SAFE_NO_PAD.encode(&y)));
-            (kind, DecodingKey::from_ec_der(&point))
+            ec_material(crv, &b64_member(obj, "x")?, &b64_member(obj, "y")?)?
         }
-        "OKP" => {
+        "OKP" if has("x") => {
             let crv = obj.get("crv").and_then(Value::as_str).ok_or("invalid")?;
             if crv != "Ed25519" {
                 return Err("unsupported_curve");
             }
-            let x = b64_member(obj, "x")?;
-            if x.len() != 32 {
+            ed_material(&b64_member(obj, "x")?)?
+        }
+        "RSA" | "EC" | "OKP" => {
+            let m = x5c_material()?;
+            let fits_kty = matches!(
+                (kty, m.kind),
+                ("RSA", KeyKind::Rsa)
+                    | ("EC", KeyKind::EcP256 | KeyKind::EcP384)
+                    | ("OKP", KeyKind::Ed25519)
+            );
+            if !fits_kty {
                 return Err("invalid");
             }
-            public.insert("crv".into(), Value::String(crv.into()));
-            public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(&x)));
-            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+            m
         }
         "oct" => return Err("symmetric"),
         _ => return Err("unsupported_kty"),
     };
-    match alg {
-        Some(a) if !kind.fits(a) => return Err("invalid"),
-        Some(a) if !allowed.contains(&a) => return Err("alg_not_allowed"),
-        None if !allowed.iter().any(|a| kind.fits(*a)) => return Err("alg_not_allowed"),
-        _ => {}
-    }
-    if let Some(kid) = &kid {
-        public.insert("kid".into(), Value::String(kid.clone()));
-    }
-    public.insert("use".into(), Value::String("sig".into()));
-    if let Some(a) = obj.get("alg") {
-        public.insert("alg".into(), a.clone());
-    }
-    Ok(Key {
-        kid,
-        kind,
-        alg,
-        decoding,
-        public_jwk: Value::Object(public),
-    })
+    finish_key(material, kid, alg, obj.get("alg"), allowed)
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -385,6 +616,10 @@ pub struct MirrorStatus {
     pub last_error: Option<String>,
     /// The JWKS URL in use (after discovery).
     pub jwks_uri: Option<String>,
+    /// Unix seconds until which the current keys are fresh.
+    pub fresh_until: Option<u64>,
+    /// Unix seconds since which stale keys are served (refreshes failing).
+    pub stale_since: Option<u64>,
 }
 
 /// One provider's mirrored keys and where they come from.
@@ -399,12 +634,21 @@ pub struct ProviderKeys {
     pub policy: ParsePolicy,
     current: ArcSwapOption<KeySet>,
     loaded_once: AtomicBool,
+    stale: AtomicBool,
     status: Mutex<MirrorStatus>,
+    /// Unknown-kid refetch coordination.
+    pub gate: kidmiss::KidMissGate,
 }
 
 impl ProviderKeys {
     /// A mirror with no keys yet.
-    pub fn new(name: String, issuer: String, source: KeySource, policy: ParsePolicy) -> Self {
+    pub fn new(
+        name: String,
+        issuer: String,
+        source: KeySource,
+        policy: ParsePolicy,
+        gate: kidmiss::KidMissGate,
+    ) -> Self {
         ProviderKeys {
             name,
             issuer,
@@ -412,8 +656,32 @@ impl ProviderKeys {
             policy,
             current: ArcSwapOption::empty(),
             loaded_once: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             status: Mutex::new(MirrorStatus::default()),
+            gate,
         }
+    }
+
+    /// Whether stale keys are being served.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Sets the stale flag.
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+        if !stale {
+            self.update_status(|s| s.stale_since = None);
+        }
+    }
+
+    /// Resolves an unknown kid: at most one refetch at a time and per interval.
+    pub async fn resolve_unknown_kid(&self, kid: &str) -> kidmiss::KidMiss {
+        self.gate
+            .resolve(kid, || {
+                self.with_current(|s| s.is_some_and(|s| s.has_kid(kid)))
+            })
+            .await
     }
 
     /// The current key set (lock-free); `None` when keys were never loaded.
