@@ -40,6 +40,12 @@ pub struct IdpState {
     pub delay: Mutex<Duration>,
     /// Keys used by `/token` (demo only).
     pub signing: Mutex<Vec<Arc<SigningKey>>>,
+    /// When set, `/jwks.json` serves this text instead of `jwks` (PEM documents).
+    pub raw_body: Mutex<Option<String>>,
+    /// When set, `/jwks.json` answers 401 unless this header has this value.
+    pub required_header: Mutex<Option<(String, String)>>,
+    /// Every `If-None-Match` value received.
+    pub if_none_match: Mutex<Vec<String>>,
 }
 
 /// A fake OpenID provider on loopback.
@@ -64,6 +70,9 @@ impl FakeIdp {
             jwks_headers: Mutex::new(Vec::new()),
             delay: Mutex::new(Duration::ZERO),
             signing: Mutex::new(Vec::new()),
+            raw_body: Mutex::new(None),
+            required_header: Mutex::new(None),
+            if_none_match: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         serve_plain(listener, move |req| idp_handle(st.clone(), req));
@@ -140,7 +149,32 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
             full(StatusCode::OK, "application/json", doc.to_string())
         }
         "/jwks.json" => {
-            let body = st.jwks.lock().map(|j| j.to_string()).unwrap_or_default();
+            let required = st.required_header.lock().ok().and_then(|r| r.clone());
+            if let Some((name, value)) = required {
+                let got = req
+                    .headers()
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok());
+                if got != Some(value.as_str()) {
+                    return full(
+                        StatusCode::UNAUTHORIZED,
+                        "text/plain",
+                        "missing credentials\n",
+                    );
+                }
+            }
+            if let Some(v) = req
+                .headers()
+                .get(http::header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+            {
+                if let Ok(mut seen) = st.if_none_match.lock() {
+                    seen.push(v.to_string());
+                }
+            }
+            let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
+            let body =
+                raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
             let mut r = full(StatusCode::OK, "application/json", body);
             if let Ok(h) = st.jwks_headers.lock() {
                 for (k, v) in h.iter() {

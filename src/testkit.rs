@@ -129,6 +129,22 @@ impl SigningKey {
         }
     }
 
+    /// The private key as PKCS#8 DER (to build X.509 certificates around it in tests).
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        use aws_lc_rs::encoding::AsDer;
+        match &self.material {
+            Material::Rsa(k) => k.as_der().map(|d| d.as_ref().to_vec()).unwrap_or_default(),
+            Material::Ec(k) => k
+                .to_pkcs8v1()
+                .map(|d| d.as_ref().to_vec())
+                .unwrap_or_default(),
+            Material::Ed(k) => k
+                .to_pkcs8v1()
+                .map(|d| d.as_ref().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Signs arbitrary bytes with this key and algorithm.
     pub fn sign(&self, input: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
