@@ -454,9 +454,17 @@ def run_gateway_checks(name, port, idp, echo, tokens, res: Results):
     # no token -> 401 with WWW-Authenticate, app not reached
     st, h, body, rid = req("/orders/42")
     www = header_values(h, "www-authenticate")
-    res.check(f"{name}: no token -> 401 with WWW-Authenticate", st == 401 and rid not in echo.seen
+    try:
+        doc = json.loads(body)
+        err = doc.get("error") if "reason" in doc and "message" in doc else None
+    except (ValueError, AttributeError):
+        err = None
+    # nginx serves its own error page; the others pass jwks-sidecar's JSON body on.
+    body_ok = name == "nginx" or err is not None
+    res.check(f"{name}: no token -> 401 with WWW-Authenticate" + ("" if name == "nginx" else " and the JSON body"),
+              st == 401 and rid not in echo.seen and body_ok
               and len(www) == 1 and www[0].startswith('Bearer realm="jwks-sidecar"'),
-              f"status {st}, WWW-Authenticate {www}")
+              f"status {st}, WWW-Authenticate {www}, body error {err!r}")
 
     # bad tokens -> 401
     out = []
