@@ -285,7 +285,7 @@ class Env:
         self.authz_grpc = authz_grpc
 
 
-def envoy_setup(kind):
+def envoy_setup(kind, fail_open=False):
     def setup(env: Env, port: int):
         binary = which("envoy")
         if not binary:
@@ -297,7 +297,10 @@ def envoy_setup(kind):
              f"socket_address: {{address: 127.0.0.1, port_value: {port}}}"),
             ("port_value: 3000}", f"port_value: {env.echo}}}"),
             (f"port_value: {9001 if kind == 'http' else 9002}}}", f"port_value: {sidecar_port}}}"),
-        ] + ([("uri: http://127.0.0.1:9001", f"uri: http://127.0.0.1:{env.authz_http}")] if kind == "http" else []))
+        ] + ([("uri: http://127.0.0.1:9001", f"uri: http://127.0.0.1:{env.authz_http}")] if kind == "http" else [])
+          + ([("failure_mode_allow: false", "failure_mode_allow: true")] if fail_open else []))
+        if fail_open:
+            d += "-failopen"
         cfg = write(os.path.join(d, "envoy.yaml"), text)
         # No admin listener; --use-dynamic-base-id so parallel runs never share hot-restart memory.
         return [binary, "-c", cfg, "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn",
@@ -359,7 +362,12 @@ GATEWAYS = {
     "nginx": nginx_setup,
     "traefik": traefik_setup,
     "caddy": caddy_setup,
+    # Not documented: the documented Envoy configs with failure_mode_allow: true, to check that a
+    # token whose provider has no keys is still denied by an Envoy that fails open.
+    "envoy-http-failopen": envoy_setup("http", fail_open=True),
+    "envoy-grpc-failopen": envoy_setup("grpc", fail_open=True),
 }
+FAIL_OPEN = {"envoy-http-failopen", "envoy-grpc-failopen"}
 
 
 # ---------------------------------------------------------------- the run
@@ -480,9 +488,17 @@ def run_gateway_checks(name, port, idp, echo, tokens, res: Results):
     res.check(f"{name}: insufficient scope -> 403", st == 403 and rid not in echo.seen, f"status {st}")
 
     # keys unavailable -> 503 (nginx turns it into 500)
+    # (a denial from jwks-sidecar with its JSON body, not the gateway's own status_on_error 503)
     st, h, body, rid = req("/orders/42", [bearer(tokens["nokeys"])])
     want = 500 if name == "nginx" else 503
-    res.check(f"{name}: keys unavailable -> {want}", st == want and rid not in echo.seen, f"status {st}")
+    try:
+        reason = json.loads(body).get("reason")
+    except (ValueError, AttributeError):
+        reason = None
+    # Envoy's http_service takes any 5xx from the authorizer for a failure: status_on_error.
+    res.check(f"{name}: keys unavailable -> {want}" + ("" if name in ("nginx", "envoy-http") else " denial (reason no_keys)"),
+              st == want and rid not in echo.seen and (name in ("nginx", "envoy-http") or reason == "no_keys"),
+              f"status {st}, reason {reason!r}")
 
     # spoofed identity headers never reach the app
     gaps = DOCUMENTED_GAPS.get(name, set())
@@ -603,7 +619,10 @@ def run(args, res, procs, workdir):
             print(procs.log_tail(name))
             continue
         try:
-            run_gateway_checks(name, port, idp, echo, tokens, res)
+            if name in FAIL_OPEN:
+                run_failopen_check(name, port, echo, tokens, res)
+            else:
+                run_gateway_checks(name, port, idp, echo, tokens, res)
         except (OSError, http.client.HTTPException) as e:
             res.check(f"{name}: checks ran", False, repr(e))
             print(procs.log_tail(name))
@@ -611,6 +630,8 @@ def run(args, res, procs, workdir):
     print("-- sidecar stopped: every gateway must fail closed")
     procs.stop("sidecar")
     for name, port in running.items():
+        if name in FAIL_OPEN:
+            continue
         if procs.procs.get(name) is None or procs.procs[name].poll() is not None:
             res.check(f"{name}: sidecar stopped -> fails closed", False, "gateway not running")
             continue
@@ -623,6 +644,13 @@ def run(args, res, procs, workdir):
             continue
         res.check(f"{name}: sidecar stopped -> fails closed", not (200 <= st < 300) and rid not in echo.seen,
                   f"status {st}, app reached: {rid in echo.seen}")
+
+
+def run_failopen_check(name, port, echo, tokens, res: Results):
+    rid = uuid.uuid4().hex
+    st, h, body = http_request(port, "/orders/42", [("Authorization", f"Bearer {tokens['nokeys']}"), ("x-test-rid", rid)])
+    res.check(f"{name}: keys unavailable with failure_mode_allow: true -> still denied",
+              not (200 <= st < 300) and rid not in echo.seen, f"status {st}, app reached: {rid in echo.seen}")
 
 
 def main():
