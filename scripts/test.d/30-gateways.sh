@@ -83,7 +83,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "gateways: not installed, skipped: ${missing[*]}" >&2
   python3 -c 'import cryptography' >/dev/null 2>&1 || fail_or_skip "python cryptography is not installed"
 fi
-echo "envoy: $(envoy --version 2>/dev/null | grep -o '[0-9a-f]*/[0-9.]*/[A-Za-z]*' | head -1)"
+echo "envoy: $(envoy --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p')"
 echo "caddy: $(caddy version 2>/dev/null | cut -d' ' -f1)"
 echo "traefik: $(traefik version 2>/dev/null | awk '/Version:/ {print $2}')"
 echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2)"
