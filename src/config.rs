@@ -26,6 +26,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Metrics, health and status endpoints.
     pub admin: AdminConfig,
+    /// The decision service for gateways (ext_authz, forward-auth).
+    pub authz: AuthzConfig,
     /// Log format and level.
     pub log: LogConfig,
     /// Settings shared by every provider's key mirror.
@@ -151,6 +153,34 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        }
+    }
+}
+
+/// `[authz]`: the decision service. Each endpoint trusts only its own gateway's headers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// HTTP decision listener (off when unset).
+    pub listen: Option<SocketAddr>,
+    /// gRPC `envoy.service.auth.v3.Authorization` + `grpc.health.v1` listener (off when unset).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Envoy http_service: requests arrive as `path_prefix` + original path and query.
+    pub path_prefix: String,
+    /// nginx `auth_request` endpoint (reads `X-Original-URI`, `X-Original-Method`).
+    pub nginx_path: String,
+    /// Traefik ForwardAuth / Caddy `forward_auth` endpoint (reads `X-Forwarded-Uri`, `X-Forwarded-Method`).
+    pub forward_path: String,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            listen: None,
+            grpc_listen: None,
+            path_prefix: "/authz".into(),
+            nginx_path: "/nginx".into(),
+            forward_path: "/forward".into(),
         }
     }
 }
@@ -567,6 +597,26 @@ impl Config {
                     p.push(format!("{src}{key} = {:?}: no such file", f.display()));
                 }
             }
+        }
+        let a = &self.authz;
+        for (key, v) in [
+            ("authz.path_prefix", &a.path_prefix),
+            ("authz.nginx_path", &a.nginx_path),
+            ("authz.forward_path", &a.forward_path),
+        ] {
+            if !v.starts_with('/') || v.len() < 2 || v.ends_with('/') {
+                p.push(format!("{src}{key} = {v:?}: use a path such as \"/authz\" (leading '/', no trailing '/')"));
+            }
+        }
+        for other in [&a.nginx_path, &a.forward_path] {
+            if crate::path::prefix_matches(other, &a.path_prefix) || other == &a.path_prefix {
+                p.push(format!("{src}authz: {other:?} lies under path_prefix {:?}; the Envoy endpoint would shadow it", a.path_prefix));
+            }
+        }
+        if a.nginx_path == a.forward_path {
+            p.push(format!(
+                "{src}authz.nginx_path and authz.forward_path must differ"
+            ));
         }
         if self.providers.is_empty() {
             p.push(format!(

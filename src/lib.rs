@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod jwks;
 pub mod metrics;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
@@ -66,6 +68,10 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin listener listens, if enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the HTTP decision listener listens, if enabled.
+    pub authz_addr: Option<SocketAddr>,
+    /// Where the gRPC decision listener listens, if enabled.
+    pub authz_grpc_addr: Option<SocketAddr>,
     /// The authentication pipeline (shared with the listeners).
     pub auth: Arc<Authenticator>,
     /// Collectors.
@@ -148,8 +154,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
         config.proxy.upstream_connect_timeout,
         config.proxy.upstream_timeout,
     )?;
+    let policy = Arc::new(ArcSwap::from_pointee(policy::Policy::new(
+        &config,
+        auth.clone(),
+    )));
     let proxy = Arc::new(proxy::Proxy {
-        runtime: ArcSwap::from_pointee(proxy::ProxyRuntime::new(&config, auth.clone())),
+        policy: policy.clone(),
         upstream,
         scheme: if tls.is_some() { "https" } else { "http" },
     });
@@ -170,6 +180,42 @@ pub async fn start(config: Config) -> Result<Running, String> {
         opts.clone(),
     )));
 
+    let mut authz_addr = None;
+    if let Some(addr) = config.authz.listen {
+        let service = Arc::new(authz::http::AuthzHttp {
+            policy: policy.clone(),
+            paths: config.authz.clone(),
+        });
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("authz.listen {addr}: {e}"))?;
+        authz_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            None,
+            move |_peer, req| service.clone().handle(req),
+            shutdown_rx.clone(),
+            server::ServeOptions {
+                name: "authz_http",
+                ..opts.clone()
+            },
+        )));
+    }
+    let mut authz_grpc_addr = None;
+    if let Some(addr) = config.authz.grpc_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("authz.grpc_listen {addr}: {e}"))?;
+        authz_grpc_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
+        let service = authz::grpc::AuthzGrpc {
+            policy: policy.clone(),
+        };
+        tasks.push(tokio::spawn(authz::grpc::serve(
+            listener,
+            service,
+            shutdown_rx.clone(),
+        )));
+    }
     let mut admin_addr = None;
     if let Some(addr) = config.admin.listen {
         let admin = Arc::new(admin::Admin {
@@ -196,6 +242,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     Ok(Running {
         proxy_addr,
         admin_addr,
+        authz_addr,
+        authz_grpc_addr,
         auth,
         metrics,
         shutdown: shutdown_tx,

@@ -1,9 +1,9 @@
-//! The inline proxy: normalise the path, strip inbound identity headers, authenticate
-//! (unless the path is public), add verified-claim headers, forward, and log one line.
+//! The inline proxy: strip inbound identity headers, decide (see `policy`), add the
+//! verified identity headers, forward to the app, and log one line.
 //!
 //! A refused request never reaches the upstream. Upstream failures become 502/504 with a
-//! JSON body and a metric. The service holds the compiled config behind an `ArcSwap`
-//! so a reload can replace it without touching connections.
+//! JSON body and a metric. The policy sits behind an `ArcSwap` so a reload replaces it
+//! without touching connections or in-flight requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +17,8 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{now_unix, Authenticator, Failure, Verified};
-use crate::config::Config;
 use crate::error::Reject;
-use crate::path;
+use crate::policy::Policy;
 use crate::upstream::{json_body, remove_hop_by_hop, upgrade_request, Upstream, UpstreamError};
 
 /// Response body: the upstream's streamed body, or a small local one.
@@ -31,51 +29,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Everything the proxy needs per request, compiled from one config.
-pub struct ProxyRuntime {
-    /// Authentication pipeline.
-    pub auth: Arc<Authenticator>,
-    /// Public path prefixes.
-    pub public_paths: Vec<String>,
-    /// `WWW-Authenticate` realm.
-    pub realm: String,
-    /// Optional payload header.
-    pub payload_header: Option<HeaderName>,
-    /// Keep `Authorization` when forwarding.
-    pub forward_authorization: bool,
-    /// Accept `%2F`/`%5C`.
-    pub allow_encoded_slash: bool,
-}
-
-impl ProxyRuntime {
-    /// Compiles the proxy part of a config.
-    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Self {
-        ProxyRuntime {
-            auth,
-            public_paths: config.proxy.public_paths.clone(),
-            realm: config.proxy.realm.clone(),
-            payload_header: config
-                .proxy
-                .payload_header
-                .as_deref()
-                .and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok()),
-            forward_authorization: config.proxy.forward_authorization,
-            allow_encoded_slash: config.proxy.allow_encoded_slash,
-        }
-    }
-
-    /// Whether a normalised path is public.
-    pub fn is_public(&self, path: &str) -> bool {
-        self.public_paths
-            .iter()
-            .any(|p| path::prefix_matches(path, p))
-    }
-}
-
 /// The proxy service state.
 pub struct Proxy {
-    /// Current compiled config (swapped on reload).
-    pub runtime: ArcSwap<ProxyRuntime>,
+    /// Current policy (swapped on reload).
+    pub policy: Arc<ArcSwap<Policy>>,
     /// The application.
     pub upstream: Upstream,
     /// `http` or `https`, for `X-Forwarded-Proto`.
@@ -97,7 +54,8 @@ fn new_request_id() -> String {
     )
 }
 
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+/// The request's `x-request-id` if sane, else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     headers
         .get(&X_REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
@@ -127,8 +85,8 @@ pub fn local_response(
     resp
 }
 
-/// The answer for a refusal: status, `WWW-Authenticate`, `Retry-After` on 503, JSON body.
-pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
+/// The headers of a refusal: `WWW-Authenticate`, and `Retry-After` on 503.
+pub fn reject_headers(reject: &Reject, realm: &str) -> Vec<(HeaderName, HeaderValue)> {
     let mut extra = Vec::new();
     if let Some(v) = reject
         .www_authenticate(realm)
@@ -139,17 +97,16 @@ pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
     if reject.status() == 503 {
         extra.push((header::RETRY_AFTER, HeaderValue::from_static("5")));
     }
-    local_response(reject.status(), reject.body(), &extra)
+    extra
 }
 
-struct LogFields<'a> {
-    request_id: &'a HeaderValue,
-    method: &'a http::Method,
-    path: &'a str,
-    decision: &'static str,
-    reason: &'static str,
-    provider: Option<&'a str>,
-    kid: Option<&'a str>,
+/// The answer for a refusal: status, `WWW-Authenticate`, `Retry-After` on 503, JSON body.
+pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
+    local_response(
+        reject.status(),
+        reject.body(),
+        &reject_headers(reject, realm),
+    )
 }
 
 impl Proxy {
@@ -160,106 +117,61 @@ impl Proxy {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let rt = self.runtime.load_full();
-        let metrics = rt.auth.metrics.clone();
+        let policy = self.policy.load_full();
+        let metrics = policy.auth.metrics.clone();
         let rid = request_id(req.headers());
+        let rid_text = rid.to_str().unwrap_or("").to_string();
         let method = req.method().clone();
 
-        let normalized = match path::normalize(req.uri().path(), rt.allow_encoded_slash) {
-            Ok(p) => p,
-            Err(reject) => {
-                let resp = reject_response(&reject, &rt.realm);
-                return self.finish_local(
-                    resp,
-                    &rt,
-                    started,
-                    LogFields {
-                        request_id: &rid,
-                        method: &method,
-                        path: req.uri().path(),
-                        decision: "deny",
-                        reason: reject.reason(),
-                        provider: None,
-                        kid: None,
-                    },
-                );
+        let spoofed = policy.spoofed_header_names(req.headers());
+        if !spoofed.is_empty() {
+            for n in &spoofed {
+                req.headers_mut().remove(n);
             }
-        };
-
-        let removed = crate::auth::claims::strip_reserved(req.headers_mut(), &rt.auth.reserved);
-        if !removed.is_empty() {
             metrics
                 .spoofed_headers_removed_total
                 .with_label_values(&["proxy"])
-                .inc_by(removed.len() as u64);
+                .inc_by(spoofed.len() as u64);
         }
 
-        let public = rt.is_public(&normalized);
-        let verified: Option<Verified> = if public {
-            None
-        } else {
-            let outcome = match rt.auth.extract(req.headers(), req.uri().query()) {
-                Ok(Some(token)) => rt.auth.authenticate(token, now_unix()).await,
-                Ok(None) => Err(Failure::from(Reject::Missing)),
-                Err(r) => Err(Failure::from(r)),
-            };
-            match outcome {
-                Ok(v) => Some(v),
-                Err(f) => {
-                    let resp = reject_response(&f.reject, &rt.realm);
-                    let provider = f.provider.as_ref().map(|p| p.name.as_str());
-                    return self.finish_local(
-                        resp,
-                        &rt,
-                        started,
-                        LogFields {
-                            request_id: &rid,
-                            method: &method,
-                            path: &normalized,
-                            decision: "deny",
-                            reason: f.reject.reason(),
-                            provider,
-                            kid: f.kid.as_deref(),
-                        },
-                    );
-                }
+        let decision = policy
+            .decide(req.uri().path(), req.uri().query(), req.headers())
+            .await;
+        let verified = match &decision.outcome {
+            Ok(v) => v.clone(),
+            Err(f) => {
+                let mut resp = reject_response(&f.reject, &policy.realm);
+                resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+                policy.record(
+                    "proxy",
+                    &decision,
+                    method.as_str(),
+                    resp.status().as_u16(),
+                    &rid_text,
+                    started,
+                );
+                return resp.map(Either::Right);
             }
         };
-
-        // Identity headers from the verified token.
         if let Some(v) = &verified {
-            for (name, value) in &v.info.headers {
-                req.headers_mut().insert(name.clone(), value.clone());
+            for (name, value) in policy.identity_headers(v) {
+                req.headers_mut().insert(name, value);
             }
-            if let Some(h) = &rt.payload_header {
-                if let Ok(value) = HeaderValue::from_str(&v.info.payload_b64) {
-                    req.headers_mut().insert(h.clone(), value);
-                }
-            }
-            if !rt.forward_authorization {
+            if !policy.forward_authorization {
                 req.headers_mut().remove(header::AUTHORIZATION);
             }
         }
-
-        let (reason, provider, kid) = match &verified {
-            Some(v) => ("ok", Some(v.provider.name.as_str()), v.info.kid.as_deref()),
-            None => ("public", None, None),
-        };
-        let fields = LogFields {
-            request_id: &rid,
-            method: &method,
-            path: &normalized,
-            decision: "allow",
-            reason,
-            provider,
-            kid,
-        };
-        metrics
-            .requests_total
-            .with_label_values(&["proxy", provider.unwrap_or(""), "allow", reason])
-            .inc();
-        self.forward(req, peer, &normalized, rid.clone(), started, fields)
-            .await
+        let normalized = decision.path.as_deref().unwrap_or("/");
+        let resp = self.forward(req, peer, normalized, rid, &metrics).await;
+        policy.record(
+            "proxy",
+            &decision,
+            method.as_str(),
+            resp.status().as_u16(),
+            &rid_text,
+            started,
+        );
+        resp
     }
 
     async fn forward(
@@ -268,11 +180,8 @@ impl Proxy {
         peer: SocketAddr,
         normalized: &str,
         rid: HeaderValue,
-        started: Instant,
-        fields: LogFields<'_>,
+        metrics: &crate::metrics::Metrics,
     ) -> Response<ProxyBody> {
-        let rt = self.runtime.load();
-        let metrics = &rt.auth.metrics;
         let upgrade = if req.version() == Version::HTTP_11 {
             upgrade_request(req.headers())
         } else {
@@ -335,67 +244,14 @@ impl Proxy {
                     "reason": format!("upstream_{}", e.label()),
                 })
                 .to_string();
-                let resp = local_response(e.status(), body, &[(X_REQUEST_ID.clone(), rid)]);
-                log_line(&fields, resp.status().as_u16(), started);
-                return resp.map(Either::Right);
+                return local_response(e.status(), body, &[(X_REQUEST_ID.clone(), rid)])
+                    .map(Either::Right);
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             remove_hop_by_hop(resp.headers_mut());
         }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
-        log_line(&fields, resp.status().as_u16(), started);
         resp
     }
-
-    fn finish_local(
-        &self,
-        mut resp: Response<Full<Bytes>>,
-        rt: &ProxyRuntime,
-        started: Instant,
-        fields: LogFields<'_>,
-    ) -> Response<ProxyBody> {
-        rt.auth
-            .metrics
-            .requests_total
-            .with_label_values(&[
-                "proxy",
-                fields.provider.unwrap_or(""),
-                fields.decision,
-                fields.reason,
-            ])
-            .inc();
-        resp.headers_mut()
-            .insert(X_REQUEST_ID.clone(), fields.request_id.clone());
-        log_line(&fields, resp.status().as_u16(), started);
-        resp.map(Either::Right)
-    }
-}
-
-fn log_line(f: &LogFields<'_>, status: u16, started: Instant) {
-    tracing::info!(
-        target: "jwks_sidecar::access",
-        request_id = f.request_id.to_str().unwrap_or(""),
-        method = %f.method,
-        path = f.path,
-        decision = f.decision,
-        reason = f.reason,
-        provider = f.provider.unwrap_or(""),
-        kid = truncate(f.kid.unwrap_or(""), 64),
-        status,
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-}
-
-/// At most `max` bytes of an untrusted string, cut on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -1,0 +1,223 @@
+//! `envoy.service.auth.v3.Authorization/Check` and `grpc.health.v1` on one port.
+//!
+//! Allow: `OkHttpResponse` whose identity headers overwrite any the client sent,
+//! `headers_to_remove` naming client-sent identity headers, and the verified claims in
+//! `dynamic_metadata` (under `jwks_sidecar`) for later filters. Deny: `DeniedHttpResponse`
+//! with the status (401/403/503), `WWW-Authenticate` and the JSON body, and a non-OK
+//! `status`. Keys unavailable is such a denial (503), never an RPC error, so Envoy's
+//! `failure_mode_allow` cannot turn it into an allow.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::policy::Policy;
+
+/// The gRPC authorization service.
+pub struct AuthzGrpc {
+    /// Current policy (shared; swapped on reload).
+    pub policy: Arc<ArcSwap<Policy>>,
+}
+
+fn to_pb(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_pb).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_pb(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+fn header_map(req: &CheckRequest) -> (HeaderMap, String, String) {
+    let mut headers = HeaderMap::new();
+    let Some(http) = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return (headers, String::new(), String::new());
+    };
+    let mut add = |k: &str, v: &[u8]| {
+        if k.starts_with(':') {
+            return;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(name, value);
+        }
+    };
+    for (k, v) in &http.headers {
+        add(k, v.as_bytes());
+    }
+    if let Some(map) = &http.header_map {
+        for h in &map.headers {
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            add(&h.key, value);
+        }
+    }
+    (headers, http.method.clone(), http.path.clone())
+}
+
+fn status_code(status: u16) -> HttpStatusCode {
+    match status {
+        400 => HttpStatusCode::BadRequest,
+        403 => HttpStatusCode::Forbidden,
+        503 => HttpStatusCode::ServiceUnavailable,
+        _ => HttpStatusCode::Unauthorized,
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzGrpc {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let policy = self.policy.load_full();
+        let req = request.into_inner();
+        let (headers, method, target) = header_map(&req);
+        let rid = crate::proxy::request_id(&headers);
+        let decision =
+            match crate::authz::http::split_target(if target.is_empty() { "/" } else { &target }) {
+                Some((path, query)) => policy.decide(&path, query.as_deref(), &headers).await,
+                None => crate::policy::Decision {
+                    path: None,
+                    outcome: Err(crate::error::Reject::BadPath.into()),
+                },
+            };
+        let spoofed = policy.spoofed_header_names(&headers);
+        let mut resp = CheckResponse::default();
+        let status = match &decision.outcome {
+            Ok(verified) => {
+                let mut ok = OkHttpResponseBuilder::new();
+                for n in &spoofed {
+                    ok.remove_header(n.as_str());
+                }
+                if let Some(v) = verified {
+                    for (k, val) in policy.identity_headers(v) {
+                        ok.add_header(
+                            k.as_str(),
+                            val.to_str().unwrap_or(""),
+                            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                            false,
+                        );
+                    }
+                    let mut fields = HashMap::new();
+                    fields.insert(
+                        "provider".to_string(),
+                        to_pb(&Value::String(v.provider.name.clone())),
+                    );
+                    fields.insert(
+                        "claims".to_string(),
+                        to_pb(&Value::Object(v.info.claims.clone())),
+                    );
+                    let mut md = HashMap::new();
+                    md.insert(
+                        "jwks_sidecar".to_string(),
+                        PbValue {
+                            kind: Some(Kind::StructValue(Struct { fields })),
+                        },
+                    );
+                    resp.set_dynamic_metadata(Some(Struct { fields: md }));
+                }
+                let ok: OkHttpResponse = ok.build();
+                resp.set_status(tonic::Status::ok("allowed"));
+                resp.set_http_response(ok);
+                200
+            }
+            Err(f) => {
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied.set_http_status(status_code(f.reject.status()));
+                for (k, v) in crate::proxy::reject_headers(&f.reject, &policy.realm) {
+                    denied.add_header(
+                        k.as_str(),
+                        v.to_str().unwrap_or(""),
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        false,
+                    );
+                }
+                denied.add_header(
+                    "content-type",
+                    "application/json",
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+                denied.set_body(f.reject.body());
+                let denied: DeniedHttpResponse = denied.build();
+                let code = if f.reject.status() == 401 {
+                    tonic::Code::Unauthenticated
+                } else {
+                    tonic::Code::PermissionDenied
+                };
+                resp.set_status(tonic::Status::new(code, f.reject.reason()));
+                resp.set_http_response(denied);
+                f.reject.status()
+            }
+        };
+        if !spoofed.is_empty() {
+            policy
+                .auth
+                .metrics
+                .spoofed_headers_removed_total
+                .with_label_values(&["authz_grpc"])
+                .inc_by(spoofed.len() as u64);
+        }
+        policy.record(
+            "authz_grpc",
+            &decision,
+            &method,
+            status,
+            rid.to_str().unwrap_or(""),
+            started,
+        );
+        Ok(tonic::Response::new(resp))
+    }
+}
+
+/// Serves Check and the health service until `shutdown` flips.
+pub async fn serve(listener: TcpListener, service: AuthzGrpc, mut shutdown: watch::Receiver<bool>) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<AuthorizationServer<AuthzGrpc>>()
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(AuthorizationServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC authz listener failed");
+    }
+}

@@ -1,0 +1,205 @@
+//! The compiled decision policy shared by every listener (proxy, HTTP authz, gRPC authz):
+//! normalise the original path, decide whether it is public, authenticate otherwise, and
+//! name the identity headers to add. Listeners only translate requests in and answers out,
+//! so the proxy and the authorizers can never disagree about a request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::{now_unix, Authenticator, Failure, Verified};
+use crate::config::Config;
+use crate::error::Reject;
+use crate::path;
+
+/// Everything a decision needs, compiled from one config (swapped whole on reload).
+pub struct Policy {
+    /// Authentication pipeline.
+    pub auth: Arc<Authenticator>,
+    /// Public path prefixes.
+    pub public_paths: Vec<String>,
+    /// `WWW-Authenticate` realm.
+    pub realm: String,
+    /// Optional payload header.
+    pub payload_header: Option<HeaderName>,
+    /// Keep `Authorization` when forwarding.
+    pub forward_authorization: bool,
+    /// Accept `%2F`/`%5C`.
+    pub allow_encoded_slash: bool,
+}
+
+/// The verdict on one request.
+#[derive(Debug)]
+pub struct Decision {
+    /// The normalised path (absent when the path itself was refused).
+    pub path: Option<String>,
+    /// `Ok(Some)`: authenticated; `Ok(None)`: public; `Err`: refused.
+    pub outcome: Result<Option<Verified>, Failure>,
+}
+
+impl Decision {
+    /// `allow` or `deny`.
+    pub fn decision(&self) -> &'static str {
+        if self.outcome.is_ok() {
+            "allow"
+        } else {
+            "deny"
+        }
+    }
+
+    /// The metric/log reason.
+    pub fn reason(&self) -> &'static str {
+        match &self.outcome {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "public",
+            Err(f) => f.reject.reason(),
+        }
+    }
+
+    /// The provider name, when one was chosen.
+    pub fn provider(&self) -> Option<&str> {
+        match &self.outcome {
+            Ok(Some(v)) => Some(v.provider.name.as_str()),
+            Ok(None) => None,
+            Err(f) => f.provider.as_ref().map(|p| p.name.as_str()),
+        }
+    }
+
+    /// The key id (untrusted on refusals: truncate before logging).
+    pub fn kid(&self) -> Option<&str> {
+        match &self.outcome {
+            Ok(Some(v)) => v.info.kid.as_deref(),
+            Ok(None) => None,
+            Err(f) => f.kid.as_deref(),
+        }
+    }
+}
+
+impl Policy {
+    /// Compiles the decision part of a config.
+    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Self {
+        Policy {
+            auth,
+            public_paths: config.proxy.public_paths.clone(),
+            realm: config.proxy.realm.clone(),
+            payload_header: config
+                .proxy
+                .payload_header
+                .as_deref()
+                .and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok()),
+            forward_authorization: config.proxy.forward_authorization,
+            allow_encoded_slash: config.proxy.allow_encoded_slash,
+        }
+    }
+
+    /// Whether a normalised path is public.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.public_paths
+            .iter()
+            .any(|p| path::prefix_matches(path, p))
+    }
+
+    /// Decides on an (original) request: its raw path, query and headers.
+    pub async fn decide(
+        &self,
+        raw_path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Decision {
+        let normalized = match path::normalize(raw_path, self.allow_encoded_slash) {
+            Ok(p) => p,
+            Err(reject) => {
+                return Decision {
+                    path: None,
+                    outcome: Err(Failure::from(reject)),
+                }
+            }
+        };
+        if self.is_public(&normalized) {
+            return Decision {
+                path: Some(normalized),
+                outcome: Ok(None),
+            };
+        }
+        let outcome = match self.auth.extract(headers, query) {
+            Ok(Some(token)) => self.auth.authenticate(token, now_unix()).await.map(Some),
+            Ok(None) => Err(Failure::from(Reject::Missing)),
+            Err(r) => Err(Failure::from(r)),
+        };
+        Decision {
+            path: Some(normalized),
+            outcome,
+        }
+    }
+
+    /// The headers the app should receive for a verified token: claim headers and the
+    /// payload header.
+    pub fn identity_headers(&self, v: &Verified) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = v.info.headers.clone();
+        if let Some(h) = &self.payload_header {
+            if let Ok(value) = HeaderValue::from_str(&v.info.payload_b64) {
+                out.push((h.clone(), value));
+            }
+        }
+        out
+    }
+
+    /// Names of inbound headers that could pass for identity headers (to strip or to ask the
+    /// gateway to strip), as sent.
+    pub fn spoofed_header_names(&self, headers: &HeaderMap) -> Vec<HeaderName> {
+        headers
+            .keys()
+            .filter(|n| self.auth.reserved.is_reserved(n.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Counts the decision and writes the one log line of the request.
+    pub fn record(
+        &self,
+        listener: &'static str,
+        d: &Decision,
+        method: &str,
+        status: u16,
+        request_id: &str,
+        started: Instant,
+    ) {
+        self.auth
+            .metrics
+            .requests_total
+            .with_label_values(&[
+                listener,
+                d.provider().unwrap_or(""),
+                d.decision(),
+                d.reason(),
+            ])
+            .inc();
+        tracing::info!(
+            target: "jwks_sidecar::access",
+            listener,
+            request_id,
+            method,
+            path = d.path.as_deref().unwrap_or("<refused>"),
+            decision = d.decision(),
+            reason = d.reason(),
+            provider = d.provider().unwrap_or(""),
+            kid = truncate(d.kid().unwrap_or(""), 64),
+            status,
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+}
+
+/// At most `max` bytes of an untrusted string, cut on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
