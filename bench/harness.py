@@ -149,10 +149,22 @@ def wait_http(url: str, ok: callable, seconds: float, proc: subprocess.Popen) ->
     raise RuntimeError(f"{url} not ready after {seconds}s")
 
 
+COMPILERS = {"rustc", "cargo", "cc1", "cc1plus", "ld", "ld.lld", "rust-lld", "clippy-driver", "build-script-bu"}
+
+
 def compilers_running() -> list[str]:
-    r = subprocess.run(["pgrep", "-a", "-x", "rustc|cargo|cc1|cc1plus|ld|rust-lld|clippy-driver"],
-                       capture_output=True, text=True)
-    return [ln for ln in r.stdout.splitlines() if ln.strip()]
+    """Compiler processes on the machine (by /proc/PID/comm; pgrep -x cannot take a long pattern)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name in COMPILERS:
+                found.append(f"{pid} {name}")
+    return found
 
 
 def wait_quiet(max_wait: float) -> str:
