@@ -487,17 +487,17 @@ def run_gateway_checks(name, port, idp, echo, tokens, res: Results):
     st, h, body, rid = req("/orders/42", [bearer(tokens["noscope"])])
     res.check(f"{name}: insufficient scope -> 403", st == 403 and rid not in echo.seen, f"status {st}")
 
-    # keys unavailable -> 503 (nginx turns it into 500)
-    # (a denial from jwks-sidecar with its JSON body, not the gateway's own status_on_error 503)
+    # keys unavailable -> 503 (nginx turns it into 500). On Envoy's HTTP endpoint jwks-sidecar
+    # answers 403 (reason no_keys): Envoy's http_service takes any 5xx for an authorizer
+    # failure, which failure_mode_allow: true would turn into an allow.
     st, h, body, rid = req("/orders/42", [bearer(tokens["nokeys"])])
-    want = 500 if name == "nginx" else 503
+    want = {"nginx": 500, "envoy-http": 403}.get(name, 503)
     try:
         reason = json.loads(body).get("reason")
     except (ValueError, AttributeError):
         reason = None
-    # Envoy's http_service takes any 5xx from the authorizer for a failure: status_on_error.
-    res.check(f"{name}: keys unavailable -> {want}" + ("" if name in ("nginx", "envoy-http") else " denial (reason no_keys)"),
-              st == want and rid not in echo.seen and (name in ("nginx", "envoy-http") or reason == "no_keys"),
+    res.check(f"{name}: keys unavailable -> {want}" + ("" if name == "nginx" else " denial (reason no_keys)"),
+              st == want and rid not in echo.seen and (name == "nginx" or reason == "no_keys"),
               f"status {st}, reason {reason!r}")
 
     # spoofed identity headers never reach the app

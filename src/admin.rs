@@ -11,13 +11,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 
 /// State the admin endpoints read.
 pub struct Admin {
-    /// Providers and their mirrors.
-    pub auth: arc_swap::ArcSwap<Authenticator>,
+    /// The live policy (its authenticator holds the providers and their mirrors).
+    pub policy: Arc<arc_swap::ArcSwap<crate::policy::Policy>>,
     /// Collectors.
     pub metrics: Arc<Metrics>,
 }
@@ -42,7 +41,8 @@ impl Admin {
                 "GET only\n".into(),
             );
         }
-        let auth = self.auth.load();
+        let policy = self.policy.load();
+        let auth = &policy.auth;
         match req.uri().path() {
             "/metrics" => respond(
                 StatusCode::OK,

@@ -47,6 +47,11 @@ pub enum Reject {
     NoKeys,
     /// The request path cannot be normalised safely (400).
     BadPath,
+    /// Authenticated, but the matched rule's requirements do not hold (403 or the rule's
+    /// `deny_status`).
+    RuleRequirement(u16),
+    /// No rule matched and `[default_rule] action = "deny"` (403).
+    NoMatchingRule,
 }
 
 impl Reject {
@@ -54,7 +59,8 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             Reject::MultipleTokens | Reject::BadPath => 400,
-            Reject::InsufficientScope => 403,
+            Reject::InsufficientScope | Reject::NoMatchingRule => 403,
+            Reject::RuleRequirement(status) => *status,
             Reject::NoKeys => 503,
             _ => 401,
         }
@@ -65,7 +71,8 @@ impl Reject {
         match self {
             Reject::Missing => None,
             Reject::MultipleTokens | Reject::BadPath => Some("invalid_request"),
-            Reject::InsufficientScope => Some("insufficient_scope"),
+            Reject::InsufficientScope | Reject::RuleRequirement(_) => Some("insufficient_scope"),
+            Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
@@ -93,6 +100,8 @@ impl Reject {
             Reject::InsufficientScope => "insufficient_scope",
             Reject::NoKeys => "no_keys",
             Reject::BadPath => "bad_path",
+            Reject::RuleRequirement(_) => "rule_requirement",
+            Reject::NoMatchingRule => "no_matching_rule",
         }
     }
 
@@ -120,15 +129,17 @@ impl Reject {
             Reject::InsufficientScope => "token lacks a required scope",
             Reject::NoKeys => "signing keys for this issuer are not available yet",
             Reject::BadPath => "request path is not acceptable",
+            Reject::RuleRequirement(_) => "token does not meet this route's requirements",
+            Reject::NoMatchingRule => "no rule allows this request",
         }
     }
 
     /// The `WWW-Authenticate` value for this refusal, if it carries one.
     pub fn www_authenticate(&self, realm: &str) -> Option<String> {
         match self {
-            Reject::BadPath => None,
+            Reject::BadPath | Reject::NoMatchingRule => None,
             Reject::Missing => Some(format!("Bearer realm=\"{realm}\"")),
-            Reject::InsufficientScope => Some(format!(
+            Reject::InsufficientScope | Reject::RuleRequirement(_) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{}\"",
                 self.description()
             )),

@@ -29,16 +29,18 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
+pub mod rules;
 pub mod server;
 pub mod telemetry;
 pub mod testkit;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -46,7 +48,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::jwks::fetch::Fetcher;
-use crate::jwks::refresh::{ConfiguredSource, Mirror, MirrorSettings};
+use crate::jwks::refresh::MirrorSettings;
 use crate::metrics::Metrics;
 
 /// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
@@ -72,10 +74,12 @@ pub struct Running {
     pub authz_addr: Option<SocketAddr>,
     /// Where the gRPC decision listener listens, if enabled.
     pub authz_grpc_addr: Option<SocketAddr>,
-    /// The authentication pipeline (shared with the listeners).
+    /// The authentication pipeline at start (see `runtime` for the live one).
     pub auth: Arc<Authenticator>,
     /// Collectors.
     pub metrics: Arc<Metrics>,
+    /// The live configuration (reload).
+    pub runtime: Arc<reload::Runtime>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -86,11 +90,17 @@ impl Running {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until every listener has drained.
+    /// Waits until every listener has drained and every mirror has stopped.
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.runtime.stop().await;
+    }
+
+    /// The authenticator in force now (after reloads).
+    pub fn current_auth(&self) -> Arc<Authenticator> {
+        self.runtime.policy.load().auth.clone()
     }
 }
 
@@ -117,33 +127,24 @@ pub fn fetcher_for(p: &config::ProviderConfig, shared: &Fetcher) -> Result<Fetch
     }
 }
 
-/// Binds every listener, starts the key refreshers, and returns at once.
+/// Binds every listener, starts the key mirrors, and returns at once (no reload source).
 pub async fn start(config: Config) -> Result<Running, String> {
+    start_with(config, None, config::CliOverrides::default()).await
+}
+
+/// Like `start`, reloading from `file` (plus environment and `cli`) on change or SIGHUP.
+pub async fn start_with(
+    config: Config,
+    file: Option<PathBuf>,
+    cli: config::CliOverrides,
+) -> Result<Running, String> {
     install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(&config, metrics.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-
-    let fetcher = Fetcher::new();
-    for (provider, cfg) in auth.providers().iter().zip(&config.providers) {
-        let mirror = Mirror {
-            keys: provider.keys.clone(),
-            source: ConfiguredSource::new(
-                fetcher_for(cfg, &fetcher)?,
-                cfg,
-                Some(provider.keys.clone()),
-            ),
-            metrics: metrics.clone(),
-            settings: mirror_settings(cfg),
-            persist_path: config
-                .jwks
-                .cache_dir
-                .as_ref()
-                .map(|d| d.join(format!("{}.json", cfg.name))),
-        };
-        tasks.push(tokio::spawn(mirror.run(shutdown_rx.clone())));
-    }
+    let runtime = reload::Runtime::new(config.clone(), file, cli, metrics.clone()).await?;
+    let policy = runtime.policy.clone();
+    let auth = policy.load().auth.clone();
 
     let tls = match &config.proxy.tls {
         Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
@@ -154,10 +155,6 @@ pub async fn start(config: Config) -> Result<Running, String> {
         config.proxy.upstream_connect_timeout,
         config.proxy.upstream_timeout,
     )?;
-    let policy = Arc::new(ArcSwap::from_pointee(policy::Policy::new(
-        &config,
-        auth.clone(),
-    )));
     let proxy = Arc::new(proxy::Proxy {
         policy: policy.clone(),
         upstream,
@@ -219,7 +216,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let mut admin_addr = None;
     if let Some(addr) = config.admin.listen {
         let admin = Arc::new(admin::Admin {
-            auth: ArcSwap::new(auth.clone()),
+            policy: policy.clone(),
             metrics: metrics.clone(),
         });
         let listener = TcpListener::bind(addr)
@@ -237,8 +234,13 @@ pub async fn start(config: Config) -> Result<Running, String> {
             },
         )));
     }
-    tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, upstream = %config.proxy.upstream,
-        providers = config.providers.len(), "jwks-sidecar started");
+    tasks.push(tokio::spawn(runtime.clone().watch(
+        config.reload.interval,
+        config.reload.watch,
+        shutdown_rx.clone(),
+    )));
+    tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, authz = ?authz_addr, authz_grpc = ?authz_grpc_addr,
+        upstream = %config.proxy.upstream, providers = config.providers.len(), "jwks-sidecar started");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -246,14 +248,19 @@ pub async fn start(config: Config) -> Result<Running, String> {
         authz_grpc_addr,
         auth,
         metrics,
+        runtime,
         shutdown: shutdown_tx,
         tasks,
     })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config) -> Result<(), String> {
-    let running = start(config).await?;
+pub async fn run(
+    config: Config,
+    file: Option<PathBuf>,
+    cli: config::CliOverrides,
+) -> Result<(), String> {
+    let running = start_with(config, file, cli).await?;
     wait_for_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.shutdown();

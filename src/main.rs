@@ -64,7 +64,7 @@ enum Command {
     },
 }
 
-fn load(args: &RunArgs) -> Result<config::Config, String> {
+fn sources(args: &RunArgs) -> (Option<PathBuf>, CliOverrides) {
     let file = args.config.clone().or_else(config::config_file_from_env);
     let cli = CliOverrides {
         listen: args.listen,
@@ -74,6 +74,11 @@ fn load(args: &RunArgs) -> Result<config::Config, String> {
         jwks_uri: args.jwks_uri.clone(),
         audiences: args.audiences.clone(),
     };
+    (file, cli)
+}
+
+fn load(args: &RunArgs) -> Result<config::Config, String> {
+    let (file, cli) = sources(args);
     config::load(file.as_deref(), &cli).map_err(|e| e.to_string())
 }
 
@@ -101,7 +106,8 @@ fn main() -> ExitCode {
         }),
         None => load(&cli.run).and_then(|cfg| {
             jwks_sidecar::telemetry::init(&cfg.log);
-            runtime.block_on(jwks_sidecar::run(cfg))
+            let (file, cli) = sources(&cli.run);
+            runtime.block_on(jwks_sidecar::run(cfg, file, cli))
         }),
     };
     match result {

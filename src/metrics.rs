@@ -46,6 +46,10 @@ pub struct Metrics {
     pub claim_headers_dropped_total: IntCounterVec,
     /// Inbound identity headers removed (spoofing attempts or stale hops).
     pub spoofed_headers_removed_total: IntCounterVec,
+    /// Config reloads: `{result}` = ok, error.
+    pub config_reloads_total: IntCounterVec,
+    /// 1 for the live config's hash.
+    pub config_info: IntGaugeVec,
     /// 1 with the build version as a label.
     pub build_info: GaugeVec,
     /// Process start time (seconds since the epoch).
@@ -205,6 +209,18 @@ impl Metrics {
                 "spoofed_headers_removed_total",
                 "Inbound identity headers removed before forwarding.",
                 &["listener"],
+            ),
+            config_reloads_total: counter(
+                &reg,
+                "config_reloads_total",
+                "Config reloads by result (ok, error).",
+                &["result"],
+            ),
+            config_info: int_gauge(
+                &reg,
+                "config_info",
+                "1 for the hash of the live config.",
+                &["hash"],
             ),
             build_info,
             start_time,

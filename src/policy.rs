@@ -12,13 +12,14 @@ use crate::auth::{now_unix, Authenticator, Failure, Verified};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::path;
+use crate::rules::{Access, Rules};
 
 /// Everything a decision needs, compiled from one config (swapped whole on reload).
 pub struct Policy {
     /// Authentication pipeline.
     pub auth: Arc<Authenticator>,
-    /// Public path prefixes.
-    pub public_paths: Vec<String>,
+    /// Route rules (public paths first).
+    pub rules: Rules,
     /// `WWW-Authenticate` realm.
     pub realm: String,
     /// Optional payload header.
@@ -34,6 +35,8 @@ pub struct Policy {
 pub struct Decision {
     /// The normalised path (absent when the path itself was refused).
     pub path: Option<String>,
+    /// The rule that decided (absent when the path itself was refused).
+    pub rule: Option<Arc<str>>,
     /// `Ok(Some)`: authenticated; `Ok(None)`: public; `Err`: refused.
     pub outcome: Result<Option<Verified>, Failure>,
 }
@@ -77,11 +80,11 @@ impl Decision {
 }
 
 impl Policy {
-    /// Compiles the decision part of a config.
-    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Self {
-        Policy {
+    /// Compiles the decision part of a validated config.
+    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Self, String> {
+        Ok(Policy {
             auth,
-            public_paths: config.proxy.public_paths.clone(),
+            rules: Rules::compile(config).map_err(|e| e.join("; "))?,
             realm: config.proxy.realm.clone(),
             payload_header: config
                 .proxy
@@ -90,19 +93,14 @@ impl Policy {
                 .and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok()),
             forward_authorization: config.proxy.forward_authorization,
             allow_encoded_slash: config.proxy.allow_encoded_slash,
-        }
+        })
     }
 
-    /// Whether a normalised path is public.
-    pub fn is_public(&self, path: &str) -> bool {
-        self.public_paths
-            .iter()
-            .any(|p| path::prefix_matches(path, p))
-    }
-
-    /// Decides on an (original) request: its raw path, query and headers.
+    /// Decides on an (original) request: method, host, raw path, query and headers.
     pub async fn decide(
         &self,
+        method: &str,
+        host: Option<&str>,
         raw_path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
@@ -112,23 +110,40 @@ impl Policy {
             Err(reject) => {
                 return Decision {
                     path: None,
+                    rule: None,
                     outcome: Err(Failure::from(reject)),
                 }
             }
         };
-        if self.is_public(&normalized) {
-            return Decision {
-                path: Some(normalized),
-                outcome: Ok(None),
-            };
-        }
-        let outcome = match self.auth.extract(headers, query) {
-            Ok(Some(token)) => self.auth.authenticate(token, now_unix()).await.map(Some),
-            Ok(None) => Err(Failure::from(Reject::Missing)),
-            Err(r) => Err(Failure::from(r)),
+        let rule = self.rules.find(method, host, &normalized);
+        let outcome = match &rule.access {
+            Access::Public => Ok(None),
+            Access::Deny => Err(Failure::from(Reject::NoMatchingRule)),
+            Access::Anonymous(req) | Access::Authenticated(req) => {
+                let anonymous_ok = matches!(rule.access, Access::Anonymous(_));
+                match self.auth.extract(headers, query) {
+                    Ok(Some(token)) => match self.auth.authenticate(token, now_unix()).await {
+                        Ok(v) => match req {
+                            Some(r) if !r.check(&v) => Err(Failure {
+                                reject: rule
+                                    .deny_status
+                                    .map_or(Reject::InsufficientScope, Reject::RuleRequirement),
+                                provider: Some(v.provider.clone()),
+                                kid: v.info.kid.clone(),
+                            }),
+                            _ => Ok(Some(v)),
+                        },
+                        Err(f) => Err(f),
+                    },
+                    Ok(None) if anonymous_ok => Ok(None),
+                    Ok(None) => Err(Failure::from(Reject::Missing)),
+                    Err(r) => Err(Failure::from(r)),
+                }
+            }
         };
         Decision {
             path: Some(normalized),
+            rule: Some(rule.name.clone()),
             outcome,
         }
     }
@@ -181,6 +196,7 @@ impl Policy {
             request_id,
             method,
             path = d.path.as_deref().unwrap_or("<refused>"),
+            rule = d.rule.as_deref().unwrap_or(""),
             decision = d.decision(),
             reason = d.reason(),
             provider = d.provider().unwrap_or(""),

@@ -134,8 +134,20 @@ impl Proxy {
                 .inc_by(spoofed.len() as u64);
         }
 
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(str::to_string);
         let decision = policy
-            .decide(req.uri().path(), req.uri().query(), req.headers())
+            .decide(
+                method.as_str(),
+                host.as_deref(),
+                req.uri().path(),
+                req.uri().query(),
+                req.headers(),
+            )
             .await;
         let verified = match &decision.outcome {
             Ok(v) => v.clone(),

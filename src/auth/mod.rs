@@ -93,10 +93,19 @@ pub struct Authenticator {
 impl Authenticator {
     /// Compiles the providers and header rules of a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Self::with_keys(config, metrics, Provider::new_keys)
+    }
+
+    /// Like `new`, taking each provider's key mirror from `keys` (reload keeps mirrors).
+    pub fn with_keys(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        keys: impl Fn(&crate::config::ProviderConfig) -> Arc<crate::jwks::ProviderKeys>,
+    ) -> Self {
         let providers: Vec<Arc<Provider>> = config
             .providers
             .iter()
-            .map(|p| Arc::new(Provider::from_config(p, &metrics)))
+            .map(|p| Arc::new(Provider::with_keys(p, &metrics, keys(p))))
             .collect();
         let by_issuer = providers
             .iter()

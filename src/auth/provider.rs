@@ -46,29 +46,43 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// Compiles a validated provider config.
-    pub fn from_config(cfg: &ProviderConfig, metrics: &Metrics) -> Provider {
-        let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
+    /// A fresh (empty) key mirror for a provider config.
+    pub fn new_keys(cfg: &ProviderConfig) -> Arc<ProviderKeys> {
+        let algorithms = Self::algorithms(cfg);
+        let source = cfg.key_source().unwrap_or(crate::config::KeySource::Inline(
+            serde_json::json!({"keys": []}),
+        ));
+        Arc::new(ProviderKeys::new(
+            cfg.name.clone(),
+            cfg.issuer.clone(),
+            source,
+            ParsePolicy {
+                algorithms,
+                max_keys: cfg.max_keys,
+            },
+            KidMissGate::new(cfg.kid_miss_min_interval, cfg.kid_miss_wait),
+        ))
+    }
+
+    fn algorithms(cfg: &ProviderConfig) -> Vec<Algorithm> {
+        if cfg.algorithms.is_empty() {
             SUPPORTED_ALGORITHMS
                 .iter()
                 .filter_map(|a| parse_alg(a))
                 .collect()
         } else {
             cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
-        };
-        let source = cfg.key_source().unwrap_or(crate::config::KeySource::Inline(
-            serde_json::json!({"keys": []}),
-        ));
-        let keys = Arc::new(ProviderKeys::new(
-            cfg.name.clone(),
-            cfg.issuer.clone(),
-            source,
-            ParsePolicy {
-                algorithms: algorithms.clone(),
-                max_keys: cfg.max_keys,
-            },
-            KidMissGate::new(cfg.kid_miss_min_interval, cfg.kid_miss_wait),
-        ));
+        }
+    }
+
+    /// Compiles a validated provider config around an existing (or new) key mirror.
+    pub fn from_config(cfg: &ProviderConfig, metrics: &Metrics) -> Provider {
+        Self::with_keys(cfg, metrics, Self::new_keys(cfg))
+    }
+
+    /// Compiles a validated provider config around `keys`.
+    pub fn with_keys(cfg: &ProviderConfig, metrics: &Metrics, keys: Arc<ProviderKeys>) -> Provider {
+        let algorithms = Self::algorithms(cfg);
         Provider {
             name: cfg.name.clone(),
             issuer: cfg.issuer.clone(),

@@ -49,7 +49,7 @@ fn to_pb(v: &Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
-fn header_map(req: &CheckRequest) -> (HeaderMap, String, String) {
+fn header_map(req: &CheckRequest) -> (HeaderMap, String, String, String) {
     let mut headers = HeaderMap::new();
     let Some(http) = req
         .attributes
@@ -57,7 +57,7 @@ fn header_map(req: &CheckRequest) -> (HeaderMap, String, String) {
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
     else {
-        return (headers, String::new(), String::new());
+        return (headers, String::new(), String::new(), String::new());
     };
     let mut add = |k: &str, v: &[u8]| {
         if k.starts_with(':') {
@@ -83,7 +83,12 @@ fn header_map(req: &CheckRequest) -> (HeaderMap, String, String) {
             add(&h.key, value);
         }
     }
-    (headers, http.method.clone(), http.path.clone())
+    (
+        headers,
+        http.method.clone(),
+        http.path.clone(),
+        http.host.clone(),
+    )
 }
 
 fn status_code(status: u16) -> HttpStatusCode {
@@ -104,13 +109,19 @@ impl Authorization for AuthzGrpc {
         let started = Instant::now();
         let policy = self.policy.load_full();
         let req = request.into_inner();
-        let (headers, method, target) = header_map(&req);
+        let (headers, method, target, host) = header_map(&req);
         let rid = crate::proxy::request_id(&headers);
         let decision =
             match crate::authz::http::split_target(if target.is_empty() { "/" } else { &target }) {
-                Some((path, query)) => policy.decide(&path, query.as_deref(), &headers).await,
+                Some((path, query)) => {
+                    let host = (!host.is_empty()).then_some(host.as_str());
+                    policy
+                        .decide(&method, host, &path, query.as_deref(), &headers)
+                        .await
+                }
                 None => crate::policy::Decision {
                     path: None,
+                    rule: None,
                     outcome: Err(crate::error::Reject::BadPath.into()),
                 },
             };
@@ -119,11 +130,20 @@ impl Authorization for AuthzGrpc {
         let status = match &decision.outcome {
             Ok(verified) => {
                 let mut ok = OkHttpResponseBuilder::new();
-                for n in &spoofed {
+                let identity = verified
+                    .as_ref()
+                    .map(|v| policy.identity_headers(v))
+                    .unwrap_or_default();
+                // Headers set below overwrite the client's copies; removing them as well would
+                // drop the verified value.
+                for n in spoofed
+                    .iter()
+                    .filter(|n| !identity.iter().any(|(h, _)| h == *n))
+                {
                     ok.remove_header(n.as_str());
                 }
                 if let Some(v) = verified {
-                    for (k, val) in policy.identity_headers(v) {
+                    for (k, val) in identity {
                         ok.add_header(
                             k.as_str(),
                             val.to_str().unwrap_or(""),

@@ -81,6 +81,20 @@ fn original(
     }
 }
 
+/// The original host: `X-Forwarded-Host` for forward-auth, else `Host`.
+fn original_host(conv: Convention, req: &Request<Incoming>) -> Option<String> {
+    let get = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    match conv {
+        Convention::Forwarded => get("x-forwarded-host").or_else(|| get("host")),
+        _ => get("host"),
+    }
+}
+
 /// Splits a request target (origin-form or absolute URL) into path and query.
 pub fn split_target(target: &str) -> Option<(String, Option<String>)> {
     let uri: Uri = target.parse().ok()?;
@@ -123,9 +137,21 @@ impl AuthzHttp {
             }
         };
         let decision = match split_target(&target) {
-            Some((path, query)) => policy.decide(&path, query.as_deref(), req.headers()).await,
+            Some((path, query)) => {
+                let host = original_host(conv, &req);
+                policy
+                    .decide(
+                        &method,
+                        host.as_deref(),
+                        &path,
+                        query.as_deref(),
+                        req.headers(),
+                    )
+                    .await
+            }
             None => Decision {
                 path: None,
+                rule: None,
                 outcome: Err(Reject::BadPath.into()),
             },
         };
@@ -136,8 +162,15 @@ impl AuthzHttp {
                 if let Some(v) = verified {
                     headers = policy.identity_headers(v);
                 }
-                if conv == Convention::Envoy && !spoofed.is_empty() {
-                    let names: Vec<&str> = spoofed.iter().map(|n| n.as_str()).collect();
+                // Headers this answer sets overwrite the client's copies; naming them for
+                // removal too would make Envoy drop the verified value (it removes last).
+                let to_remove: Vec<&str> = spoofed
+                    .iter()
+                    .filter(|n| !headers.iter().any(|(h, _)| h == *n))
+                    .map(|n| n.as_str())
+                    .collect();
+                if conv == Convention::Envoy && !to_remove.is_empty() {
+                    let names = to_remove;
                     if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
                         headers.push((REMOVE.clone(), v));
                     }
@@ -147,6 +180,14 @@ impl AuthzHttp {
                 for (k, v) in headers {
                     r.headers_mut().insert(k, v);
                 }
+                r
+            }
+            // Envoy's http_service treats any 5xx from the authorizer as a failure of the
+            // authorizer, which `failure_mode_allow: true` turns into an allow: the Envoy
+            // endpoint answers "no keys" with 403 (reason no_keys, Retry-After) instead.
+            Err(f) if conv == Convention::Envoy && f.reject.status() >= 500 => {
+                let mut r = reject_response(&f.reject, &policy.realm);
+                *r.status_mut() = StatusCode::FORBIDDEN;
                 r
             }
             Err(f) => reject_response(&f.reject, &policy.realm),
