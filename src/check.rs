@@ -61,6 +61,21 @@ pub async fn check(config: &Config) -> Result<String, String> {
             Err(e) => failed.push(format!("provider {:?}: {} ({})", p.name, e, e.label())),
         }
     }
+    match crate::rules::Rules::compile(config) {
+        Ok(rules) => {
+            let _ = writeln!(report, "rules (first match wins):");
+            for line in rules.describe() {
+                let _ = writeln!(report, "  {line}");
+            }
+            for (later, earlier) in rules.shadowed() {
+                let _ = writeln!(
+                    report,
+                    "  WARNING: {later} can never match: {earlier} matches every request it would"
+                );
+            }
+        }
+        Err(errs) => failed.extend(errs),
+    }
     if failed.is_empty() {
         report.push_str("OK\n");
         Ok(report)

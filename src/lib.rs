@@ -24,6 +24,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod jwks;
 pub mod metrics;
 pub mod path;

@@ -56,6 +56,18 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Explain the decision on one request (rule, provider, every check), without serving.
+    Explain {
+        /// The request line, e.g. "GET /admin/users?page=2".
+        #[arg(long)]
+        request: String,
+        /// A request header, "Name: value" (repeatable), e.g. "Authorization: Bearer ey...".
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Use this JWKS file for every provider instead of fetching the live keys.
+        #[arg(long)]
+        offline: Option<PathBuf>,
+    },
     /// Probe a running sidecar's admin endpoint; exit 0 when it answers 200.
     Healthcheck {
         /// URL to probe.
@@ -99,6 +111,20 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck { url }) => {
             runtime.block_on(jwks_sidecar::check::healthcheck(&url))
         }
+        Some(Command::Explain {
+            request,
+            headers,
+            offline,
+        }) => load(&cli.run).and_then(|cfg| {
+            let req = jwks_sidecar::explain::ExplainRequest {
+                request,
+                headers,
+                offline,
+            };
+            runtime
+                .block_on(jwks_sidecar::explain::explain(&cfg, &req))
+                .map(|report| print!("{report}"))
+        }),
         Some(Command::Check) => load(&cli.run).and_then(|cfg| {
             runtime
                 .block_on(jwks_sidecar::check::check(&cfg))

@@ -263,7 +263,7 @@ impl Authenticator {
     /// The provider for an (unverified) issuer: exact match, else an issuer template such as
     /// `https://login.microsoftonline.com/{tenantid}/v2.0` whose `{tenantid}`, replaced by the
     /// token's tenant claim, gives exactly `iss` (and the tenant is allowed).
-    fn provider_for(&self, iss: &str, claims: &Map<String, Value>) -> Option<Arc<Provider>> {
+    pub fn provider_for(&self, iss: &str, claims: &Map<String, Value>) -> Option<Arc<Provider>> {
         if let Some(p) = self.by_issuer.get(iss) {
             return Some(p.clone());
         }
