@@ -42,6 +42,16 @@ pub struct Config {
     pub default_rule: DefaultRuleConfig,
     /// Live reload of the config file.
     pub reload: ReloadConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads (0: one per CPU the process may use). A sidecar often wants 1 or 2.
+    pub worker_threads: usize,
 }
 
 /// `[[rules]]`: one route rule.

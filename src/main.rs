@@ -96,10 +96,19 @@ fn load(args: &RunArgs) -> Result<config::Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The config decides the worker count, so read it before the runtime exists (the run
+    // path loads it again inside; loading is cheap and has no side effects).
+    let workers = match &cli.command {
+        None => load(&cli.run)
+            .map(|c| c.runtime.worker_threads)
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
