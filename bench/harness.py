@@ -110,10 +110,12 @@ def worker_threads(pid: int) -> int:
     return n
 
 
-def sys_busy_ticks() -> int:
+def sys_ticks() -> dict:
+    """Machine-wide jiffies: process time (user+nice+system), irq+softirq (loopback networking
+    is mostly softirq, not charged to any process), steal (the hypervisor's other guests)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4]  # minus idle and iowait
+    return {"proc": v[0] + v[1] + v[2], "irq": v[5] + v[6], "steal": v[7] if len(v) > 7 else 0}
 
 
 def free_port() -> int:
@@ -482,12 +484,13 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
         for _ in range(args.reps):
             pid = proxy.proc.pid if proxy.proc else None
             p0 = cpu_ticks(pid) if pid else 0
-            u0, s0 = upstream.ticks(), sys_busy_ticks()
+            u0, s0 = upstream.ticks(), sys_ticks()
             t0 = time.monotonic()
             w = run_wrk(proxy, tokens, path, conns, dur, row.get("lg_cpu", LG_CPU))
+            w["compilers_after"] = len(compilers_running())
             wall = time.monotonic() - t0
             p1 = cpu_ticks(pid) if pid else 0
-            u1, s1 = upstream.ticks(), sys_busy_ticks()
+            u1, s1 = upstream.ticks(), sys_ticks()
             reqs = max(1, w["requests"])
             proxy_s = (p1 - p0) / CLK
             ours = (p1 - p0) + (u1 - u0)
@@ -498,8 +501,11 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
                 "proxy_cpu_pct": 100 * proxy_s / wall if pid else None,
                 "upstream_cpu_pct": 100 * (u1 - u0) / CLK / wall,
                 "wrk_cpu_pct": 100 * w["wrk_cpu_s"] / wall,
-                # everything else busy on the machine (not proxy, nginx or wrk), in % of both cores
-                "other_cpu_pct": max(0.0, 100 * (((s1 - s0) - ours) / CLK - w["wrk_cpu_s"]) / wall / os.cpu_count()),
+                # other processes on the machine (not proxy, nginx or wrk), in % of both cores
+                "other_cpu_pct": max(0.0, 100 * (((s1["proc"] - s0["proc"]) - ours) / CLK - w["wrk_cpu_s"])
+                                     / wall / os.cpu_count()),
+                "softirq_pct": 100 * (s1["irq"] - s0["irq"]) / CLK / wall / os.cpu_count(),
+                "steal_pct": 100 * (s1["steal"] - s0["steal"]) / CLK / wall / os.cpu_count(),
                 "rss_kib": status_kib(pid, "VmRSS") if pid else None,
                 "errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"],
             })
@@ -632,7 +638,8 @@ def report(results: list[dict], meta: dict) -> str:
              "core 0; the proxy under test alone on core 1 with one worker thread "
              "(jwks-sidecar: TOKIO_WORKER_THREADS=1; Envoy: --concurrency 1). Each row restarts its proxy.")
     L.append(f"- Noise: {meta['quiet']}; other load on the machine during timed runs (share of both "
-             f"cores outside proxy, nginx and wrk): median {meta['other_med']:.0f} %, max {meta['other_max']:.0f} %")
+             f"cores, processes other than proxy, nginx and wrk): median {meta['other_med']:.0f} %, max "
+             f"{meta['other_max']:.0f} %; hypervisor steal max {meta['steal_max']:.0f} %")
     L.append("- Sanity before timing, every proxy row: public path 200; good token 200 with x-jwt-sub and "
              "x-jwt-payload reaching the upstream; no token, tampered and truncated signature 401. "
              "Rows with any non-2xx or socket error during timing are marked.")
@@ -699,6 +706,9 @@ def row_line(r: dict) -> str:
     core0 = (med(r, "wrk_cpu_pct") or 0) + (med(r, "upstream_cpu_pct") or 0)
     if core is not None and core < 90:
         notes.append("proxy not saturated: core 0 bound, compare CPU/req")
+    noisy = sum(1 for x in r.get("reps", []) if x.get("compilers_after"))
+    if noisy:
+        notes.append(f"compilers ran during {noisy} rep(s)")
     if med(r, "other_cpu_pct") and med(r, "other_cpu_pct") > 5:
         notes.append(f"other load {med(r, 'other_cpu_pct'):.0f} %")
     return (f"| {r['label']} | {fmt_rps(r)} | {fmt_cpu(r)} | {fmt_ms(med(r, 'p50_us'))} | "
@@ -819,7 +829,13 @@ def main() -> int:
     log(f"machine: {quiet}")
     results = []
     t_start = time.monotonic()
+    wait_budget = args.quiet_wait * 3  # total extra waiting for compilers between rows
     for i, row in enumerate(rows, 1):
+        if compilers_running() and wait_budget > 0:
+            t_w = time.monotonic()
+            log(f"    compilers running; waiting (up to {min(120, wait_budget):.0f}s)")
+            wait_quiet(min(120, wait_budget))
+            wait_budget -= time.monotonic() - t_w
         log(f"[{i}/{len(rows)}] {row['id']}: {row['label']}")
         res = run_row(row, upstream, args, work, toks)
         if res.get("reps"):
@@ -831,6 +847,7 @@ def main() -> int:
     late = compilers_running()
 
     others = [x["other_cpu_pct"] for r in results for x in r.get("reps", [])]
+    steals = [x["steal_pct"] for r in results for x in r.get("reps", [])]
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu_model = ""
     with open("/proc/cpuinfo") as f:
@@ -856,6 +873,7 @@ def main() -> int:
                  + f"; {elapsed / 60:.1f} min",
         "other_med": statistics.median(others) if others else 0,
         "other_max": max(others) if others else 0,
+        "steal_max": max(steals) if steals else 0,
     }
     md = report(results, meta)
     outdir = os.path.join(HERE, "results")

@@ -29,4 +29,4 @@ fi
 echo "bench: cargo build --release" >&2
 cargo build --release --quiet
 
-exec timeout 1800 python3 bench/harness.py "$@"
+exec timeout 2700 python3 bench/harness.py "$@"
