@@ -227,6 +227,28 @@ pub struct ProxyConfig {
     /// Grace period for in-flight requests after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Open connections per listener; at the cap, accepting pauses (back-pressure) until one closes.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) over HTTP/1 (then 431), and header list over HTTP/2.
+    pub max_header_bytes: usize,
+    /// Most request headers over HTTP/1 (then 431).
+    pub max_headers: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// What happens to a claim over `max_claim_header_bytes`: `drop` the header (counted) or
+    /// `reject` the request (401, reason claim_too_large). Never truncated.
+    pub oversize_claim: OversizeClaim,
+}
+
+/// Policy for claim values too long for a header.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizeClaim {
+    /// Forward without that header, and count it.
+    #[default]
+    Drop,
+    /// Refuse the request with 401.
+    Reject,
 }
 
 impl Default for ProxyConfig {
@@ -249,6 +271,11 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_h2_streams: 256,
+            oversize_claim: OversizeClaim::Drop,
         }
     }
 }
@@ -727,6 +754,20 @@ impl Config {
                     "{src}proxy.public_paths[{i}] = {path:?} must start with '/'"
                 ));
             }
+        }
+        if self.proxy.max_header_bytes < 8192 {
+            p.push(format!(
+                "{src}proxy.max_header_bytes = {} is below 8192 (the smallest HTTP/1 buffer)",
+                self.proxy.max_header_bytes
+            ));
+        }
+        if self.proxy.max_connections == 0
+            || self.proxy.max_headers == 0
+            || self.proxy.max_h2_streams == 0
+        {
+            p.push(format!(
+                "{src}proxy.max_connections, max_headers and max_h2_streams must be at least 1"
+            ));
         }
         if self.proxy.max_token_bytes < 64 {
             p.push(format!(

@@ -52,6 +52,8 @@ pub enum Reject {
     RuleRequirement(u16),
     /// No rule matched and `[default_rule] action = "deny"` (403).
     NoMatchingRule,
+    /// A claim mapped to a header is longer than allowed and `oversize_claim = "reject"`.
+    ClaimTooLarge,
 }
 
 impl Reject {
@@ -102,6 +104,7 @@ impl Reject {
             Reject::BadPath => "bad_path",
             Reject::RuleRequirement(_) => "rule_requirement",
             Reject::NoMatchingRule => "no_matching_rule",
+            Reject::ClaimTooLarge => "claim_too_large",
         }
     }
 
@@ -131,6 +134,7 @@ impl Reject {
             Reject::BadPath => "request path is not acceptable",
             Reject::RuleRequirement(_) => "token does not meet this route's requirements",
             Reject::NoMatchingRule => "no rule allows this request",
+            Reject::ClaimTooLarge => "a claim is too large to forward as a header",
         }
     }
 

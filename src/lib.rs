@@ -165,11 +165,7 @@ pub async fn start_with(
         .await
         .map_err(|e| format!("proxy.listen {}: {e}", config.proxy.listen))?;
     let proxy_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let opts = server::ServeOptions {
-        name: "proxy",
-        header_read_timeout: config.proxy.header_read_timeout,
-        grace: config.proxy.shutdown_grace,
-    };
+    let opts = server::ServeOptions::from_config("proxy", &config.proxy, metrics.clone());
     tasks.push(tokio::spawn(server::serve(
         listener,
         tls,

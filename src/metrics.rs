@@ -46,6 +46,12 @@ pub struct Metrics {
     pub claim_headers_dropped_total: IntCounterVec,
     /// Inbound identity headers removed (spoofing attempts or stale hops).
     pub spoofed_headers_removed_total: IntCounterVec,
+    /// Open connections: `{listener}`.
+    pub connections: IntGaugeVec,
+    /// Times a listener paused accepting at `max_connections`: `{listener}`.
+    pub connection_limit_reached_total: IntCounterVec,
+    /// Connections closed on an error: `{listener, kind}` = header_timeout, too_large, parse, io, tls.
+    pub connection_errors_total: IntCounterVec,
     /// Config reloads: `{result}` = ok, error.
     pub config_reloads_total: IntCounterVec,
     /// 1 for the live config's hash.
@@ -210,6 +216,9 @@ impl Metrics {
                 "Inbound identity headers removed before forwarding.",
                 &["listener"],
             ),
+                        connections: int_gauge(&reg, "connections", "Open client connections.", &["listener"]),
+            connection_limit_reached_total: counter(&reg, "connection_limit_reached_total", "Times accepting paused because max_connections was reached.", &["listener"]),
+            connection_errors_total: counter(&reg, "connection_errors_total", "Client connections closed on an error, by kind (header_timeout, too_large, parse, io, tls).", &["listener", "kind"]),
             config_reloads_total: counter(
                 &reg,
                 "config_reloads_total",

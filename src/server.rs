@@ -1,6 +1,9 @@
 //! Accept loops shared by every listener: optional TLS (rustls, ALPN h2 + http/1.1),
-//! HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port, upgrades, a header read timeout
-//! against slow clients, and graceful drain: on shutdown the listener closes, in-flight
+//! HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port, upgrades, limits (open
+//! connections with back-pressure, request head size and header count, HTTP/2 streams and
+//! header list size), a header read timeout against slow clients (it also bounds idle
+//! keep-alive connections: the timer starts as soon as a connection waits for a request),
+//! connection-error metrics, and graceful drain: on shutdown the listener closes, in-flight
 //! requests finish within the grace period, then remaining connections are dropped.
 
 use std::convert::Infallible;
@@ -21,14 +24,75 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Per-listener connection settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Listener name for logs.
+    /// Listener name for logs and metrics.
     pub name: &'static str,
     /// Time allowed for a request's headers (HTTP/1) and for the TLS handshake.
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after shutdown starts.
     pub grace: Duration,
+    /// Open connections at most; accepting pauses at the cap.
+    pub max_connections: usize,
+    /// Largest HTTP/1 request head / HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// Most HTTP/1 request headers.
+    pub max_headers: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
+    /// Connection metrics.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl ServeOptions {
+    /// Settings from the `[proxy]` section, for a listener named `name`.
+    pub fn from_config(
+        name: &'static str,
+        p: &crate::config::ProxyConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        ServeOptions {
+            name,
+            header_read_timeout: p.header_read_timeout,
+            grace: p.shutdown_grace,
+            max_connections: p.max_connections,
+            max_header_bytes: p.max_header_bytes,
+            max_headers: p.max_headers,
+            max_h2_streams: p.max_h2_streams,
+            metrics: Some(metrics),
+        }
+    }
+}
+
+/// The metric label for an error that closed a connection.
+fn error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return "header_timeout";
+            }
+            if h.is_parse_too_large() {
+                return "too_large";
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return "parse";
+            }
+        }
+        if err.downcast_ref::<std::io::Error>().is_some() {
+            return "io";
+        }
+        cur = err.source();
+    }
+    "other"
+}
+
+fn count_error(opts: &ServeOptions, kind: &'static str) {
+    if let Some(m) = &opts.metrics {
+        m.connection_errors_total
+            .with_label_values(&[opts.name, kind])
+            .inc();
+    }
 }
 
 /// Builds a TLS acceptor from PEM files.
@@ -73,18 +137,48 @@ pub async fn serve<H, Fut, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .max_headers(opts.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(opts.max_h2_streams)
+        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    let gauge = opts
+        .metrics
+        .as_ref()
+        .map(|m| m.connections.with_label_values(&[opts.name]));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     if *shutdown.borrow() {
         return;
     }
     loop {
+        // Back-pressure: at the cap, stop accepting (the kernel backlog holds new clients).
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(m) = &opts.metrics {
+                    m.connection_limit_reached_total
+                        .with_label_values(&[opts.name])
+                        .inc();
+                }
+                tracing::warn!(
+                    listener = opts.name,
+                    max = opts.max_connections,
+                    "connection limit reached; pausing accept"
+                );
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
@@ -106,14 +200,27 @@ pub async fn serve<H, Fut, B>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let name = opts.name;
+        let conn_opts = opts.clone();
+        let gauge = gauge.clone();
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        let done = move || {
+            drop(permit);
+            if let Some(g) = &gauge {
+                g.dec();
+            }
+        };
         match &tls {
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = watcher.watch(conn.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
+                        count_error(&conn_opts, error_kind(e.as_ref()));
                         tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
                     }
+                    done();
                 });
             }
             Some(acceptor) => {

@@ -85,6 +85,8 @@ pub struct Authenticator {
     pub array_format: ArrayClaimFormat,
     /// Longest claim header value.
     pub max_claim_header_bytes: usize,
+    /// Drop or reject over-size claims.
+    pub oversize_claim: crate::config::OversizeClaim,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     cache: Option<cache::TokenCache>,
@@ -141,6 +143,7 @@ impl Authenticator {
             reserved: ReservedHeaders::new(&config.proxy.identity_header_prefix, reserved_names),
             array_format: config.proxy.array_claim_format,
             max_claim_header_bytes: config.proxy.max_claim_header_bytes,
+            oversize_claim: config.proxy.oversize_claim,
             cache: config
                 .token_cache
                 .enabled
@@ -201,7 +204,9 @@ impl Authenticator {
         });
         let used_kid = signed.map_err(fail)?;
         verify::check_claims(&parsed, &provider.claims, now).map_err(fail)?;
-        let headers = self.render_claim_headers(&provider, &parsed.claims);
+        let headers = self
+            .render_claim_headers(&provider, &parsed.claims)
+            .map_err(fail)?;
         let number = |name: &str| parsed.claims.get(name).and_then(Value::as_f64);
         let info = TokenInfo {
             kid: used_kid,
@@ -288,7 +293,7 @@ impl Authenticator {
         &self,
         provider: &Provider,
         claims: &Map<String, Value>,
-    ) -> Vec<(http::HeaderName, HeaderValue)> {
+    ) -> Result<Vec<(http::HeaderName, HeaderValue)>, Reject> {
         let mut out = Vec::with_capacity(provider.claim_headers.len());
         for (path, header) in &provider.claim_headers {
             let Some(value) = path.lookup(claims) else {
@@ -296,6 +301,15 @@ impl Authenticator {
             };
             match render(value, self.array_format, self.max_claim_header_bytes) {
                 Ok(hv) => out.push((header.clone(), hv)),
+                Err(claims::Dropped::TooLong)
+                    if self.oversize_claim == crate::config::OversizeClaim::Reject =>
+                {
+                    self.metrics
+                        .claim_headers_dropped_total
+                        .with_label_values(&[&provider.name, "too_long_rejected"])
+                        .inc();
+                    return Err(Reject::ClaimTooLarge);
+                }
                 Err(d) => {
                     self.metrics
                         .claim_headers_dropped_total
@@ -305,7 +319,7 @@ impl Authenticator {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 

@@ -42,6 +42,43 @@ pub struct ParsedToken<'a> {
     pub claims: Map<String, Value>,
 }
 
+/// A JSON object whose members are all distinct. Parsers disagree on duplicates (first
+/// wins, last wins, error), so a token with `{"alg":"none","alg":"RS256"}` or two `sub`
+/// members could mean different things to the verifier and to the app: refuse it.
+struct StrictObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for StrictObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<StrictObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                    map.insert(k, v);
+                }
+                Ok(StrictObject(map))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn strict_object(bytes: &[u8]) -> Option<Map<String, Value>> {
+    serde_json::from_slice::<StrictObject>(bytes)
+        .ok()
+        .map(|o| o.0)
+}
+
 fn is_b64url(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -69,8 +106,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Reject> {
     let header_bytes = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| Reject::Malformed("token header is not base64url"))?;
-    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
-        .map_err(|_| Reject::Malformed("token header is not a JSON object"))?;
+    let header = strict_object(&header_bytes).ok_or(Reject::Malformed(
+        "token header is not a JSON object with distinct members",
+    ))?;
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
         _ => return Err(Reject::Malformed("token header has no string alg")),
@@ -92,8 +130,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Reject> {
     let payload_bytes = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| Reject::Malformed("token payload is not base64url"))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload_bytes)
-        .map_err(|_| Reject::Malformed("token payload is not a JSON object"))?;
+    let claims = strict_object(&payload_bytes).ok_or(Reject::Malformed(
+        "token payload is not a JSON object with distinct members",
+    ))?;
     Ok(ParsedToken {
         signing_input: &token[..h.len() + 1 + p.len()],
         payload_b64: p,
@@ -302,6 +341,32 @@ mod tests {
                 parse(&c).err()
             );
         }
+    }
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        let h = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        let p = URL_SAFE_NO_PAD.encode(r#"{"sub":"a"}"#);
+        for header in [
+            r#"{"alg":"none","alg":"RS256"}"#,
+            r#"{"alg":"RS256","kid":"a","kid":"b"}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse(&format!("{}.{p}.c2ln", h(header))),
+                    Err(Reject::Malformed(_))
+                ),
+                "{header}"
+            );
+        }
+        let dup = URL_SAFE_NO_PAD.encode(r#"{"sub":"a","sub":"admin"}"#);
+        assert!(matches!(
+            parse(&format!("{}.{dup}.c2ln", h(r#"{"alg":"RS256"}"#))),
+            Err(Reject::Malformed(_))
+        ));
+        // Nested objects may repeat names across levels.
+        let nested = URL_SAFE_NO_PAD.encode(r#"{"a":{"a":1},"b":{"a":2}}"#);
+        assert!(parse(&format!("{}.{nested}.c2ln", h(r#"{"alg":"RS256"}"#))).is_ok());
     }
 
     #[test]
