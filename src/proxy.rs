@@ -252,7 +252,11 @@ impl Proxy {
                     .with_label_values(&[e.label()])
                     .inc();
                 let body = serde_json::json!({
-                    "error": if e == UpstreamError::Timeout { "gateway_timeout" } else { "bad_gateway" },
+                    "error": match e {
+                        UpstreamError::Timeout => "gateway_timeout",
+                        UpstreamError::ClientBody => "invalid_request",
+                        _ => "bad_gateway",
+                    },
                     "reason": format!("upstream_{}", e.label()),
                 })
                 .to_string();

@@ -24,6 +24,9 @@ pub enum UpstreamError {
     Timeout,
     /// The connection broke mid-exchange or the response was invalid (502).
     Protocol,
+    /// The client's request body failed (malformed chunking, aborted upload): 400, not the
+    /// upstream's fault.
+    ClientBody,
 }
 
 impl UpstreamError {
@@ -33,6 +36,7 @@ impl UpstreamError {
             UpstreamError::Connect => "connect",
             UpstreamError::Timeout => "timeout",
             UpstreamError::Protocol => "error",
+            UpstreamError::ClientBody => "client_body",
         }
     }
 
@@ -40,6 +44,7 @@ impl UpstreamError {
     pub fn status(self) -> u16 {
         match self {
             UpstreamError::Timeout => 504,
+            UpstreamError::ClientBody => 400,
             _ => 502,
         }
     }
@@ -117,6 +122,7 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect),
+            Ok(Err(e)) if caused_by_client_body(&e) => Err(UpstreamError::ClientBody),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upstream request failed");
                 Err(UpstreamError::Protocol)
@@ -175,6 +181,22 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// Whether a forwarding error came from reading the client's body (hyper reports the
+/// streamed body's failure as a user error).
+fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
