@@ -55,7 +55,9 @@ def main() -> int:
         out = subprocess.run(["perf", "report", "-i", data, "--stdio", "-g", "none", "--percent-limit", "1.5",
                               "--sort", "symbol"] + args, capture_output=True, text=True).stdout
         print(f"==== {which}: perf report {' '.join(args)} ====")
-        print("\n".join(ln for ln in out.splitlines() if ln and not ln.startswith("#"))[:6000])
+        lines = [" ".join(ln.split()[:4 if "--children" in args else 3]) for ln in out.splitlines()
+                 if ln.strip() and not ln.startswith("#")]
+        print("\n".join(lines[:40]))
     subprocess.run(["rm", "-rf", work])
     return 0
 
