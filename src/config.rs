@@ -221,6 +221,8 @@ pub struct ProxyConfig {
     /// Time allowed for the upstream's response headers (answer: 504).
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// Largest response head accepted from the upstream (then 502).
+    pub max_upstream_header_bytes: usize,
     /// Time a client has to send its request headers (slowloris guard).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -269,6 +271,7 @@ impl Default for ProxyConfig {
             tls: None,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
+            max_upstream_header_bytes: 256 * 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 10_000,

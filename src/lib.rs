@@ -155,11 +155,13 @@ pub async fn start_with(
         &config.proxy.upstream,
         config.proxy.upstream_connect_timeout,
         config.proxy.upstream_timeout,
+        config.proxy.max_upstream_header_bytes,
     )?;
     let proxy = Arc::new(proxy::Proxy {
         policy: policy.clone(),
         upstream,
         scheme: if tls.is_some() { "https" } else { "http" },
+        max_header_bytes: config.proxy.max_header_bytes,
     });
     let listener = TcpListener::bind(config.proxy.listen)
         .await

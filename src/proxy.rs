@@ -37,6 +37,8 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Exact bound on the request's header section (hyper's own bound is approximate).
+    pub max_header_bytes: usize,
 }
 
 /// Request ids: a random per-process prefix and a counter (unique, cheap, not secret).
@@ -123,6 +125,21 @@ impl Proxy {
         let rid_text = rid.to_str().unwrap_or("").to_string();
         let method = req.method().clone();
 
+        if crate::upstream::head_size(req.headers()) + req.uri().to_string().len()
+            > self.max_header_bytes
+        {
+            metrics
+                .connection_errors_total
+                .with_label_values(&["proxy", "too_large"])
+                .inc();
+            let mut resp = local_response(
+                431,
+                r#"{"error":"invalid_request","reason":"headers_too_large"}"#.into(),
+                &[],
+            );
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+            return resp.map(Either::Right);
+        }
         let spoofed = policy.spoofed_header_names(req.headers());
         if !spoofed.is_empty() {
             for n in &spoofed {

@@ -24,6 +24,8 @@ pub enum UpstreamError {
     Timeout,
     /// The connection broke mid-exchange or the response was invalid (502).
     Protocol,
+    /// The upstream's response head is over `max_upstream_header_bytes` (502).
+    HeadersTooLarge,
     /// The client's request body failed (malformed chunking, aborted upload): 400, not the
     /// upstream's fault.
     ClientBody,
@@ -37,6 +39,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "timeout",
             UpstreamError::Protocol => "error",
             UpstreamError::ClientBody => "client_body",
+            UpstreamError::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -58,11 +61,17 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     timeout: Duration,
+    max_header_bytes: usize,
 }
 
 impl Upstream {
     /// Builds the pooled client for `base` (`http://host:port` or `https://...`).
-    pub fn new(base: &str, connect_timeout: Duration, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        base: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+        max_header_bytes: usize,
+    ) -> Result<Self, String> {
         crate::install_crypto_provider();
         let uri: Uri = base
             .parse()
@@ -93,6 +102,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .http1_max_buf_size(max_header_bytes.max(8192))
             .build(connector.clone());
         Ok(Upstream {
             client,
@@ -100,6 +110,7 @@ impl Upstream {
             scheme,
             authority,
             timeout,
+            max_header_bytes,
         })
     }
 
@@ -126,6 +137,10 @@ impl Upstream {
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upstream request failed");
                 Err(UpstreamError::Protocol)
+            }
+            // hyper bounds the head only roughly (its read buffer); make the limit exact.
+            Ok(Ok(resp)) if head_size(resp.headers()) > self.max_header_bytes => {
+                Err(UpstreamError::HeadersTooLarge)
             }
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -181,6 +196,14 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// Bytes a header section takes on the wire (names, values, separators).
+pub fn head_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
 }
 
 /// Whether a forwarding error came from reading the client's body (hyper reports the
