@@ -213,7 +213,7 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
             assert_eq!(get_with_token(&url, &good).await.0, 200, "{mode:?}");
         }
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "{mode:?}: known kids slowed down"
         );
     }
@@ -271,7 +271,7 @@ async fn a_misbehaving_upstream_gives_502_or_504_never_a_hang() {
 
         assert_eq!(got, status, "{mode:?}");
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(6),
             "{mode:?} took {:?}",
             started.elapsed()
         );
