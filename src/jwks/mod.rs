@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use crate::config::KeySource;
@@ -82,8 +83,8 @@ pub struct Key {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when present: then only that algorithm is accepted.
     pub alg: Option<Algorithm>,
-    /// Ready for `jsonwebtoken::crypto::verify`.
-    pub decoding: DecodingKey,
+    /// Parsed once: a verifier per algorithm this key may check.
+    pub verifier: Verifier,
     /// The public JWK as re-served by the admin endpoint (public members only).
     pub public_jwk: Value,
 }
@@ -337,16 +338,103 @@ fn clone_key(k: &Key) -> Key {
         kid: k.kid.clone(),
         kind: k.kind,
         alg: k.alg,
-        decoding: k.decoding.clone(),
+        verifier: k.verifier.clone(),
         public_jwk: k.public_jwk.clone(),
+    }
+}
+
+/// The aws-lc verification algorithm for a JWS algorithm.
+fn aws_alg(alg: Algorithm) -> Option<&'static dyn sig::VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+/// A key's verification material, parsed once when the key set is loaded (one aws-lc
+/// `ParsedPublicKey` per algorithm the key may verify), so a token check does no key
+/// parsing or validation at all.
+#[derive(Clone)]
+pub struct Verifier {
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl Verifier {
+    fn build(
+        public_der: &[u8],
+        algs: impl Iterator<Item = Algorithm>,
+    ) -> Result<Verifier, &'static str> {
+        let mut parsed = Vec::new();
+        for alg in algs {
+            let a = aws_alg(alg).ok_or("unsupported_alg")?;
+            // Rejects malformed keys and EC points that are not on the curve.
+            parsed.push((
+                alg,
+                ParsedPublicKey::new(a, public_der).map_err(|_| "invalid")?,
+            ));
+        }
+        Ok(Verifier { parsed })
+    }
+
+    /// Checks `signature` over `message` with `alg`; false for an algorithm this key does not
+    /// verify.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok())
     }
 }
 
 /// The verification material of one key, with its public JWK members.
 struct Material {
     kind: KeyKind,
-    decoding: DecodingKey,
+    /// PKCS#1 RSAPublicKey DER, an uncompressed EC point, or the Ed25519 key.
+    public_der: Vec<u8>,
     public: Map<String, Value>,
+}
+
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let first = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - first) as u8);
+        out.extend_from_slice(&bytes[first..]);
+    }
+}
+
+fn der_uint(out: &mut Vec<u8>, v: &[u8]) {
+    out.push(0x02);
+    let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+    der_len(out, v.len() + pad as usize);
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(v);
+}
+
+/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017).
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    der_uint(&mut body, n);
+    der_uint(&mut body, e);
+    let mut out = vec![0x30];
+    der_len(&mut out, body.len());
+    out.extend(body);
+    out
 }
 
 fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, &'static str> {
@@ -365,7 +453,7 @@ fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, &'static str> {
     public.insert("e".into(), Value::String(URL_SAFE_NO_PAD.encode(e)));
     Ok(Material {
         kind: KeyKind::Rsa,
-        decoding: DecodingKey::from_rsa_raw_components(n, e),
+        public_der: rsa_public_key_der(n, e),
         public,
     })
 }
@@ -390,7 +478,7 @@ fn ec_material(crv: &str, x: &[u8], y: &[u8]) -> Result<Material, &'static str> 
     public.insert("y".into(), Value::String(URL_SAFE_NO_PAD.encode(y)));
     Ok(Material {
         kind,
-        decoding: DecodingKey::from_ec_der(&point),
+        public_der: point,
         public,
     })
 }
@@ -405,7 +493,7 @@ fn ed_material(x: &[u8]) -> Result<Material, &'static str> {
     public.insert("x".into(), Value::String(URL_SAFE_NO_PAD.encode(x)));
     Ok(Material {
         kind: KeyKind::Ed25519,
-        decoding: DecodingKey::from_ed_der(x),
+        public_der: x.to_vec(),
         public,
     })
 }
@@ -479,6 +567,13 @@ fn finish_key(
         None if !allowed.iter().any(|a| m.kind.fits(*a)) => return Err("alg_not_allowed"),
         _ => {}
     }
+    let verifier = Verifier::build(
+        &m.public_der,
+        allowed
+            .iter()
+            .copied()
+            .filter(|a| m.kind.fits(*a) && alg.is_none_or(|k| k == *a)),
+    )?;
     let mut public = m.public;
     if let Some(kid) = &kid {
         public.insert("kid".into(), Value::String(kid.clone()));
@@ -491,7 +586,7 @@ fn finish_key(
         kid,
         kind: m.kind,
         alg,
-        decoding: m.decoding,
+        verifier,
         public_jwk: Value::Object(public),
     })
 }
@@ -790,9 +885,18 @@ mod tests {
     }
 
     #[test]
-    fn key_without_alg_fits_only_its_family() {
+    fn ec_point_not_on_the_curve_is_skipped_at_load() {
         let doc = json!({"keys": [{"kty": "EC", "kid": "k", "crv": "P-256",
             "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])}]});
+        let (set, skipped) = KeySet::from_document(&doc, &all()).expect("doc");
+        assert!(set.is_empty());
+        assert_eq!(skipped[0].reason, "invalid");
+    }
+
+    #[test]
+    fn key_without_alg_fits_only_its_family() {
+        let real = crate::testkit::SigningKey::generate(Algorithm::ES256, "k");
+        let doc = json!({"keys": [real.public_jwk_without_alg()]});
         let (set, _) = KeySet::from_document(&doc, &all()).expect("doc");
         let k = &set.candidates(Some("k"))[0];
         assert!(k.accepts(Algorithm::ES256));
