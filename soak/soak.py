@@ -103,10 +103,10 @@ class IdP:
             return self.keys[-1]
 
     def failure_kind(self, t=None):
-        """Failure windows: 65%..90% of every other cycle (never near a rotation)."""
+        """Failure windows: 60%..90% of every other cycle (never near a rotation)."""
         t = self.now() if t is None else t
         k, phase = divmod(t, self.cycle)
-        if int(k) % 2 == 1 and 0.65 * self.cycle <= phase < 0.9 * self.cycle:
+        if int(k) % 2 == 1 and 0.6 * self.cycle <= phase < 0.9 * self.cycle:
             return ["500", "timeout", "garbage", "too_large"][(int(k) // 2) % 4]
         return None
 
