@@ -66,8 +66,11 @@ pub fn extract<'a>(
             let Ok(v) = value.to_str() else { continue };
             for pair in v.split(';') {
                 if let Some((k, val)) = pair.trim().split_once('=') {
+                    // A quoted cookie value ("...") counts without its quotes; an empty
+                    // one is no token (found by fuzzing: `at="` gave an empty token).
+                    let val = val.trim_matches('"');
                     if k == cookie_name && !val.is_empty() {
-                        add(val.trim_matches('"'))?;
+                        add(val)?;
                     }
                 }
             }
@@ -212,6 +215,26 @@ mod tests {
         assert_eq!(
             extract(&hm(&[("cookie", "session=x.y.z")]), Some("t=x.y.z"), &src()),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn regression_cookie_of_only_quotes_is_no_token() {
+        let s = TokenSources {
+            cookie: Some("access_token".into()),
+            ..src()
+        };
+        assert_eq!(
+            extract(&hm(&[("cookie", "access_token=\"")]), None, &s),
+            Ok(None)
+        );
+        assert_eq!(
+            extract(&hm(&[("cookie", "access_token=\"\"")]), None, &s),
+            Ok(None)
+        );
+        assert_eq!(
+            extract(&hm(&[("cookie", "access_token=\"a.b.c\"")]), None, &s),
+            Ok(Some("a.b.c"))
         );
     }
 
