@@ -117,6 +117,49 @@ fn bench(c: &mut Criterion) {
                 .expect("ok")
         })
     });
+    // 100 rules (prefix, exact, regex, host, methods mixed); the request matches none of
+    // them, so every rule is evaluated before the default rule applies.
+    let mut rules = String::new();
+    for i in 0..100 {
+        let m = match i % 4 {
+            0 => format!("path_prefix = \"/svc{i}\""),
+            1 => format!("path = \"/exact/{i}\", methods = [\"GET\", \"POST\"]"),
+            2 => format!("path_regex = \"/re{i}/[0-9]+\""),
+            _ => format!("host = \"*.tenant{i}.example\", path_prefix = \"/api\""),
+        };
+        rules.push_str(&format!(
+            "[[rules]]\nmatch = {{ {m} }}\nrequire = {{ scopes = [\"s{i}\"] }}\n"
+        ));
+    }
+    let cfg = jwks_sidecar::config::from_toml_str(&format!(
+        "[[providers]]\nname = \"p\"\nissuer = \"{ISS}\"\njwks = {{ keys = [] }}\naudiences = [\"api\"]\n{rules}"
+    ))
+    .expect("100 rules");
+    let compiled = jwks_sidecar::rules::Rules::compile(&cfg).expect("compile");
+    c.bench_function("rules/100_no_match", |b| {
+        b.iter(|| {
+            compiled
+                .find(
+                    black_box("GET"),
+                    Some("app.example.com"),
+                    black_box("/nothing/here"),
+                )
+                .name
+                .len()
+        })
+    });
+    c.bench_function("rules/100_first_match", |b| {
+        b.iter(|| {
+            compiled
+                .find(
+                    black_box("GET"),
+                    Some("app.example.com"),
+                    black_box("/svc0/x"),
+                )
+                .name
+                .len()
+        })
+    });
 }
 
 criterion_group! {

@@ -96,6 +96,94 @@ async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
     );
 }
 
+#[tokio::test]
+async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
+    let k = key(Algorithm::ES256);
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
+        .await
+        .expect("idp");
+    let echo = jwks_sidecar::demo::EchoUpstream::start()
+        .await
+        .expect("echo");
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (proxy, admin) = (free(()), free(()));
+    let text = |rules: &str| {
+        base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
+            .replace(
+                "listen = \"127.0.0.1:0\"\nupstream",
+                &format!("listen = \"{proxy}\"\nupstream"),
+            )
+            .replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"{admin}\"\n[reload]\nwatch = false"),
+            )
+            + rules
+    };
+    let file = write_config("sighup.toml", &text(""));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready);
+    let t = k.mint(&serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "s", "exp": jwks_sidecar::testkit::now() + 60}));
+    let url = format!("http://{proxy}/locked");
+    assert_eq!(get_with_token(&url, &t).await.0, 200);
+    let hup = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+    };
+    let pid = child.id().expect("pid");
+    // Invalid first: rejected, still 200.
+    std::fs::write(&file, text("[[rules]]\nmatch = { path_regex = \"([\" }\n")).expect("write");
+    hup(pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get_with_token(&url, &t).await.0, 200);
+    let m = get(&format!("http://{admin}/metrics"), &[]).await.2;
+    assert!(
+        m.contains(r#"jwks_sidecar_config_reloads_total{result="error"} 1"#),
+        "{m}"
+    );
+    // Valid: applies on SIGHUP (the file is not watched here).
+    std::fs::write(
+        &file,
+        text(
+            "[[rules]]\nmatch = { path_prefix = \"/locked\" }\nrequire = { scopes = [\"nope\"] }\n",
+        ),
+    )
+    .expect("write");
+    hup(pid);
+    let mut applied = false;
+    for _ in 0..100 {
+        if get_with_token(&url, &t).await.0 == 403 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(applied, "SIGHUP did not reload");
+    let _ = child.kill().await;
+}
+
 #[test]
 fn invalid_config_names_file_key_and_fix() {
     let cfg = write_config(

@@ -316,6 +316,9 @@ async fn abandoned_uploads_and_dropped_clients_leak_nothing() {
     let h = Harness::start(&[&key(Algorithm::ES256)], "", "").await;
     let token = key(Algorithm::ES256).mint(&h.claims());
     let rss_before = rss_kib();
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let seen_before = Arc::new(Mutex::new(()));
     let _ = seen_before;
     for _ in 0..50 {
@@ -358,4 +361,18 @@ async fn abandoned_uploads_and_dropped_clients_leak_nothing() {
     );
     let growth = rss_kib().saturating_sub(rss_before);
     assert!(growth < 64 * 1024, "memory grew by {growth} KiB");
+    let mut tasks_after = usize::MAX;
+    for _ in 0..100 {
+        tasks_after = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if tasks_after <= tasks_before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "tasks leaked: {tasks_before} before, {tasks_after} after"
+    );
 }

@@ -169,6 +169,47 @@ async fn h2_header_list_over_the_limit_is_refused() {
 }
 
 #[tokio::test]
+async fn h2_concurrent_streams_are_capped_per_connection() {
+    let h = harness("max_h2_streams = 4").await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    // 12 slow requests at once on one connection with at most 4 streams open: the server
+    // refuses streams over the cap (REFUSED_STREAM, which clients may retry) or the client
+    // queues them; never are all 12 served concurrently.
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let c = client.clone();
+        let url = h.url("/public/slow?ms=300");
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("req");
+            match c.request(req).await {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(200) => ok += 1,
+            Err(e) if e.contains("REFUSED_STREAM") => refused += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(ok >= 4, "{ok} served");
+    assert!(
+        refused > 0 || took >= Duration::from_millis(850),
+        "12 streams ran concurrently despite max_h2_streams = 4 ({took:?})"
+    );
+}
+
+#[tokio::test]
 async fn oversize_claims_are_dropped_or_rejected_never_truncated() {
     let drop_h = harness("max_claim_header_bytes = 64").await;
     let mut c = drop_h.claims();
