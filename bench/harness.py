@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ AUDIENCE = "api"
 LG_CPU = "0"      # load generator + upstream
 PROXY_CPU = "1"   # proxy under test
 CACHE_ENTRIES = 10_000
+AUTHZ_PREFIX = "/authz"  # [authz] path_prefix: the Envoy http_service endpoint
+GRPC_CHECK = "/envoy.service.auth.v3.Authorization/Check"
 STARTED: list[subprocess.Popen] = []
 
 
@@ -253,11 +256,27 @@ class Direct(Proxy):
 class Sidecar(Proxy):
     kind = "jwks-sidecar"
 
-    def __init__(self, work, name, upstream, jwks, cache, level="warn", workers=1, cpus=PROXY_CPU):
+    def __init__(self, work, name, upstream, jwks, cache, level="warn", workers=1, cpus=PROXY_CPU,
+                 front="proxy"):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
         self.workers, self.cpus = workers, cpus
+        # front: what the load generator talks to. "proxy": the inline proxy listener;
+        # "authz-http": the decision service's Envoy http_service endpoint (AUTHZ_PREFIX + path);
+        # "authz-grpc": envoy.service.auth.v3.Authorization/Check. The [authz] listeners only
+        # exist in the authz rows, so the other rows run the config they always ran.
+        self.front = front
+        self.authz_port = self.grpc_port = 0
+        authz = ""
+        if front != "proxy":
+            self.authz_port, self.grpc_port = free_port(), free_port()
+            authz = f"""
+[authz]
+listen = "127.0.0.1:{self.authz_port}"
+grpc_listen = "127.0.0.1:{self.grpc_port}"
+path_prefix = "{AUTHZ_PREFIX}"
+"""
         self.cfg = os.path.join(self.dir, "config.toml")
         with open(self.cfg, "w") as f:
             f.write(f"""[proxy]
@@ -285,17 +304,38 @@ audiences = ["{AUDIENCE}"]
 
 [providers.claim_headers]
 sub = "x-jwt-sub"
-""")
+{authz}""")
         self.logfile = os.path.join(self.dir, "stderr.log")
+
+    def url(self) -> str:
+        if self.front == "authz-http":
+            return f"http://127.0.0.1:{self.authz_port}"
+        if self.front == "authz-grpc":
+            return f"http://127.0.0.1:{self.grpc_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         binary = os.path.join(ROOT, "target", "release", "jwks-sidecar")
         self.proc = start([binary, "--config", self.cfg], self.cpus, self.logfile,
                           env={"TOKIO_WORKER_THREADS": str(self.workers)})
         wait_http(f"http://127.0.0.1:{self.admin}/readyz", lambda c, b: c == 200, 15, self.proc)
+        if self.front != "proxy":  # the decision listeners bind beside the proxy's
+            wait_http(f"http://127.0.0.1:{self.authz_port}{AUTHZ_PREFIX}/public/ready",
+                      lambda c, b: c == 200, 10, self.proc)
 
     def stop(self):
         stop(self.proc)
+
+    def decisions(self) -> dict:
+        """jwks_sidecar_requests_total of this row's listener, summed by decision."""
+        listener = {"proxy": "proxy", "authz-http": "authz_http", "authz-grpc": "authz_grpc"}[self.front]
+        _, body = http_get(f"http://127.0.0.1:{self.admin}/metrics")
+        out: dict = {}
+        for line in body.splitlines():
+            if line.startswith("jwks_sidecar_requests_total{") and f'listener="{listener}"' in line:
+                d = line.split('decision="', 1)[1].split('"', 1)[0] if 'decision="' in line else "?"
+                out[d] = out.get(d, 0) + int(float(line.split()[-1]))
+        return out
 
     def cache_stats(self) -> dict:
         _, body = http_get(f"http://127.0.0.1:{self.admin}/metrics")
@@ -445,6 +485,218 @@ def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
     return f"{len(checks)}/{len(checks)} checks"
 
 
+# ---------------------------------------------------------------- decision service (issue 5)
+
+def http_get_headers(url: str, headers=None, timeout=3.0) -> tuple[int, dict, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with OPENER.open(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode(errors="replace")
+
+
+def sanity_authz_http(sc: "Sidecar", tokens: str, toks_dir: str) -> str:
+    """Envoy http_service endpoint: AUTHZ_PREFIX + original path, original Authorization header.
+    Good token 200 with x-jwt-sub; no token, tampered and truncated signature 401; public 200."""
+    base = sc.url() + AUTHZ_PREFIX
+    good = first_line(tokens)
+    bad = first_line(os.path.join(toks_dir, "tampered-" + os.path.basename(tokens)))
+    checks = []
+    code, _, _ = http_get_headers(base + "/public/echo")
+    checks.append(("public path, no token -> 200", code == 200, code))
+    code, h, _ = http_get_headers(base + "/api/echo", {"Authorization": "Bearer " + good})
+    checks.append(("good token -> 200 + x-jwt-sub", code == 200 and h.get("x-jwt-sub") == "bench-user-0",
+                   f"{code} x-jwt-sub={h.get('x-jwt-sub')}"))
+    code, _, _ = http_get_headers(base + "/api/echo")
+    checks.append(("no token -> 401", code == 401, code))
+    code, _, _ = http_get_headers(base + "/api/echo", {"Authorization": "Bearer " + bad})
+    checks.append(("tampered signature -> 401", code == 401, code))
+    code, _, _ = http_get_headers(base + "/api/echo", {"Authorization": "Bearer " + good[:-1]})
+    checks.append(("truncated signature -> 401", code == 401, code))
+    failed = [f"{name} (got {got})" for name, ok, got in checks if not ok]
+    if failed:
+        raise RuntimeError("sanity failed for authz HTTP: " + "; ".join(failed))
+    return f"{len(checks)}/{len(checks)} checks"
+
+
+def pb_len(field: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2)."""
+    out, n = bytearray([(field << 3) | 2]), len(data)
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + data
+
+
+def check_request(path: str, token: str | None) -> bytes:
+    """envoy.service.auth.v3.CheckRequest as Envoy's ext_authz grpc_service sends it, framed for
+    gRPC (0x00, big-endian u32 length). Tags from envoy/service/auth/v3/{external_auth,
+    attribute_context}.proto: CheckRequest.attributes 1; AttributeContext.request 4;
+    Request.http 2; HttpRequest method 2, headers 3 (map<string,string>: key 1, value 2),
+    path 4, host 5."""
+    headers = {":method": "GET", ":path": path, ":authority": "app"}
+    if token:
+        headers["authorization"] = "Bearer " + token
+    http = pb_len(2, b"GET")
+    for k, v in headers.items():
+        http += pb_len(3, pb_len(1, k.encode()) + pb_len(2, v.encode()))
+    http += pb_len(4, path.encode()) + pb_len(5, b"app")
+    msg = pb_len(1, pb_len(4, pb_len(2, http)))
+    return b"\x00" + len(msg).to_bytes(4, "big") + msg
+
+
+def pb_fields(data: bytes) -> dict:
+    """Top-level fields of a protobuf message: {field: [value, ...]} (varints as int,
+    length-delimited as bytes; fixed32/64 skipped)."""
+    out: dict = {}
+    i = 0
+    while i < len(data):
+        key, shift = 0, 0
+        while True:
+            b = data[i]; i += 1
+            key |= (b & 0x7F) << shift; shift += 7
+            if b < 0x80:
+                break
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            v, shift = 0, 0
+            while True:
+                b = data[i]; i += 1
+                v |= (b & 0x7F) << shift; shift += 7
+                if b < 0x80:
+                    break
+        elif wt == 2:
+            n, shift = 0, 0
+            while True:
+                b = data[i]; i += 1
+                n |= (b & 0x7F) << shift; shift += 7
+                if b < 0x80:
+                    break
+            v = data[i:i + n]; i += n
+        elif wt in (1, 5):
+            i += 8 if wt == 1 else 4
+            continue
+        else:
+            raise ValueError(f"wire type {wt}")
+        out.setdefault(field, []).append(v)
+    return out
+
+
+def grpc_check(sc: "Sidecar", body_file: str, work: str) -> dict:
+    """One Check call with curl (HTTP/2 prior knowledge): grpc-status trailer, and the
+    CheckResponse's status code (field 1: google.rpc.Status, code 1) and which of
+    denied_response (2) / ok_response (3) it carries."""
+    out_file, hdr_file = body_file + ".resp", body_file + ".hdr"
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--max-time", "5",
+                        "--noproxy", "*", "-D", hdr_file, "-o", out_file,
+                        "--data-binary", "@" + body_file, "-H", "content-type: application/grpc",
+                        "-H", "te: trailers", sc.url() + GRPC_CHECK],
+                       capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        raise RuntimeError(f"curl gRPC Check failed ({r.returncode}): {r.stderr.strip()[:200]}")
+    with open(hdr_file) as f:
+        hdrs = f.read().lower()
+    with open(out_file, "rb") as f:
+        raw = f.read()
+    gs = next((ln.split(":", 1)[1].strip() for ln in hdrs.splitlines() if ln.startswith("grpc-status:")), None)
+    res = {"grpc_status": gs, "raw": raw, "code": None, "ok": False, "denied": False}
+    if len(raw) >= 5 and raw[0] == 0:
+        msg = raw[5:5 + int.from_bytes(raw[1:5], "big")]
+        f = pb_fields(msg)
+        status = pb_fields(f[1][0]) if 1 in f else {}
+        res.update(code=status.get(1, [0])[0], ok=3 in f, denied=2 in f)
+    return res
+
+
+def sanity_authz_grpc(sc: "Sidecar", tokens: str, toks_dir: str, body_file: str) -> str:
+    """gRPC Check: good token -> grpc-status 0, CheckResponse status OK with an ok_response
+    carrying x-jwt-sub; no token -> a denied_response with reason missing_token; tampered and
+    truncated signature -> denied; public path without a token -> OK."""
+    good = first_line(tokens)
+    bad = first_line(os.path.join(toks_dir, "tampered-" + os.path.basename(tokens)))
+    d = os.path.dirname(body_file)
+    checks = []
+
+    def call(name, path, token):
+        fn = os.path.join(d, f"check-{name}.bin")
+        with open(fn, "wb") as f:
+            f.write(check_request(path, token))
+        return grpc_check(sc, fn, d)
+
+    r = grpc_check(sc, body_file, d)
+    checks.append(("good token -> OK + x-jwt-sub",
+                   r["grpc_status"] == "0" and r["code"] == 0 and r["ok"] and b"x-jwt-sub" in r["raw"]
+                   and b"bench-user-0" in r["raw"], f"grpc-status {r['grpc_status']} code {r['code']} ok {r['ok']}"))
+    r = call("none", "/api/bench", None)
+    checks.append(("no token -> denied, missing_token",
+                   r["grpc_status"] == "0" and r["code"] != 0 and r["denied"] and b"missing_token" in r["raw"],
+                   f"grpc-status {r['grpc_status']} code {r['code']} denied {r['denied']}"))
+    r = call("tampered", "/api/bench", bad)
+    checks.append(("tampered signature -> denied", r["code"] != 0 and r["denied"] and not r["ok"],
+                   f"code {r['code']} denied {r['denied']}"))
+    r = call("truncated", "/api/bench", good[:-1])
+    checks.append(("truncated signature -> denied", r["code"] != 0 and r["denied"] and not r["ok"],
+                   f"code {r['code']} denied {r['denied']}"))
+    r = call("public", "/public/bench", None)
+    checks.append(("public path, no token -> OK", r["code"] == 0 and r["ok"], f"code {r['code']} ok {r['ok']}"))
+    failed = [f"{name} (got {got})" for name, ok, got in checks if not ok]
+    if failed:
+        raise RuntimeError("sanity failed for authz gRPC: " + "; ".join(failed))
+    return f"{len(checks)}/{len(checks)} checks"
+
+
+def run_h2load(proxy: Proxy, body_file: str, conns: int, dur: float, lg_cpu=LG_CPU) -> dict:
+    """h2load (-t1, one stream per connection like wrk's one request in flight per connection)
+    posting the pre-encoded CheckRequest for `dur` seconds. Returns run_wrk's fields;
+    percentiles come from h2load's per-request log (start µs, status, duration µs)."""
+    logf = body_file + ".h2log"
+    if os.path.exists(logf):
+        os.remove(logf)
+    cmd = ["taskset", "-c", lg_cpu, "h2load", "-t1", f"-c{conns}", "-m1", "-D", f"{dur:g}",
+           "-T", "5", "--data=" + body_file, "--log-file=" + logf,
+           "-H", "content-type: application/grpc", "-H", "te: trailers", proxy.url() + GRPC_CHECK]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + dur + 120
+    out = p.stdout.read()
+    while True:  # wait4 for h2load's own CPU time (rusage)
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            raise RuntimeError("h2load did not exit")
+        time.sleep(0.05)
+    fin = re.search(r"finished in ([\d.]+)(m?s)", out)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if p.returncode != 0 or not (fin and req and codes):
+        raise RuntimeError(f"h2load failed ({p.returncode}): {out[-800:]}")
+    secs = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+    lat = []
+    with open(logf) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1].startswith("2"):
+                lat.append(int(parts[2]))
+    lat.sort()
+
+    def pct(q):
+        return lat[min(len(lat) - 1, int(q / 100 * len(lat)))] if lat else 0
+
+    # h2load: failed includes non-2xx/3xx statuses and errored; errored includes timeout
+    done, failed, errored, timeout = (int(req.group(i)) for i in (3, 5, 6, 7))
+    return {"requests": done, "duration_us": int(secs * 1e6), "bytes": 0,
+            "err_connect": 0, "err_read": errored - timeout, "err_write": 0,
+            "err_status": failed - errored + int(codes.group(2)), "err_timeout": timeout,
+            "p50_us": pct(50), "p90_us": pct(90), "p99_us": pct(99), "max_us": lat[-1] if lat else 0,
+            "mean_us": statistics.fmean(lat) if lat else 0, "wrk_cpu_s": ru.ru_utime + ru.ru_stime,
+            "succeeded": int(req.group(4))}
+
+
 def run_wrk(proxy: Proxy, tokens: str | None, path: str, conns: int, dur: float, lg_cpu=LG_CPU) -> dict:
     cmd = ["taskset", "-c", lg_cpu, "wrk", "-t1", f"-c{conns}", f"-d{dur:g}s", "--timeout", "5s",
            "-s", os.path.join(HERE, "wrk", "bench.lua"), proxy.url(), "--", tokens or "-", path]
@@ -476,17 +728,37 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
     dur = args.duration if conns > 1 else max(1, int(args.duration // 2))
     res = {k: v for k, v in row.items() if k != "make"}
     res.update(kind=proxy.kind, conns=conns, reps=[])
+    front = getattr(proxy, "front", "proxy")
+    if front == "authz-http":
+        path = AUTHZ_PREFIX + path  # Envoy http_service: prefix + original path
+    body_file = None
+    if front == "authz-grpc":
+        body_file = os.path.join(work, row["id"] + "-check.bin")
+        with open(body_file, "wb") as f:
+            f.write(check_request(path, first_line(tokens) if tokens else None))
+
+    def load(seconds, lg_cpu=LG_CPU):
+        if body_file:
+            return run_h2load(proxy, body_file, conns, seconds, lg_cpu)
+        return run_wrk(proxy, tokens, path, conns, seconds, lg_cpu)
+
     try:
         proxy.start()
-        res["sanity"] = sanity(proxy, tokens, toks_dir) if proxy.kind != "direct" else "n/a"
-        run_wrk(proxy, tokens, path, conns, args.warmup)  # warm-up: pools, caches, page faults
+        if front == "authz-http":
+            res["sanity"] = sanity_authz_http(proxy, tokens, toks_dir)
+        elif front == "authz-grpc":
+            res["sanity"] = sanity_authz_grpc(proxy, tokens, toks_dir, body_file)
+        else:
+            res["sanity"] = sanity(proxy, tokens, toks_dir) if proxy.kind != "direct" else "n/a"
+        load(args.warmup)  # warm-up: pools, caches, page faults
         stats0 = proxy.cache_stats() if row.get("cache") else None
+        dec0 = proxy.decisions() if front != "proxy" else None
         for _ in range(args.reps):
             pid = proxy.proc.pid if proxy.proc else None
             p0 = cpu_ticks(pid) if pid else 0
             u0, s0 = upstream.ticks(), sys_ticks()
             t0 = time.monotonic()
-            w = run_wrk(proxy, tokens, path, conns, dur, row.get("lg_cpu", LG_CPU))
+            w = load(dur, row.get("lg_cpu", LG_CPU))
             w["compilers_after"] = len(compilers_running())
             wall = time.monotonic() - t0
             p1 = cpu_ticks(pid) if pid else 0
@@ -509,6 +781,9 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
                 "rss_kib": status_kib(pid, "VmRSS") if pid else None,
                 "errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"],
             })
+        if dec0 is not None:  # a gRPC denial is still HTTP 200: count the decisions themselves
+            dec1 = proxy.decisions()
+            res["decisions"] = {k: dec1.get(k, 0) - dec0.get(k, 0) for k in dec1}
         if row.get("cache"):
             s1 = proxy.cache_stats()
             h, m = s1["hit"] - stats0["hit"], s1["miss"] - stats0["miss"]
@@ -555,6 +830,14 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[d
                 tokens=tok, cache=True, alg=alg)
             add("sc-rs256-c", "jwks-sidecar RS256, 1 token, cache on", sc("sc-rs256-c", True),
                 tokens=tok, cache=True, alg=alg)
+            # the decision service (issue 5): the same verification asked by a gateway over
+            # HTTP (Envoy http_service endpoint) and gRPC (Authorization/Check), next to the
+            # inline proxy rows above; nothing is forwarded, so no upstream in these rows
+            for c, sfx, what in ((False, "", "cache off"), (True, "-c", "cache on")):
+                add(f"sc-authz-http{sfx}", f"jwks-sidecar authz HTTP check (Envoy endpoint) RS256, {what}",
+                    sc(f"sc-authz-http{sfx}", c, front="authz-http"), tokens=tok, cache=c, alg=alg)
+                add(f"sc-authz-grpc{sfx}", f"jwks-sidecar authz gRPC Check RS256 (h2load), {what}",
+                    sc(f"sc-authz-grpc{sfx}", c, front="authz-grpc"), tokens=tok, cache=c, alg=alg)
             add("sc-rs256-c-info", "jwks-sidecar RS256, 1 token, cache on, log level info",
                 sc("sc-rs256-c-info", True, level="info"), tokens=tok, cache=True, alg=alg, level="info")
     t10k = "tokens-rs256-10k.txt"
@@ -656,6 +939,30 @@ def report(results: list[dict], meta: dict) -> str:
     L.append("proxy core % below ~90 means the proxy was not the bottleneck: core 0 (wrk + nginx, "
              "shown as total (wrk+nginx)) was, so req/s understates the proxy; compare CPU µs/req there.")
     L.append("")
+    authz = [by[i] for i in ("sc-rs256", "sc-authz-http", "sc-authz-grpc",
+                             "sc-rs256-c", "sc-authz-http-c", "sc-authz-grpc-c") if i in by]
+    if any(r["id"].startswith("sc-authz") for r in authz):
+        L.append("## Decision service vs inline proxy (RS256, 1 token, 32 connections)")
+        L.append("")
+        L.append("Cost per check of the decision path (a gateway asks, jwks-sidecar answers allow/deny and "
+                 "forwards nothing) next to the inline proxy (verifies and forwards to nginx). HTTP: wrk "
+                 f"GET `{AUTHZ_PREFIX}/api/bench` with the Authorization header (Envoy `http_service` "
+                 "convention). gRPC: h2load (`-t1 -c32 -m1`) posting one pre-encoded "
+                 "`envoy.service.auth.v3.CheckRequest`; every answer is counted from the sidecar's own "
+                 "`jwks_sidecar_requests_total`, since a denial is still HTTP 200 on gRPC.")
+        L.append("")
+        L.append("| row | req/s | CPU µs/check | × inline | p50 ms | p99 ms | proxy core % | load gen + nginx % |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in authz:
+            base = by.get("sc-rs256-c" if r.get("cache") else "sc-rs256")
+            x = "–"
+            if base and med(base, "cpu_us_per_req") and med(r, "cpu_us_per_req") is not None:
+                x = f"{med(r, 'cpu_us_per_req') / med(base, 'cpu_us_per_req'):.2f}"
+            core = med(r, "proxy_cpu_pct")
+            core0 = (med(r, "wrk_cpu_pct") or 0) + (med(r, "upstream_cpu_pct") or 0)
+            L.append(f"| {r['label']} | {fmt_rps(r)} | {fmt_cpu(r)} | {x} | {fmt_ms(med(r, 'p50_us'))} | "
+                     f"{fmt_ms(med(r, 'p99_us'))} | {'–' if core is None else f'{core:.0f}'} | {core0:.0f} |")
+        L.append("")
     L.append("## 1 connection: latency added over direct")
     L.append("")
     L.append("| row | req/s | p50 ms | p99 ms | added p50 µs | added p99 µs | proxy CPU µs/req |")
@@ -701,6 +1008,10 @@ def row_line(r: dict) -> str:
         rss = [x["rss_kib"] for x in r.get("reps", []) if x.get("rss_kib")]
         if rss:
             notes.append("RSS after each rep " + "/".join(f"{k / 1024:.1f}" for k in rss) + " MiB")
+    dec = r.get("decisions")
+    if dec is not None:
+        denied = sum(v for k, v in dec.items() if k != "allow")
+        notes.append(f"**{denied} denials — invalid**" if denied else f"{dec.get('allow', 0):,} allows, 0 denials")
     hit = r.get("cache_hit_pct")
     core = med(r, "proxy_cpu_pct")
     core0 = (med(r, "wrk_cpu_pct") or 0) + (med(r, "upstream_cpu_pct") or 0)
@@ -799,7 +1110,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 repetition of 3 s per row")
     ap.add_argument("--reps", type=int)
     ap.add_argument("--duration", type=int, help="seconds per timed run")
-    ap.add_argument("--only", help="comma-separated row ids (plus 'direct' rows as needed)")
+    ap.add_argument("--only", help="comma-separated row ids, or 'authz' (decision service + inline RS256 rows)")
     ap.add_argument("--quiet-wait", type=float, default=240, help="seconds to wait for compilers to finish")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (keys, configs, logs)")
     args = ap.parse_args()
@@ -822,7 +1133,9 @@ def main() -> int:
     upstream.start()
     rows = define_rows(work, upstream, jwks, args.quick)
     if args.only:
-        keep = set(args.only.split(","))
+        keep = set()
+        for x in args.only.split(","):
+            keep.update(ROW_GROUPS.get(x, [x]))
         rows = [r for r in rows if r["id"] in keep]
 
     quiet = wait_quiet(args.quiet_wait)
@@ -889,6 +1202,10 @@ def main() -> int:
 
 
 ENVOY_BIN = ""
+# --only accepts these names for several rows
+ROW_GROUPS = {
+    "authz": ["sc-rs256", "sc-rs256-c", "sc-authz-http", "sc-authz-http-c", "sc-authz-grpc", "sc-authz-grpc-c"],
+}
 
 if __name__ == "__main__":
     sys.exit(main())

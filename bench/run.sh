@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for the jwks-sidecar vs Envoy benchmark (issue 7):
-#   bash bench/run.sh            # full: 3 x 10 s per row, ~13 minutes
+#   bash bench/run.sh            # full: 3 x 10 s per row, ~15 minutes
 #   bash bench/run.sh --quick    # smoke: 1 x 3 s per row, ~2 minutes
-# Other options go to bench/harness.py (--reps N, --duration S, --only id,id, --keep).
+# Other options go to bench/harness.py (--reps N, --duration S, --only id,id, --keep);
+# --only authz: the decision-service rows (HTTP and gRPC) and the inline RS256 rows they compare to.
 # Installs what it needs (idempotent), builds the release binary, generates keys and tokens in a
 # temp dir, runs every row on loopback and writes bench/results/<date>.md (printed at the end).
 # Never part of scripts/test.sh: nothing here asserts performance.
@@ -13,6 +14,8 @@ need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)   # the gRPC Check rows
+command -v curl >/dev/null || need_apt+=(curl)                # their sanity calls (HTTP/2)
 if ((${#need_apt[@]})); then
   echo "bench: installing ${need_apt[*]}" >&2
   apt-get update -qq
