@@ -150,7 +150,7 @@ pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, St
         }
     }
 
-    let spoofed = policy.spoofed_header_names(&headers);
+    let spoofed = policy.spoofed_header_names("explain", &headers);
     let decision = policy
         .decide(
             method,

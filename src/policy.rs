@@ -161,13 +161,25 @@ impl Policy {
     }
 
     /// Names of inbound headers that could pass for identity headers (to strip or to ask the
-    /// gateway to strip), as sent.
-    pub fn spoofed_header_names(&self, headers: &HeaderMap) -> Vec<HeaderName> {
-        headers
+    /// gateway to strip), as sent; counted per listener.
+    pub fn spoofed_header_names(
+        &self,
+        listener: &'static str,
+        headers: &HeaderMap,
+    ) -> Vec<HeaderName> {
+        let names: Vec<HeaderName> = headers
             .keys()
             .filter(|n| self.auth.reserved.is_reserved(n.as_str()))
             .cloned()
-            .collect()
+            .collect();
+        if !names.is_empty() {
+            self.auth
+                .metrics
+                .spoofed_headers_removed_total
+                .with_label_values(&[listener])
+                .inc_by(names.len() as u64);
+        }
+        names
     }
 
     /// Counts the decision and writes the one log line of the request.

@@ -140,15 +140,8 @@ impl Proxy {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
             return resp.map(Either::Right);
         }
-        let spoofed = policy.spoofed_header_names(req.headers());
-        if !spoofed.is_empty() {
-            for n in &spoofed {
-                req.headers_mut().remove(n);
-            }
-            metrics
-                .spoofed_headers_removed_total
-                .with_label_values(&["proxy"])
-                .inc_by(spoofed.len() as u64);
+        for n in policy.spoofed_header_names("proxy", req.headers()) {
+            req.headers_mut().remove(n);
         }
 
         let host = req

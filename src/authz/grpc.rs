@@ -125,7 +125,7 @@ impl Authorization for AuthzGrpc {
                     outcome: Err(crate::error::Reject::BadPath.into()),
                 },
             };
-        let spoofed = policy.spoofed_header_names(&headers);
+        let spoofed = policy.spoofed_header_names("authz_grpc", &headers);
         let mut resp = CheckResponse::default();
         let status = match &decision.outcome {
             Ok(verified) => {
@@ -203,14 +203,7 @@ impl Authorization for AuthzGrpc {
                 f.reject.status()
             }
         };
-        if !spoofed.is_empty() {
-            policy
-                .auth
-                .metrics
-                .spoofed_headers_removed_total
-                .with_label_values(&["authz_grpc"])
-                .inc_by(spoofed.len() as u64);
-        }
+
         policy.record(
             "authz_grpc",
             &decision,

@@ -155,7 +155,7 @@ impl AuthzHttp {
                 outcome: Err(Reject::BadPath.into()),
             },
         };
-        let spoofed = policy.spoofed_header_names(req.headers());
+        let spoofed = policy.spoofed_header_names("authz_http", req.headers());
         let mut resp = match &decision.outcome {
             Ok(verified) => {
                 let mut headers = Vec::new();
@@ -192,14 +192,7 @@ impl AuthzHttp {
             }
             Err(f) => reject_response(&f.reject, &policy.realm),
         };
-        if !spoofed.is_empty() {
-            policy
-                .auth
-                .metrics
-                .spoofed_headers_removed_total
-                .with_label_values(&["authz_http"])
-                .inc_by(spoofed.len() as u64);
-        }
+
         resp.headers_mut()
             .insert(HeaderName::from_static("x-request-id"), rid);
         policy.record(

@@ -520,14 +520,7 @@ impl<S: Source> Mirror<S> {
             .jwks_keys
             .with_label_values(&[&self.keys.name])
             .set(n as i64);
-        if st.stale_since.take().is_some() {
-            tracing::info!(provider = %self.keys.name, "keys are fresh again");
-        }
-        self.metrics
-            .jwks_stale
-            .with_label_values(&[&self.keys.name])
-            .set(0);
-        self.keys.set_stale(false);
+        self.mark_fresh(st);
     }
 
     /// One fetch; returns the freshness of the result.
@@ -662,13 +655,8 @@ impl<S: Source> Mirror<S> {
         }
     }
 
-    fn install_unchanged(&self, st: &mut MirrorState) {
-        if let Some(set) = self.keys.current() {
-            self.metrics
-                .jwks_keys
-                .with_label_values(&[&self.keys.name])
-                .set(set.len() as i64);
-        }
+    /// Clears the stale state after a successful fetch.
+    fn mark_fresh(&self, st: &mut MirrorState) {
         if st.stale_since.take().is_some() {
             tracing::info!(provider = %self.keys.name, "keys are fresh again");
         }
@@ -677,6 +665,16 @@ impl<S: Source> Mirror<S> {
             .with_label_values(&[&self.keys.name])
             .set(0);
         self.keys.set_stale(false);
+    }
+
+    fn install_unchanged(&self, st: &mut MirrorState) {
+        if let Some(set) = self.keys.current() {
+            self.metrics
+                .jwks_keys
+                .with_label_values(&[&self.keys.name])
+                .set(set.len() as i64);
+        }
+        self.mark_fresh(st);
     }
 
     /// Marks keys stale past their freshness, and drops them past `max_stale`.
