@@ -25,9 +25,12 @@ use crate::jwks::ProviderKeys;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 
+/// What a provider's key mirror depends on: its key settings and the cache directory.
+type Fingerprint = (ProviderConfig, Option<PathBuf>);
+
 struct MirrorHandle {
     keys: Arc<ProviderKeys>,
-    fingerprint: ProviderConfig,
+    fingerprint: Fingerprint,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -45,10 +48,11 @@ pub struct Runtime {
     cli: CliOverrides,
 }
 
-/// The settings of a provider that decide its key mirror: everything but claim rules.
-fn key_fingerprint(p: &ProviderConfig, cache_dir: &Option<PathBuf>) -> ProviderConfig {
+/// The settings of a provider that decide its key mirror: everything but claim rules, plus
+/// where the mirror persists its keys.
+fn key_fingerprint(p: &ProviderConfig, cache_dir: &Option<PathBuf>) -> Fingerprint {
     let d = ProviderConfig::default();
-    ProviderConfig {
+    let key_settings = ProviderConfig {
         audiences: d.audiences,
         audience_claim: d.audience_claim,
         leeway: d.leeway,
@@ -59,13 +63,9 @@ fn key_fingerprint(p: &ProviderConfig, cache_dir: &Option<PathBuf>) -> ProviderC
         claim_headers: d.claim_headers,
         tenant_claim: d.tenant_claim,
         allowed_tenants: d.allowed_tenants,
-        // The cache file location belongs to the mirror too.
-        jwks_file: p
-            .jwks_file
-            .clone()
-            .or_else(|| cache_dir.clone().map(|c| c.join("\u{0}cache"))),
         ..p.clone()
-    }
+    };
+    (key_settings, cache_dir.clone())
 }
 
 /// A short hash of the effective config (for `jwks_sidecar_config_info`).
