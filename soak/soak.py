@@ -107,7 +107,9 @@ class IdP:
         t = self.now() if t is None else t
         k, phase = divmod(t, self.cycle)
         if int(k) % 2 == 1 and 0.6 * self.cycle <= phase < 0.9 * self.cycle:
-            return ["500", "timeout", "garbage", "too_large"][(int(k) // 2) % 4]
+            # Four kinds in turn within the window (each for 7.5% of the cycle).
+            sub = int((phase - 0.6 * self.cycle) // (0.075 * self.cycle))
+            return ["500", "timeout", "garbage", "too_large"][(int(k) // 2 + sub) % 4]
         return None
 
     def flood_allowed(self, t=None):
@@ -185,7 +187,7 @@ class IdP:
                     return
                 with idp.lock:
                     idp.serves["ok"] += 1
-                self.send(200, doc, extra=(("etag", etag), ("cache-control", "max-age=10")))
+                self.send(200, doc, extra=(("etag", etag), ("cache-control", "max-age=5")))
 
         return H
 
@@ -447,6 +449,7 @@ def main():
     ap.add_argument("--threads", type=int, default=24)
     ap.add_argument("--kid-miss-interval", type=float, default=5)
     ap.add_argument("--kid-miss-wait", type=float, default=2)
+    ap.add_argument("--token-cache-entries", type=int, default=1000)
     ap.add_argument("--results", required=True)
     args = ap.parse_args()
 
@@ -488,6 +491,10 @@ listen = "127.0.0.1:{admin_port}"
 [log]
 level = "warn"
 format = "json"
+
+# Small, so the cache is full within the first minute: later RSS growth is then not the cache.
+[token_cache]
+max_entries = {args.token_cache_entries}
 
 [[providers]]
 name = "soak"
