@@ -5,7 +5,8 @@
 //! flight join it (single-flight). After a refetch starts, no other kid-miss refetch starts
 //! for `kid_miss_min_interval`: those requests are refused at once (`rate_limited`). Kids a
 //! refetch proved absent are remembered for the same interval in a bounded negative cache.
-//! So any number of random kids costs at most one fetch per interval. A refused request
+//! So any number of random kids costs at most two fetches per interval (one on demand, one
+//! deferred). A refused request
 //! still leaves a note: the refresher fetches again as soon as the interval allows, so a
 //! real rotation hidden behind junk kids is picked up within one interval, not at the next
 //! scheduled refresh.
@@ -161,9 +162,11 @@ impl KidMissGate {
         let now = Instant::now();
         let due = st.last_start.is_none_or(|l| now >= l + self.min_interval);
         if st.deferred && !st.requested && due {
+            // The deferred refetch does not start a new interval: a real kid miss right after
+            // it may still refetch at once, so a flood delays a rotation by at most one
+            // interval, at a cost of at most two fetches per interval.
             st.deferred = false;
             st.requested = true;
-            st.last_start = Some(now);
             true
         } else {
             false

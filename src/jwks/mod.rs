@@ -230,8 +230,14 @@ impl KeySet {
                     });
                     continue;
                 }
+                // A value may hold several PEM blocks: cap them at what is left of max_keys
+                // (found by the jwks_parse fuzzer: the full cap per kid allowed ~max_keys^2).
+                let remaining = ParsePolicy {
+                    max_keys: policy.max_keys - out.len(),
+                    ..policy.clone()
+                };
                 let (set, mut skip) =
-                    Self::from_pem(pem.as_str().unwrap_or(""), Some(kid), policy)?;
+                    Self::from_pem(pem.as_str().unwrap_or(""), Some(kid), &remaining)?;
                 out.extend(set.keys.iter().map(|k| clone_key(k)));
                 skipped.append(&mut skip);
             }
@@ -902,6 +908,68 @@ mod tests {
         assert!(k.accepts(Algorithm::ES256));
         assert!(!k.accepts(Algorithm::ES384));
         assert!(!k.accepts(Algorithm::RS256));
+    }
+
+    #[test]
+    fn regression_max_keys_holds_across_multi_block_pem_maps() {
+        let pem = |alg| {
+            let k = crate::testkit::SigningKey::generate(alg, "x");
+            let kp = rcgen_free_spki_pem(&k);
+            kp
+        };
+        let doc = json!({"a": pem(Algorithm::ES256), "b": format!("{}{}", pem(Algorithm::ES384), pem(Algorithm::EdDSA))});
+        let policy = ParsePolicy {
+            max_keys: 2,
+            ..all()
+        };
+        let (set, skipped) = KeySet::from_document(&doc, &policy).expect("doc");
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            skipped.iter().filter(|s| s.reason == "over_limit").count(),
+            1
+        );
+    }
+
+    /// A PEM SubjectPublicKeyInfo for a test key, built from its JWK (no extra crates).
+    fn rcgen_free_spki_pem(k: &crate::testkit::SigningKey) -> String {
+        let jwk = k.public_jwk_without_alg();
+        let b = |n: &str| {
+            URL_SAFE_NO_PAD
+                .decode(jwk[n].as_str().unwrap_or(""))
+                .unwrap_or_default()
+        };
+        // AlgorithmIdentifier and key bits for each kind.
+        let (alg_id, bits): (Vec<u8>, Vec<u8>) = match jwk["crv"].as_str() {
+            Some("P-256") => (
+                hex("301306072a8648ce3d020106082a8648ce3d030107"),
+                [vec![4], b("x"), b("y")].concat(),
+            ),
+            Some("P-384") => (
+                hex("301006072a8648ce3d020106052b81040022"),
+                [vec![4], b("x"), b("y")].concat(),
+            ),
+            _ => (hex("300506032b6570"), b("x")),
+        };
+        let mut bit_string = vec![0x03];
+        der_len(&mut bit_string, bits.len() + 1);
+        bit_string.push(0);
+        bit_string.extend(bits);
+        let body = [alg_id, bit_string].concat();
+        let mut spki = vec![0x30];
+        der_len(&mut spki, body.len());
+        spki.extend(body);
+        use base64::engine::general_purpose::STANDARD;
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            STANDARD.encode(spki)
+        )
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
+            .collect()
     }
 
     #[test]
