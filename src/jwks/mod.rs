@@ -912,11 +912,7 @@ mod tests {
 
     #[test]
     fn regression_max_keys_holds_across_multi_block_pem_maps() {
-        let pem = |alg| {
-            let k = crate::testkit::SigningKey::generate(alg, "x");
-            let kp = rcgen_free_spki_pem(&k);
-            kp
-        };
+        let pem = |alg| rcgen_free_spki_pem(&crate::testkit::SigningKey::generate(alg, "x"));
         let doc = json!({"a": pem(Algorithm::ES256), "b": format!("{}{}", pem(Algorithm::ES384), pem(Algorithm::EdDSA))});
         let policy = ParsePolicy {
             max_keys: 2,
