@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where jwks-sidecar's CPU goes under load: perf record of the pinned proxy for one row.
 
-  python3 bench/profile.py [public|rs256|rs256-cache|es256|eddsa] [SECONDS]
+  python3 bench/profile.py [public|rs256|rs256-cache|es256|eddsa] [SECONDS] [--keep=FILE]
 
 Same placement as harness.py (wrk + nginx on core 0, proxy alone on core 1, one worker).
 Prints `perf report` top symbols (self and children) to stdout; needs `perf` (linux-perf) and
@@ -27,8 +27,10 @@ ROWS = {
 
 
 def main() -> int:
-    which = sys.argv[1] if len(sys.argv) > 1 else "rs256"
-    secs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    keep = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--keep=")), None)
+    which = args[0] if args else "rs256"
+    secs = int(args[1]) if len(args) > 1 else 5
     tok, cache = ROWS[which]
     work = tempfile.mkdtemp(prefix="jwks-prof-")
     toks = os.path.join(work, "tokens")
@@ -58,6 +60,9 @@ def main() -> int:
         lines = [" ".join(ln.split()[:4 if "--children" in args else 3]) for ln in out.splitlines()
                  if ln.strip() and not ln.startswith("#")]
         print("\n".join(lines[:40]))
+    if keep:
+        subprocess.run(["cp", data, keep], check=True)
+        print(f"perf data kept in {keep}")
     subprocess.run(["rm", "-rf", work])
     return 0
 

@@ -94,6 +94,22 @@ fn load(args: &RunArgs) -> Result<config::Config, String> {
     config::load(file.as_deref(), &cli).map_err(|e| e.to_string())
 }
 
+/// The worker count to run with: the configured one; else `TOKIO_WORKER_THREADS` (as tokio
+/// itself reads it); else one per CPU this process may use (cgroup CPU limits included).
+fn effective_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The config decides the worker count, so read it before the runtime exists (the run
@@ -104,10 +120,17 @@ fn main() -> ExitCode {
             .unwrap_or(0),
         _ => 0,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match effective_workers(workers) {
+        // One worker: a current-thread runtime. Every task, timer and socket lives on one
+        // thread, so there are no cross-thread wake-ups, no work-stealing bookkeeping and no
+        // idle worker parking: the cheapest shape for a sidecar given one core.
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -145,6 +168,7 @@ fn main() -> ExitCode {
             runtime.block_on(jwks_sidecar::run(cfg, file, cli))
         }),
     };
+    jwks_sidecar::telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -153,9 +153,7 @@ impl Policy {
     pub fn identity_headers(&self, v: &Verified) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = v.info.headers.clone();
         if let Some(h) = &self.payload_header {
-            if let Ok(value) = HeaderValue::from_str(&v.info.payload_b64) {
-                out.push((h.clone(), value));
-            }
+            out.push((h.clone(), v.info.payload.clone()));
         }
         out
     }

@@ -56,6 +56,16 @@ fn new_request_id() -> String {
     )
 }
 
+/// The length of the request target as sent (`uri.to_string().len()` without building it).
+fn uri_len(uri: &http::Uri) -> usize {
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(s), Some(a)) => s.len() + 3 + a.as_str().len() + pq,
+        (None, Some(a)) => a.as_str().len() + pq,
+        _ => pq,
+    }
+}
+
 /// The request's `x-request-id` if sane, else a new one.
 pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     headers
@@ -125,9 +135,7 @@ impl Proxy {
         let rid_text = rid.to_str().unwrap_or("").to_string();
         let method = req.method().clone();
 
-        if crate::upstream::head_size(req.headers()) + req.uri().to_string().len()
-            > self.max_header_bytes
-        {
+        if crate::upstream::head_size(req.headers()) + uri_len(req.uri()) > self.max_header_bytes {
             metrics
                 .connection_errors_total
                 .with_label_values(&["proxy", "too_large"])
@@ -148,12 +156,11 @@ impl Proxy {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .map(str::to_string);
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let decision = policy
             .decide(
                 method.as_str(),
-                host.as_deref(),
+                host,
                 req.uri().path(),
                 req.uri().query(),
                 req.headers(),
@@ -279,5 +286,25 @@ impl Proxy {
         }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_len;
+
+    #[test]
+    fn uri_len_matches_the_rendered_uri() {
+        for u in [
+            "/",
+            "/a/b?c=d&e",
+            "*",
+            "http://example.com/x?y",
+            "https://h:8443/",
+            "example.com:443",
+        ] {
+            let uri: http::Uri = u.parse().expect("uri");
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{u}");
+        }
     }
 }

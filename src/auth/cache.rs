@@ -30,7 +30,7 @@ struct ByMemory {
 impl Weighter<[u8; 32], Entry> for ByMemory {
     fn weight(&self, _key: &[u8; 32], val: &Entry) -> u64 {
         // Claims are held twice (JSON map and payload text) plus headers and overhead.
-        let approx = 3 * val.info.payload_b64.len() as u64 + 256;
+        let approx = 3 * val.info.payload.len() as u64 + 256;
         approx.max(self.min_weight)
     }
 }

@@ -32,8 +32,9 @@ pub struct TokenInfo {
     pub alg: Algorithm,
     /// Verified claims.
     pub claims: Map<String, Value>,
-    /// The payload segment as in the token (base64url JSON).
-    pub payload_b64: String,
+    /// The payload segment as in the token (base64url JSON), ready to forward as a header
+    /// (built once per verification, so a cache hit forwards it without copying).
+    pub payload: HeaderValue,
     /// `exp`, re-checked on cache hits.
     pub exp: Option<f64>,
     /// `nbf`, re-checked on cache hits.
@@ -213,7 +214,8 @@ impl Authenticator {
             alg,
             exp: number("exp"),
             nbf: number("nbf"),
-            payload_b64: parsed.payload_b64.to_string(),
+            payload: HeaderValue::from_str(parsed.payload_b64)
+                .map_err(|_| fail(Reject::Malformed("payload")))?,
             claims: parsed.claims,
             headers,
         };
