@@ -18,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+pub mod json;
+
 /// The target of the per-request access line.
 pub const ACCESS_TARGET: &str = "jwks_sidecar::access";
 /// Access lines are written once this many bytes are pending.
@@ -38,11 +40,7 @@ pub fn init(cfg: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(sink.clone());
     let installed = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
+        builder.event_format(json::JsonLine).try_init()
     } else {
         builder.try_init()
     };
