@@ -110,6 +110,37 @@ fn effective_workers(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Starts `n` connection workers, each a thread running its own current-thread runtime
+/// until the process exits, and returns their handles.
+fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                jwks_sidecar::server::enter_worker(i);
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        handles.push(
+            rx.recv()
+                .map_err(|_| std::io::Error::other("worker thread exited"))??,
+        );
+    }
+    Ok(handles)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The config decides the worker count, so read it before the runtime exists (the run
@@ -120,18 +151,25 @@ fn main() -> ExitCode {
             .unwrap_or(0),
         _ => 0,
     };
-    let mut builder = match effective_workers(workers) {
-        // One worker: a current-thread runtime. Every task, timer and socket lives on one
-        // thread, so there are no cross-thread wake-ups, no work-stealing bookkeeping and no
-        // idle worker parking: the cheapest shape for a sidecar given one core.
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
+    // The main runtime is a current-thread one: with one worker it does everything (every
+    // task, timer and socket on one thread: no cross-thread wake-ups, no work stealing, no
+    // idle workers parking), the cheapest shape for a sidecar given one core. With more, it
+    // keeps the control plane (accept loops, admin, key refresh, reload, gRPC) and each
+    // client connection is served whole by one of N single-threaded workers.
+    let n = effective_workers(workers);
+    if n > 1 && cli.command.is_none() {
+        match start_workers(n) {
+            Ok(handles) => jwks_sidecar::server::set_workers(handles),
+            Err(e) => {
+                eprintln!("error: cannot start the worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    let runtime = match builder.enable_all().build() {
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

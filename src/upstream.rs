@@ -3,6 +3,7 @@
 //! upgrade path (WebSocket and friends) that splices the two connections after the
 //! upstream answers 101.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,7 +57,9 @@ impl UpstreamError {
 /// The application behind the proxy.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// One pool per connection worker (see `server::workers`): a worker only reuses upstream
+    /// connections whose tasks run on its own thread, so no request wakes another thread.
+    clients: Arc<[Client<HttpsConnector<HttpConnector>, Incoming>]>,
     connector: HttpsConnector<HttpConnector>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -99,19 +102,28 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .http1_max_buf_size(max_header_bytes.max(8192))
-            .build(connector.clone());
+        let clients = (0..crate::server::worker_count())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .http1_max_buf_size(max_header_bytes.max(8192))
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(Upstream {
-            client,
+            clients,
             connector,
             scheme,
             authority,
             timeout,
             max_header_bytes,
         })
+    }
+
+    /// This worker's connection pool.
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Incoming> {
+        &self.clients[crate::server::worker_index() % self.clients.len()]
     }
 
     /// The upstream URI for a normalised path and the original query.
@@ -130,7 +142,7 @@ impl Upstream {
 
     /// Forwards a request; the body streams in both directions.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.client().request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect),
             Ok(Err(e)) if caused_by_client_body(&e) => Err(UpstreamError::ClientBody),

@@ -310,3 +310,98 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
         "token leaked into logs"
     );
 }
+
+/// `[runtime] worker_threads = 3`: three single-threaded connection workers beside the main
+/// runtime; connections spread over them, every request is served, SIGTERM still drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_serve_connections_and_drain() {
+    let k = key(Algorithm::ES256);
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
+        .await
+        .expect("idp");
+    let echo = jwks_sidecar::demo::EchoUpstream::start()
+        .await
+        .expect("echo");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (proxy, admin) = (free(), free());
+    let file = write_config(
+        "workers.toml",
+        &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
+    );
+    let mut child = tokio::process::Command::new(BIN)
+        .env("JWKS_SIDECAR_CONFIG", &file)
+        .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", "3")
+        .args([
+            "--listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "sidecar did not come up");
+    let pid = child.id().expect("pid");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("worker-"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["worker-0", "worker-1", "worker-2"]);
+
+    let now = jwks_sidecar::testkit::now();
+    let t = k
+        .mint(&serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "w", "exp": now + 60}));
+    // Fresh connections (Connection: close), so they are spread over the workers, and
+    // concurrent ones over the shared pool.
+    for i in 0..6 {
+        let (s, _, body) = get(
+            &format!("http://{proxy}/seq/{i}"),
+            &[
+                ("authorization", &format!("Bearer {t}")),
+                ("connection", "close"),
+            ],
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(echoed(&body)["x-jwt-sub"], ["w"]);
+    }
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (url, t) = (format!("http://{proxy}/par/{i}"), t.clone());
+            tokio::spawn(async move { get_with_token(&url, &t).await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 200);
+    }
+    let (s, _, _) = get(&format!("http://{proxy}/x"), &[]).await;
+    assert_eq!(s, 401, "no token is still refused");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "exit status {status:?}");
+}
