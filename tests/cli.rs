@@ -105,13 +105,7 @@ async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
     let echo = jwks_sidecar::demo::EchoUpstream::start()
         .await
         .expect("echo");
-    let free = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-    };
-    let (proxy, admin) = (free(()), free(()));
+    let (proxy, admin) = (free_addr(), free_addr());
     let text = |rules: &str| {
         base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
             .replace(
@@ -133,17 +127,10 @@ async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok()
-            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready);
+    assert!(
+        wait_ready(proxy, admin).await,
+        "the sidecar did not become ready"
+    );
     let t = k.mint(&serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "s", "exp": jwks_sidecar::testkit::now() + 60}));
     let url = format!("http://{proxy}/locked");
     assert_eq!(get_with_token(&url, &t).await.0, 200);
@@ -235,13 +222,7 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
         "layer.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
     );
-    let free = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-    };
-    let (proxy_env, proxy_flag, admin_flag) = (free(()), free(()), free(()));
+    let (proxy_env, proxy_flag, admin_flag) = (free_addr(), free_addr(), free_addr());
     let mut child = tokio::process::Command::new(BIN)
         .env("JWKS_SIDECAR_CONFIG", &file)
         .env("JWKS_SIDECAR_PROXY__UPSTREAM", echo.url())
@@ -258,17 +239,10 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
         .spawn()
         .expect("spawn");
     let url = format!("http://{proxy_flag}/x");
-    let mut ok = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(proxy_flag).await.is_ok()
-            && get(&format!("http://{admin_flag}/readyz"), &[]).await.0 == 200
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "sidecar did not come up on the flag's address");
+    assert!(
+        wait_ready(proxy_flag, admin_flag).await,
+        "sidecar did not come up on the flag's address"
+    );
     assert!(
         tokio::net::TcpStream::connect(proxy_env).await.is_err(),
         "flag overrides env"
@@ -322,13 +296,7 @@ async fn several_workers_serve_connections_and_drain() {
     let echo = jwks_sidecar::demo::EchoUpstream::start()
         .await
         .expect("echo");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-    };
-    let (proxy, admin) = (free(), free());
+    let (proxy, admin) = (free_addr(), free_addr());
     let file = write_config(
         "workers.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
@@ -346,17 +314,7 @@ async fn several_workers_serve_connections_and_drain() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok()
-            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "sidecar did not come up");
+    assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
     let pid = child.id().expect("pid");
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("tasks")

@@ -281,13 +281,7 @@ async fn ten_thousand_idle_connections_against_the_binary() {
     let echo = jwks_sidecar::demo::EchoUpstream::start()
         .await
         .expect("echo");
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-    };
-    let (proxy, admin) = (port(()), port(()));
+    let (proxy, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = dir.join("c.toml");
@@ -316,17 +310,10 @@ async fn ten_thousand_idle_connections_against_the_binary() {
         .spawn()
         .expect("spawn");
     let pid = child.id().expect("pid");
-    let mut up = false;
-    for _ in 0..200 {
-        if TcpStream::connect(admin).await.is_ok()
-            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the sidecar did not become ready");
+    assert!(
+        wait_ready(proxy, admin).await,
+        "the sidecar did not become ready"
+    );
     let rss = || {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()

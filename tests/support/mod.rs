@@ -194,3 +194,26 @@ pub fn reason(body: &str) -> String {
         .and_then(|v| v["reason"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("<no reason in {body:?}>"))
 }
+
+/// A loopback address that was free a moment ago (for a child process to bind).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// Waits up to ~10 s until `listening` accepts connections and `admin` answers `/readyz`
+/// with 200 (a sidecar started as a child process).
+pub async fn wait_ready(listening: std::net::SocketAddr, admin: std::net::SocketAddr) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(listening).await.is_ok()
+            && tokio::net::TcpStream::connect(admin).await.is_ok()
+            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
