@@ -312,6 +312,7 @@ async fn several_workers_serve_connections_and_drain() {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn");
     assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
