@@ -201,7 +201,7 @@ impl Policy {
             ])
             .inc();
         tracing::info!(
-            target: "jwks_sidecar::access",
+            target: crate::telemetry::ACCESS_TARGET,
             listener,
             request_id,
             method,

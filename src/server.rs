@@ -10,7 +10,7 @@
 //! worker thread, round-robin, and the connection lives there until it closes: its socket,
 //! timers, request handling and upstream pool all on that thread, each worker a
 //! single-threaded runtime. Envoy's worker model, and unlike tokio's work-stealing runtime
-//! no request wakes another thread (measured: the multi-thread runtime cost 37 % more CPU
+//! no request wakes another thread (measured: the multi-thread runtime cost 38 % more CPU
 //! per request than a current-thread one, even with both workers on one core).
 
 use std::cell::Cell;
@@ -71,7 +71,7 @@ pub fn worker_count() -> usize {
 
 /// Runs `serve_conn` for an accepted connection: on the next worker's runtime (the socket
 /// re-registered with that worker's reactor), or on the current runtime without workers.
-fn spawn_conn<M, F>(stream: TcpStream, serve_conn: M)
+fn spawn_conn<M, F>(stream: TcpStream, opts: &ServeOptions, serve_conn: M)
 where
     M: FnOnce(TcpStream) -> F + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
@@ -80,17 +80,23 @@ where
         tokio::spawn(serve_conn(stream));
         return;
     };
+    // Dropping `serve_conn` on failure releases the connection's slot (see `ConnSlot`).
+    let failed = |opts: &ServeOptions, e: std::io::Error| {
+        count_error(opts, "io");
+        tracing::warn!(listener = opts.name, error = %e, "cannot move a connection to its worker; closed");
+    };
     let i = w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len();
     match stream.into_std() {
         Ok(std_stream) => {
+            let opts = opts.clone();
             w.handles[i].spawn(async move {
                 match TcpStream::from_std(std_stream) {
                     Ok(s) => serve_conn(s).await,
-                    Err(e) => tracing::debug!(error = %e, "cannot move a connection to its worker"),
+                    Err(e) => failed(&opts, e),
                 }
             });
         }
-        Err(e) => tracing::debug!(error = %e, "cannot move a connection to its worker"),
+        Err(e) => failed(opts, e),
     }
 }
 
@@ -291,7 +297,7 @@ pub async fn serve<H, Fut, B>(
             _permit: permit,
             gauge: gauge.clone(),
         };
-        spawn_conn(stream, move |stream| async move {
+        spawn_conn(stream, &opts, move |stream| async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let fut = handler(peer, req);

@@ -57,7 +57,7 @@ impl UpstreamError {
 /// The application behind the proxy.
 #[derive(Clone)]
 pub struct Upstream {
-    /// One pool per connection worker (see `server::workers`): a worker only reuses upstream
+    /// One pool per connection worker (see `server::worker_index`): a worker only reuses upstream
     /// connections whose tasks run on its own thread, so no request wakes another thread.
     clients: Arc<[Client<HttpsConnector<HttpConnector>, Incoming>]>,
     connector: HttpsConnector<HttpConnector>,

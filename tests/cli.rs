@@ -98,13 +98,7 @@ async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
 
 #[tokio::test]
 async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
-    let k = key(Algorithm::ES256);
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
-        .await
-        .expect("idp");
-    let echo = jwks_sidecar::demo::EchoUpstream::start()
-        .await
-        .expect("echo");
+    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let text = |rules: &str| {
         base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
@@ -210,13 +204,7 @@ fn invalid_config_names_file_key_and_fix() {
 
 #[tokio::test]
 async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
-    let k = key(Algorithm::ES256);
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
-        .await
-        .expect("idp");
-    let echo = jwks_sidecar::demo::EchoUpstream::start()
-        .await
-        .expect("echo");
+    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
     // The file says upstream 127.0.0.1:9 (dead); env fixes it; admin port comes from a flag.
     let file = write_config(
         "layer.toml",
@@ -254,15 +242,7 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
     let (s, _, body) = get_with_token(&url, &t).await;
     assert_eq!(s, 200, "env upstream overrides the file: {body}");
     // SIGTERM: drain and exit 0.
-    let pid = child.id().expect("pid");
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "exit status {status:?}");
+    sigterm_exits_zero(&mut child).await;
     let mut stderr = String::new();
     use tokio::io::AsyncReadExt;
     child
@@ -289,13 +269,7 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
 /// runtime; connections spread over them, every request is served, SIGTERM still drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_connections_and_drain() {
-    let k = key(Algorithm::ES256);
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
-        .await
-        .expect("idp");
-    let echo = jwks_sidecar::demo::EchoUpstream::start()
-        .await
-        .expect("echo");
+    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let file = write_config(
         "workers.toml",
@@ -355,6 +329,12 @@ async fn several_workers_serve_connections_and_drain() {
     let (s, _, _) = get(&format!("http://{proxy}/x"), &[]).await;
     assert_eq!(s, 401, "no token is still refused");
 
+    sigterm_exits_zero(&mut child).await;
+}
+
+/// Sends SIGTERM to a sidecar child and asserts it drains and exits 0 within 10 s.
+async fn sigterm_exits_zero(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("pid");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();

@@ -274,13 +274,7 @@ async fn jwks_over_max_jwks_bytes_is_refused_and_counted() {
 #[tokio::test]
 async fn ten_thousand_idle_connections_against_the_binary() {
     // The binary runs in its own process, so client and server each stay under the fd limit.
-    let k = key(Algorithm::ES256);
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
-        .await
-        .expect("idp");
-    let echo = jwks_sidecar::demo::EchoUpstream::start()
-        .await
-        .expect("echo");
+    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -217,3 +217,11 @@ pub async fn wait_ready(listening: std::net::SocketAddr, admin: std::net::Socket
     }
     false
 }
+
+/// A signing key of `alg`, a fake IdP serving it, and an echo upstream.
+pub async fn idp_and_echo(alg: Algorithm) -> (Arc<SigningKey>, FakeIdp, EchoUpstream) {
+    let k = key(alg);
+    let idp = FakeIdp::start(&[&k], 0).await.expect("idp");
+    let echo = EchoUpstream::start().await.expect("echo");
+    (k, idp, echo)
+}
