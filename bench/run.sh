@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the jwks-sidecar vs Envoy benchmark (issue 7):
-#   bash bench/run.sh            # full: 3 x 10 s per row, ~15 minutes
+#   bash bench/run.sh            # full: 3 x 10 s per row, ~21 minutes
 #   bash bench/run.sh --quick    # smoke: 1 x 3 s per row, ~2 minutes
 # Other options go to bench/harness.py (--reps N, --duration S, --only id,id, --keep);
 # --only authz: the decision-service rows (HTTP and gRPC) and the inline RS256 rows they compare to.
