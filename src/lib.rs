@@ -210,6 +210,7 @@ pub async fn start_with(
             listener,
             service,
             shutdown_rx.clone(),
+            config.proxy.shutdown_grace,
         )));
     }
     let mut admin_addr = None;

@@ -154,8 +154,8 @@ fn main() -> ExitCode {
     // The main runtime is a current-thread one: with one worker it does everything (every
     // task, timer and socket on one thread: no cross-thread wake-ups, no work stealing, no
     // idle workers parking), the cheapest shape for a sidecar given one core. With more, it
-    // keeps the control plane (accept loops, key refresh, reload, the gRPC listener) and each
-    // accepted HTTP connection (proxy, admin, authz) is served whole by one of N
+    // keeps the control plane (accept loops, key refresh, reload) and each accepted
+    // connection (proxy, admin, authz HTTP and gRPC) is served whole by one of N
     // single-threaded workers.
     let n = effective_workers(workers);
     if n > 1 && cli.command.is_none() {

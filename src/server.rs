@@ -54,6 +54,11 @@ pub fn set_workers(handles: Vec<tokio::runtime::Handle>) {
     });
 }
 
+/// The worker runtimes (empty without workers: connections then run on the current one).
+pub fn worker_handles() -> &'static [tokio::runtime::Handle] {
+    WORKERS.get().map_or(&[], |w| w.handles.as_slice())
+}
+
 /// Marks the calling thread as connection worker `index` (see [`worker_index`]).
 pub fn enter_worker(index: usize) {
     WORKER_INDEX.with(|w| w.set(index));

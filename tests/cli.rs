@@ -270,7 +270,7 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_connections_and_drain() {
     let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
-    let (proxy, admin) = (free_addr(), free_addr());
+    let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
     let file = write_config(
         "workers.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
@@ -278,6 +278,7 @@ async fn several_workers_serve_connections_and_drain() {
     let mut child = tokio::process::Command::new(BIN)
         .env("JWKS_SIDECAR_CONFIG", &file)
         .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", "3")
+        .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
         .args([
             "--listen",
             &proxy.to_string(),
@@ -329,7 +330,63 @@ async fn several_workers_serve_connections_and_drain() {
     let (s, _, _) = get(&format!("http://{proxy}/x"), &[]).await;
     assert_eq!(s, 401, "no token is still refused");
 
+    // gRPC Checks: each worker runs its own gRPC server; several connections (one channel
+    // each, concurrently) are spread over them, and every one answers.
+    let checks: Vec<_> = (0..6)
+        .map(|i| {
+            let t = (i % 2 == 0).then(|| t.clone());
+            tokio::spawn(async move { grpc_check_code(grpc, t.as_deref()).await })
+        })
+        .collect();
+    for (i, c) in checks.into_iter().enumerate() {
+        let want = if i % 2 == 0 { 0 } else { 16 }; // OK, or UNAUTHENTICATED without a token
+        assert_eq!(c.await.expect("task"), want, "check {i}");
+    }
+
     sigterm_exits_zero(&mut child).await;
+}
+
+/// One Check over a fresh gRPC connection (retried while the listener comes up); the
+/// CheckResponse's status code.
+async fn grpc_check_code(addr: std::net::SocketAddr, token: Option<&str>) -> i32 {
+    use envoy_types::ext_authz::v3::pb::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    let mut client = None;
+    for _ in 0..50 {
+        match AuthorizationClient::connect(format!("http://{addr}")).await {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut client = client.expect("gRPC listener up");
+    let headers = token
+        .map(|t| ("authorization".to_string(), format!("Bearer {t}")))
+        .into_iter()
+        .collect();
+    let req = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/grpc".into(),
+                    host: "app".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let resp = client.check(req).await.expect("rpc ok").into_inner();
+    resp.status.map_or(-1, |s| s.code)
 }
 
 /// Sends SIGTERM to a sidecar child and asserts it drains and exits 0 within 10 s.
@@ -343,4 +400,60 @@ async fn sigterm_exits_zero(child: &mut tokio::process::Child) {
         .expect("exits")
         .expect("status");
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// A gRPC client holding a stream open (grpc.health.v1 Watch never ends by itself) cannot
+/// hold up shutdown past `shutdown_grace`, with one worker or several.
+#[tokio::test]
+async fn open_grpc_stream_does_not_block_shutdown() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    for workers in ["1", "2"] {
+        let (_k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+        let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
+        let file = write_config(
+            &format!("grpc-drain-{workers}.toml"),
+            &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
+                .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
+        );
+        let mut child = tokio::process::Command::new(BIN)
+            .env("JWKS_SIDECAR_CONFIG", &file)
+            .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", workers)
+            .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        let mut watch = client
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.message().await.expect("status").expect("one status");
+        assert_eq!(first.status, 1, "SERVING");
+        let started = std::time::Instant::now();
+        sigterm_exits_zero(&mut child).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{workers} worker(s): shutdown took {:?} with a stream open",
+            started.elapsed()
+        );
+        drop(watch);
+    }
 }

@@ -8,8 +8,10 @@
 //! `failure_mode_allow` cannot turn it into an allow.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
@@ -22,12 +24,13 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::policy::Policy;
 
 /// The gRPC authorization service.
+#[derive(Clone)]
 pub struct AuthzGrpc {
     /// Current policy (shared; swapped on reload).
     pub policy: Arc<ArcSwap<Policy>>,
@@ -216,13 +219,135 @@ impl Authorization for AuthzGrpc {
     }
 }
 
-/// Serves Check and the health service until `shutdown` flips.
-pub async fn serve(listener: TcpListener, service: AuthzGrpc, mut shutdown: watch::Receiver<bool>) {
+/// Serves Check and the health service until `shutdown` flips. With several connection
+/// workers (see [`crate::server::set_workers`]) every worker runs its own gRPC server, fed
+/// round-robin by the accept loop here, so Checks scale with the workers like the HTTP
+/// listeners do; with one, the server runs on the current runtime. After `shutdown` the
+/// servers drain for at most `grace`: a client holding a stream open (a health `Watch`
+/// never ends by itself) cannot hold up the exit.
+pub async fn serve(
+    listener: TcpListener,
+    service: AuthzGrpc,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AuthorizationServer<AuthzGrpc>>()
         .await;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let workers = crate::server::worker_handles();
+    if workers.is_empty() {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = serve_incoming(incoming, health, service, shutdown.clone());
+        tokio::pin!(server);
+        tokio::select! {
+            _ = &mut server => return,
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        if tokio::time::timeout(grace, server).await.is_err() {
+            drain_timed_out();
+        }
+        return;
+    }
+    let mut queues = Vec::with_capacity(workers.len());
+    let mut servers = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        queues.push(tx);
+        let incoming = Handed(rx);
+        servers.push(worker.spawn(serve_incoming(
+            incoming,
+            health.clone(),
+            service.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: wait instead of spinning; the backlog holds clients
+                tracing::warn!(listener = "authz_grpc", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let queue = &queues[next % queues.len()];
+        next = next.wrapping_add(1);
+        match stream.into_std() {
+            // Waits while that worker has 64 connections not yet taken up (back-pressure).
+            Ok(s) => {
+                if queue.send(s).await.is_err() {
+                    tracing::warn!(
+                        listener = "authz_grpc",
+                        "a worker's gRPC server has stopped"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(listener = "authz_grpc", error = %e, "cannot move a connection to its worker; closed");
+            }
+        }
+    }
+    drop(listener); // stop accepting at once; the workers drain their connections
+    drop(queues);
+    let drained = tokio::time::timeout(grace, async {
+        for server in servers.iter_mut() {
+            let _ = server.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        for server in &servers {
+            server.abort();
+        }
+        drain_timed_out();
+    }
+}
+
+fn drain_timed_out() {
+    tracing::warn!(
+        listener = "authz_grpc",
+        "gRPC connections still open after shutdown_grace; closing them"
+    );
+}
+
+/// Accepted connections handed to one worker, as a tonic `incoming` stream: each socket is
+/// registered with the reactor of the runtime that polls the stream (the worker's).
+struct Handed(tokio::sync::mpsc::Receiver<std::net::TcpStream>);
+
+impl futures_core::Stream for Handed {
+    type Item = std::io::Result<TcpStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|s| s.map(TcpStream::from_std))
+    }
+}
+
+async fn serve_incoming<I, IO, E, H>(
+    incoming: I,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    service: AuthzGrpc,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: futures_core::Stream<Item = Result<IO, E>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: tonic_health::pb::health_server::Health,
+{
     let result = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(AuthorizationServer::new(service))
