@@ -885,13 +885,21 @@ def run_pair(rows: list[dict], upstream: Upstream, args, work: str, toks_dir: st
         results.append(res)
     caps = []
     dur = max(2, int(args.duration // 4))
+    loads = []
     try:
         for r, p, res in zip(rows, proxies, results):
+            tokens = os.path.join(toks_dir, r["tokens"])
             p.start()
-            res["sanity"] = sanity(p, os.path.join(toks_dir, r["tokens"]), toks_dir)
+            if getattr(p, "front", "proxy") == "authz-grpc":  # gRPC Check rows: h2load
+                body = os.path.join(work, r["id"] + "-check.bin")
+                with open(body, "wb") as f:
+                    f.write(check_request("/api/bench", first_line(tokens)))
+                res["sanity"] = sanity_authz_grpc(p, tokens, toks_dir, body)
+                loads.append(lambda secs, lg, p=p, body=body: run_h2load(p, body, 32, secs, lg))
+            else:
+                res["sanity"] = sanity(p, tokens, toks_dir)
+                loads.append(lambda secs, lg, p=p, tokens=tokens: run_wrk(p, tokens, "/api/bench", 32, secs, lg))
             caps.append(WorkerCaps(p, r["cap"], r["id"]))
-        loads = [lambda secs, lg, p=p, r=r: run_wrk(p, os.path.join(toks_dir, r["tokens"]), "/api/bench", 32, secs, lg)
-                 for p, r in zip(proxies, rows)]
         for ld in loads:
             ld(args.warmup, LG_CPU)
         ratios = []
@@ -983,6 +991,12 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[d
             add(f"envoy-{a}-cap{n}", f"Envoy {alg} no cache, --concurrency {n}, capped at {CAP:.0%} of a core each",
                 ev(f"envoy-{a}-cap{n}", True, False, cpus="0,1", concurrency=n), tokens=tok, cache=False, cap=CAP,
                 workers=n, alg=alg, pair=f"envoy-{a}-cap")
+    # the decision service's gRPC Check (cached RS256) scales the same way: each worker runs
+    # its own gRPC server
+    for n in (1, 2):
+        add(f"sc-grpc-c-cap{n}", f"jwks-sidecar gRPC Check RS256 cache on (h2load), {n} worker{'s' * (n > 1)} capped at {CAP:.0%} of a core each",
+            sc(f"sc-grpc-c-cap{n}", True, workers=n, cpus="0,1", front="authz-grpc"), tokens="tokens-rs256-1.txt",
+            cache=True, cap=CAP, workers=n, alg="RS256", pair="sc-grpc-c-cap")
     # one connection: latency added over direct
     add("direct-1c", "direct to upstream, 1 connection", lambda: Direct(upstream), conns=1)
     add("envoy-pass-1c", "Envoy passthrough, 1 connection", ev("envoy-pass-1c", False, False), conns=1)
@@ -1276,6 +1290,12 @@ def targets(by: dict) -> list[tuple]:
             else:
                 out.append((name, txt, ("met" if x >= 1.8 else "**missed**") if bound
                             else "not shown: workers below their cap, so something else was the limit"))
+    two = by.get("sc-grpc-c-cap2")
+    if two and two.get("pair_ratios"):
+        pr = two["pair_ratios"]
+        out.append((f"2 workers: jwks-sidecar gRPC Check (cached RS256), each worker capped at {CAP:.0%} of a core",
+                    f"{statistics.median(pr):.2f}× (median of {len(pr)} interleaved pairs, {min(pr):.2f}–{max(pr):.2f})",
+                    "(context)"))
     if m("sc-rs256-2w", "rps") and m("sc-rs256", "rps"):
         x = m("sc-rs256-2w", "rps") / m("sc-rs256", "rps")
         ev2 = (f"; Envoy --concurrency 2: {m('envoy-rs256-2w', 'rps') / m('envoy-rs256', 'rps'):.2f}×"
@@ -1410,7 +1430,8 @@ ENVOY_BIN = ""
 ROW_GROUPS = {
     "authz": ["sc-rs256", "sc-rs256-c", "sc-authz-http", "sc-authz-http-c", "sc-authz-grpc", "sc-authz-grpc-c"],
     "scaling": ["sc-rs256", "envoy-rs256", "sc-rs256-2w", "envoy-rs256-2w"]
-               + [f"{p}-{a}-cap{n}" for a in ("rs256", "es256") for p in ("sc", "envoy") for n in (1, 2)],
+               + [f"{p}-{a}-cap{n}" for a in ("rs256", "es256") for p in ("sc", "envoy") for n in (1, 2)]
+               + ["sc-grpc-c-cap1", "sc-grpc-c-cap2"],
 }
 
 if __name__ == "__main__":
