@@ -275,21 +275,7 @@ async fn several_workers_serve_connections_and_drain() {
         "workers.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
     );
-    let mut child = tokio::process::Command::new(BIN)
-        .env("JWKS_SIDECAR_CONFIG", &file)
-        .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", "3")
-        .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
-        .args([
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_with_grpc(&file, "3", proxy, admin, grpc);
     assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
     let pid = child.id().expect("pid");
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -416,21 +402,7 @@ async fn open_grpc_stream_does_not_block_shutdown() {
             &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
                 .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
         );
-        let mut child = tokio::process::Command::new(BIN)
-            .env("JWKS_SIDECAR_CONFIG", &file)
-            .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", workers)
-            .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
-            .args([
-                "--listen",
-                &proxy.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_with_grpc(&file, workers, proxy, admin, grpc);
         assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
         let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
             .expect("uri")
@@ -456,4 +428,30 @@ async fn open_grpc_stream_does_not_block_shutdown() {
         );
         drop(watch);
     }
+}
+
+/// The sidecar with config `file`, `workers` worker threads, and the proxy, admin and gRPC
+/// authz listeners on the given addresses.
+fn spawn_with_grpc(
+    file: &std::path::Path,
+    workers: &str,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .env("JWKS_SIDECAR_CONFIG", file)
+        .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", workers)
+        .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
+        .args([
+            "--listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn")
 }
