@@ -282,15 +282,14 @@ pub async fn serve(
         let queue = &queues[next % queues.len()];
         next = next.wrapping_add(1);
         match stream.into_std() {
-            // Waits while that worker has 64 connections not yet taken up (back-pressure).
-            Ok(s) => {
-                if queue.send(s).await.is_err() {
-                    tracing::warn!(
-                        listener = "authz_grpc",
-                        "a worker's gRPC server has stopped"
-                    );
-                }
-            }
+            // Waits while that worker has 64 connections not yet taken up (back-pressure),
+            // but never past shutdown: a stopping server no longer takes any up.
+            Ok(s) => tokio::select! {
+                sent = queue.send(s) => if sent.is_err() {
+                    tracing::warn!(listener = "authz_grpc", "a worker's gRPC server has stopped");
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            },
             Err(e) => {
                 tracing::warn!(listener = "authz_grpc", error = %e, "cannot move a connection to its worker; closed");
             }
