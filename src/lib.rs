@@ -211,6 +211,7 @@ pub async fn start_with(
             service,
             shutdown_rx.clone(),
             config.proxy.shutdown_grace,
+            metrics.clone(),
         )));
     }
     let mut admin_addr = None;

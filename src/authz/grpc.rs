@@ -219,50 +219,47 @@ impl Authorization for AuthzGrpc {
     }
 }
 
-/// Serves Check and the health service until `shutdown` flips. With several connection
-/// workers (see [`crate::server::set_workers`]) every worker runs its own gRPC server, fed
-/// round-robin by the accept loop here, so Checks scale with the workers like the HTTP
-/// listeners do; with one, the server runs on the current runtime. After `shutdown` the
-/// servers drain for at most `grace`: a client holding a stream open (a health `Watch`
-/// never ends by itself) cannot hold up the exit.
+/// Serves Check and the health service until `shutdown` flips. Every connection worker
+/// (see [`crate::server::set_workers`]), or the current runtime without workers, runs its own
+/// gRPC server, fed round-robin by the accept loop here, so Checks scale with the workers
+/// like the HTTP listeners do. After `shutdown` the servers drain for at most `grace`: a
+/// client holding a stream open (a health `Watch` never ends by itself) cannot hold up the
+/// exit.
 pub async fn serve(
     listener: TcpListener,
     service: AuthzGrpc,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AuthorizationServer<AuthzGrpc>>()
         .await;
-    let workers = crate::server::worker_handles();
-    if workers.is_empty() {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = serve_incoming(incoming, health, service, shutdown.clone());
-        tokio::pin!(server);
-        tokio::select! {
-            _ = &mut server => return,
-            _ = shutdown.wait_for(|s| *s) => {}
-        }
-        if tokio::time::timeout(grace, server).await.is_err() {
-            drain_timed_out();
-        }
-        return;
-    }
-    let mut queues = Vec::with_capacity(workers.len());
-    let mut servers = Vec::with_capacity(workers.len());
-    for worker in workers {
+    let runtimes = match crate::server::worker_handles() {
+        [] => vec![tokio::runtime::Handle::current()],
+        workers => workers.to_vec(),
+    };
+    let mut queues = Vec::with_capacity(runtimes.len());
+    let mut servers = Vec::with_capacity(runtimes.len());
+    for runtime in &runtimes {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         queues.push(tx);
-        let incoming = Handed(rx);
-        servers.push(worker.spawn(serve_incoming(
-            incoming,
+        servers.push(runtime.spawn(serve_incoming(
+            Handed(rx),
             health.clone(),
             service.clone(),
             shutdown.clone(),
         )));
     }
+    // The connection is dropped (closed); counted like the HTTP listeners' hand-off failures.
+    let handoff_failed = |e: &dyn std::fmt::Display| {
+        metrics
+            .connection_errors_total
+            .with_label_values(&["authz_grpc", "io"])
+            .inc();
+        tracing::warn!(listener = "authz_grpc", error = %e, "cannot hand a connection to its gRPC server; closed");
+    };
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
@@ -282,20 +279,18 @@ pub async fn serve(
         let queue = &queues[next % queues.len()];
         next = next.wrapping_add(1);
         match stream.into_std() {
-            // Waits while that worker has 64 connections not yet taken up (back-pressure),
+            // Waits while that server has 64 connections not yet taken up (back-pressure),
             // but never past shutdown: a stopping server no longer takes any up.
             Ok(s) => tokio::select! {
                 sent = queue.send(s) => if sent.is_err() {
-                    tracing::warn!(listener = "authz_grpc", "a worker's gRPC server has stopped");
+                    handoff_failed(&"the server has stopped");
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
             },
-            Err(e) => {
-                tracing::warn!(listener = "authz_grpc", error = %e, "cannot move a connection to its worker; closed");
-            }
+            Err(e) => handoff_failed(&e),
         }
     }
-    drop(listener); // stop accepting at once; the workers drain their connections
+    drop(listener); // stop accepting at once; the servers drain their connections
     drop(queues);
     let drained = tokio::time::timeout(grace, async {
         for server in servers.iter_mut() {
@@ -318,8 +313,8 @@ fn drain_timed_out() {
     );
 }
 
-/// Accepted connections handed to one worker, as a tonic `incoming` stream: each socket is
-/// registered with the reactor of the runtime that polls the stream (the worker's).
+/// Accepted connections handed to one server, as a tonic `incoming` stream: each socket is
+/// registered with the reactor of the runtime that polls the stream (that server's).
 struct Handed(tokio::sync::mpsc::Receiver<std::net::TcpStream>);
 
 impl futures_core::Stream for Handed {
