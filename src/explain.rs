@@ -113,7 +113,7 @@ pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, St
     let policy = Policy::new(config, auth.clone())?;
 
     let _ = writeln!(out, "\npath:");
-    let normalized = match crate::path::normalize(&raw_path, config.proxy.allow_encoded_slash) {
+    let normalized = match crate::path::normalize_with(&raw_path, &config.proxy.path_options()) {
         Ok(p) => {
             let _ = writeln!(out, "  {raw_path:?} normalises to {p:?}");
             Some(p)
@@ -306,7 +306,14 @@ fn explain_token(
     let now = now_unix() as f64;
     let leeway = provider.claims.leeway as f64;
     let num = |n: &str| parsed.claims.get(n).and_then(serde_json::Value::as_f64);
+    // The verdict on each date comes from the verifier's own check, so the explanation
+    // cannot call a date good that the decision refuses.
+    let claims_ok = verify::check_claims(&parsed, &provider.claims, now_unix());
+    let date_refused = |claim: &str| matches!(&claims_ok, Err(crate::error::Reject::DateOutOfRange(m)) if m.starts_with(claim));
     match num("exp") {
+        Some(exp) if date_refused("exp") => {
+            let _ = writeln!(out, "  {} exp {exp} is not a usable date", mark(false));
+        }
         Some(exp) => {
             let _ = writeln!(
                 out,
@@ -328,8 +335,15 @@ fn explain_token(
         let _ = writeln!(
             out,
             "  {} nbf {nbf} is {:+.0} s from now",
-            mark(now + leeway >= nbf),
+            mark(now + leeway >= nbf && !date_refused("nbf")),
             nbf - now
+        );
+    }
+    if let Some(max) = provider.claims.max_lifetime {
+        let _ = writeln!(
+            out,
+            "  {} lifetime at most {max} s (max_token_lifetime)",
+            mark(claims_ok != Err(crate::error::Reject::LifetimeTooLong))
         );
     }
     let aud = parsed
@@ -337,7 +351,6 @@ fn explain_token(
         .get(&provider.claims.audience_claim)
         .cloned()
         .unwrap_or(serde_json::Value::Null);
-    let claims_ok = verify::check_claims(&parsed, &provider.claims, now_unix());
     let _ = writeln!(
         out,
         "  {} {} = {aud} (accepted: {:?})",

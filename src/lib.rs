@@ -210,8 +210,7 @@ pub async fn start_with(
             listener,
             service,
             shutdown_rx.clone(),
-            config.proxy.shutdown_grace,
-            metrics.clone(),
+            server::ServeOptions::from_config("authz_grpc", &config.proxy, metrics.clone()),
         )));
     }
     let mut admin_addr = None;

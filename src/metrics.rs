@@ -218,7 +218,7 @@ impl Metrics {
             ),
                         connections: int_gauge(&reg, "connections", "Open client connections.", &["listener"]),
             connection_limit_reached_total: counter(&reg, "connection_limit_reached_total", "Times accepting paused because max_connections was reached.", &["listener"]),
-            connection_errors_total: counter(&reg, "connection_errors_total", "Client connections closed on an error, by kind (header_timeout, too_large, parse, io, tls).", &["listener", "kind"]),
+            connection_errors_total: counter(&reg, "connection_errors_total", "Client connections closed on an error, by kind (header_timeout, too_large, parse, io, tls), and failed accept calls (accept).", &["listener", "kind"]),
             config_reloads_total: counter(
                 &reg,
                 "config_reloads_total",

@@ -26,8 +26,11 @@ pub struct Policy {
     pub payload_header: Option<HeaderName>,
     /// Keep `Authorization` when forwarding.
     pub forward_authorization: bool,
-    /// Accept `%2F`/`%5C`.
-    pub allow_encoded_slash: bool,
+    /// Which unusual path forms are accepted.
+    pub path_options: path::PathOptions,
+    /// Every spelling of every identity header this sidecar can set (claim headers of all
+    /// providers, the payload header): what a gateway is told to remove on every allow.
+    pub identity_spellings: Vec<HeaderName>,
 }
 
 /// The verdict on one request.
@@ -82,8 +85,8 @@ impl Decision {
 impl Policy {
     /// Compiles the decision part of a validated config.
     pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Self, String> {
+        let identity_spellings = auth.reserved.spellings();
         Ok(Policy {
-            auth,
             rules: Rules::compile(config).map_err(|e| e.join("; "))?,
             realm: config.proxy.realm.clone(),
             payload_header: config
@@ -92,7 +95,9 @@ impl Policy {
                 .as_deref()
                 .and_then(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok()),
             forward_authorization: config.proxy.forward_authorization,
-            allow_encoded_slash: config.proxy.allow_encoded_slash,
+            auth,
+            path_options: config.proxy.path_options(),
+            identity_spellings,
         })
     }
 
@@ -105,7 +110,14 @@ impl Policy {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Decision {
-        let normalized = match path::normalize(raw_path, self.allow_encoded_slash) {
+        if self.connection_names_identity(headers) {
+            return Decision {
+                path: None,
+                rule: None,
+                outcome: Err(Failure::from(Reject::HopByHopIdentity)),
+            };
+        }
+        let normalized = match path::normalize_with(raw_path, &self.path_options) {
             Ok(p) => p,
             Err(reject) => {
                 return Decision {
@@ -155,6 +167,40 @@ impl Policy {
         if let Some(h) = &self.payload_header {
             out.push((h.clone(), v.info.payload.clone()));
         }
+        out
+    }
+
+    /// Whether the request's `Connection` header names an identity header (any spelling, or
+    /// the identity prefix): a proxy that honours it after adding identity headers would
+    /// forward an authenticated request without them.
+    pub fn connection_names_identity(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| std::str::from_utf8(t).ok())
+            .map(str::trim)
+            .any(|t| !t.is_empty() && self.auth.reserved.is_reserved(t))
+    }
+
+    /// What an allow answer tells a gateway to remove: every spelling of every identity
+    /// header (whether or not the gateway showed the client's copy), plus any other
+    /// identity-looking header the client sent, minus the headers this answer sets (a
+    /// gateway removes after it sets, so naming those would drop the verified values).
+    pub fn headers_to_remove(
+        &self,
+        spoofed: &[HeaderName],
+        set: &[(HeaderName, HeaderValue)],
+    ) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = self
+            .identity_spellings
+            .iter()
+            .chain(spoofed)
+            .filter(|n| !set.iter().any(|(h, _)| h == *n))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
         out
     }
 

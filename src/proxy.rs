@@ -166,6 +166,21 @@ impl Proxy {
                 req.headers(),
             )
             .await;
+        // Hop-by-hop processing of the client's request happens here, after the decision
+        // (which may use a header the client nominated, such as `Authorization`) and before
+        // the identity headers are added: nothing the client sends can remove or alter a
+        // header the proxy sets. (`decide` already refused a `Connection` that names one.)
+        let upgrade = if req.version() == Version::HTTP_11 {
+            upgrade_request(req.headers())
+        } else {
+            None
+        };
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        remove_hop_by_hop(req.headers_mut());
         let verified = match &decision.outcome {
             Ok(v) => v.clone(),
             Err(f) => {
@@ -191,7 +206,9 @@ impl Proxy {
             }
         }
         let normalized = decision.path.as_deref().unwrap_or("/");
-        let resp = self.forward(req, peer, normalized, rid, &metrics).await;
+        let resp = self
+            .forward(req, peer, normalized, upgrade, original_host, rid, &metrics)
+            .await;
         policy.record(
             "proxy",
             &decision,
@@ -203,29 +220,22 @@ impl Proxy {
         resp
     }
 
+    /// Sends a decided request (hop-by-hop headers already removed) to the app.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         normalized: &str,
+        upgrade: Option<HeaderValue>,
+        original_host: Option<HeaderValue>,
         rid: HeaderValue,
         metrics: &crate::metrics::Metrics,
     ) -> Response<ProxyBody> {
-        let upgrade = if req.version() == Version::HTTP_11 {
-            upgrade_request(req.headers())
-        } else {
-            None
-        };
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         let uri = self.upstream.uri_for(normalized, req.uri().query());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         {
             let h = req.headers_mut();
-            remove_hop_by_hop(h);
             if let Some(up) = &upgrade {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 h.insert(header::UPGRADE, up.clone());

@@ -57,6 +57,7 @@ fn key_fingerprint(p: &ProviderConfig, cache_dir: &Option<PathBuf>) -> Fingerpri
         audience_claim: d.audience_claim,
         leeway: d.leeway,
         require_exp: d.require_exp,
+        max_token_lifetime: d.max_token_lifetime,
         typ: d.typ,
         required_claims: d.required_claims,
         required_scopes: d.required_scopes,

@@ -198,7 +198,7 @@ fn compile_matcher(m: &MatchConfig, at: &str, errs: &mut Vec<String>) -> Matcher
 }
 
 fn check_path(p: &str, at: &str, errs: &mut Vec<String>) {
-    match crate::path::normalize(p, true) {
+    match crate::path::normalize_with(p, &crate::path::PathOptions::LENIENT) {
         Ok(n) if n == p => {}
         Ok(n) => errs.push(format!(
             "{at} = {p:?} is not normalised (requests are matched on {n:?}); write {n:?}"

@@ -107,9 +107,68 @@ where
 
 /// An open connection's share of the limits: its permit and the open-connections gauge,
 /// both released when the connection ends however it ends.
-struct ConnSlot {
+pub(crate) struct ConnSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     gauge: Option<prometheus::IntGauge>,
+}
+
+/// A listener's connection cap and open-connections gauge, shared by every serving path.
+pub(crate) struct ConnLimit {
+    limit: Arc<tokio::sync::Semaphore>,
+    gauge: Option<prometheus::IntGauge>,
+    opts: ServeOptions,
+}
+
+impl ConnLimit {
+    pub(crate) fn new(opts: &ServeOptions) -> Self {
+        ConnLimit {
+            limit: Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1))),
+            gauge: opts
+                .metrics
+                .as_ref()
+                .map(|m| m.connections.with_label_values(&[opts.name])),
+            opts: opts.clone(),
+        }
+    }
+
+    /// A slot for the next connection: at the cap, counts it and waits (the kernel backlog
+    /// holds new clients) until a connection ends; `None` when `shutdown` flips first.
+    pub(crate) async fn acquire(&self, shutdown: &mut watch::Receiver<bool>) -> Option<ConnSlot> {
+        let permit = match self.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(m) = &self.opts.metrics {
+                    m.connection_limit_reached_total
+                        .with_label_values(&[self.opts.name])
+                        .inc();
+                }
+                tracing::warn!(
+                    listener = self.opts.name,
+                    max = self.opts.max_connections,
+                    "connection limit reached; pausing accept"
+                );
+                tokio::select! {
+                    p = self.limit.clone().acquire_owned() => p.ok()?,
+                    _ = shutdown.wait_for(|s| *s) => return None,
+                }
+            }
+        };
+        if let Some(g) = &self.gauge {
+            g.inc();
+        }
+        Some(ConnSlot {
+            _permit: permit,
+            gauge: self.gauge.clone(),
+        })
+    }
+
+    /// A failed `accept` (EMFILE and the like): counted, logged, and a short back-off instead
+    /// of spinning.
+    pub(crate) async fn accept_failed(&self, e: &std::io::Error) {
+        count_error(&self.opts, "accept");
+        tracing::warn!(listener = self.opts.name, error = %e, "accept failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl Drop for ConnSlot {
@@ -245,44 +304,21 @@ pub async fn serve<H, Fut, B>(
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
-    let gauge = opts
-        .metrics
-        .as_ref()
-        .map(|m| m.connections.with_label_values(&[opts.name]));
+    let limit = ConnLimit::new(&opts);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     if *shutdown.borrow() {
         return;
     }
     loop {
-        // Back-pressure: at the cap, stop accepting (the kernel backlog holds new clients).
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if let Some(m) = &opts.metrics {
-                    m.connection_limit_reached_total
-                        .with_label_values(&[opts.name])
-                        .inc();
-                }
-                tracing::warn!(
-                    listener = opts.name,
-                    max = opts.max_connections,
-                    "connection limit reached; pausing accept"
-                );
-                tokio::select! {
-                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = shutdown.changed() => break,
-                }
-            }
+        let Some(slot) = limit.acquire(&mut shutdown).await else {
+            break;
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = opts.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    limit.accept_failed(&e).await;
                     continue;
                 }
             },
@@ -295,13 +331,6 @@ pub async fn serve<H, Fut, B>(
         let name = opts.name;
         let conn_opts = opts.clone();
         let tls = tls.clone();
-        if let Some(g) = &gauge {
-            g.inc();
-        }
-        let slot = ConnSlot {
-            _permit: permit,
-            gauge: gauge.clone(),
-        };
         spawn_conn(stream, &opts, move |stream| async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {

@@ -145,14 +145,6 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn metric(m: &str, prefix: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
     let _serial = SERIAL.lock().await;
@@ -165,12 +157,7 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
     let toml = base_toml(&format!("http://{}/jwks.json", idp.addr), iss, &echo.url(), "",
         "fetch_timeout = \"500ms\"\nkid_miss_min_interval = \"0s\"\nkid_miss_wait = \"3s\"\nmax_jwks_bytes = 1048576");
     let s = start_toml(&toml).await;
-    for _ in 0..200 {
-        if s.auth.providers()[0].keys.ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_keys_ready(&s).await;
     let url = format!("http://{}/x", s.proxy_addr);
     let admin = format!("http://{}/metrics", s.admin_addr.expect("admin"));
     let good = k.mint(&json!({"iss": iss, "aud": "api", "sub": "s", "exp": now() + 600}));
@@ -188,6 +175,11 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
     ];
     for (i, (mode, label)) in cases.iter().enumerate() {
         idp.set(*mode);
+        let series =
+            format!("jwks_sidecar_jwks_fetch_total{{provider=\"idp\",result=\"{label}\"}}");
+        // Several modes share a label (parse, timeout): count this mode's fetch, not an
+        // earlier one's.
+        let before = sample(&get(&admin, &[]).await.2, &series).unwrap_or(0.0);
         // An unknown kid makes the sidecar fetch now, from the broken IdP.
         let probe = mint_unsigned(
             &json!({"alg": "ES256", "kid": format!("probe-{i}")}),
@@ -200,13 +192,9 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
             (401, "unknown_kid"),
             "{mode:?}"
         );
-        let m = get(&admin, &[]).await.2;
-        assert!(
-            m.contains(&format!(
-                "jwks_sidecar_jwks_fetch_total{{provider=\"idp\",result=\"{label}\"}}"
-            )),
-            "{mode:?} should count {label}: {m}"
-        );
+        // The fetch's outcome is counted once it ends; wait for it (its request may have
+        // given up first, after kid_miss_wait).
+        wait_metric(&admin, &series, |v| v > before).await;
         // Known kids keep being served, and quickly.
         let started = std::time::Instant::now();
         for _ in 0..5 {
@@ -220,8 +208,8 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
     idp.set(Mode::Good);
     let m = get(&admin, &[]).await.2;
     assert_eq!(
-        metric(&m, r#"jwks_sidecar_jwks_keys{provider="idp"}"#),
-        1,
+        sample(&m, r#"jwks_sidecar_jwks_keys{provider="idp"}"#),
+        Some(1.0),
         "the last good key set survived everything"
     );
     let growth = rss_kib().saturating_sub(rss_before);
@@ -276,18 +264,13 @@ async fn a_misbehaving_upstream_gives_502_or_504_never_a_hang() {
             started.elapsed()
         );
         if !kind.is_empty() {
-            let m = get(
+            // The only mode with this kind: its error is counted (waited for, not raced).
+            wait_metric(
                 &format!("http://{}/metrics", s.admin_addr.expect("admin")),
-                &[],
+                &format!("jwks_sidecar_upstream_errors_total{{kind=\"{kind}\"}}"),
+                |v| v >= 1.0,
             )
-            .await
-            .2;
-            assert!(
-                m.contains(&format!(
-                    "jwks_sidecar_upstream_errors_total{{kind=\"{kind}\"}}"
-                )),
-                "{mode:?}: {m}"
-            );
+            .await;
         }
     }
     // Refused connections.
@@ -339,21 +322,13 @@ async fn abandoned_uploads_and_dropped_clients_leak_nothing() {
             .expect("write");
         drop(s); // gone before the answer
     }
-    let mut open = u64::MAX;
-    for _ in 0..100 {
-        open = metric(
-            &h.metrics().await,
-            r#"jwks_sidecar_connections{listener="proxy"}"#,
-        );
-        if open <= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        open <= 1,
-        "{open} connections still open after the clients left"
-    );
+    // The slow requests' upstream calls end after 2 s; generous deadline, early exit.
+    wait_metric(
+        &h.admin("/metrics"),
+        r#"jwks_sidecar_connections{listener="proxy"}"#,
+        |open| open <= 1.0,
+    )
+    .await;
     assert_eq!(
         get_with_token(&h.url("/x"), &token).await.0,
         200,
@@ -361,18 +336,17 @@ async fn abandoned_uploads_and_dropped_clients_leak_nothing() {
     );
     let growth = rss_kib().saturating_sub(rss_before);
     assert!(growth < 64 * 1024, "memory grew by {growth} KiB");
-    let mut tasks_after = usize::MAX;
-    for _ in 0..100 {
-        tasks_after = tokio::runtime::Handle::current()
+    let tasks_after = || {
+        tokio::runtime::Handle::current()
             .metrics()
-            .num_alive_tasks();
-        if tasks_after <= tasks_before + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        tasks_after <= tasks_before + 2,
-        "tasks leaked: {tasks_before} before, {tasks_after} after"
-    );
+            .num_alive_tasks()
+    };
+    wait_until(
+        &format!(
+            "the connection tasks to end ({tasks_before} alive before, at most 2 more allowed)"
+        ),
+        DEADLINE,
+        || async { tasks_after() <= tasks_before + 2 },
+    )
+    .await;
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,20 +15,51 @@ use serde_json::{json, Value};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A server that counts every connection: nothing in a token may make the sidecar call it.
-async fn tripwire() -> (String, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((_s, _)) = l.accept().await {
-            h.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    (format!("http://{addr}/keys.json"), hits)
+/// A server that records the peer of every connection it accepts: nothing in a token may
+/// make the sidecar call it.
+struct Tripwire {
+    addr: std::net::SocketAddr,
+    peers: Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl Tripwire {
+    async fn start() -> Tripwire {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let p = peers.clone();
+        tokio::spawn(async move {
+            while let Ok((_s, peer)) = l.accept().await {
+                p.lock().expect("lock").push(peer);
+            }
+        });
+        Tripwire { addr, peers }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/keys.json", self.addr)
+    }
+
+    /// The peers of every connection made to the tripwire before this call, the sentinel
+    /// connection this call makes excluded. Connections are accepted in the order they were
+    /// made, so once the sentinel has been accepted every earlier one has been recorded: no
+    /// sleep decides the answer.
+    async fn connections_so_far(&self) -> Vec<std::net::SocketAddr> {
+        let sentinel = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to the tripwire");
+        let me = sentinel.local_addr().expect("addr");
+        wait_until(
+            "the tripwire to accept its sentinel connection",
+            DEADLINE,
+            || async { self.peers.lock().expect("lock").contains(&me) },
+        )
+        .await;
+        let peers = self.peers.lock().expect("lock");
+        peers.iter().take_while(|p| **p != me).copied().collect()
+    }
 }
 
 fn resign(token: &str, sig: &[u8]) -> String {
@@ -52,7 +83,8 @@ fn der_int(v: &[u8]) -> Vec<u8> {
 async fn token_header_key_references_are_never_fetched_or_trusted() {
     let real = key(Algorithm::ES256);
     let h = Harness::start(&[&real], "", "").await;
-    let (url, hits) = tripwire().await;
+    let tripwire = Tripwire::start().await;
+    let url = tripwire.url();
     let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
     let cert = {
         let kp = rcgen::KeyPair::try_from(attacker.pkcs8_der().as_slice()).expect("kp");
@@ -75,10 +107,10 @@ async fn token_header_key_references_are_never_fetched_or_trusted() {
         let (s, _, body) = get_with_token(&h.url("/x"), &t).await;
         assert!(s == 401, "{hd}: {s} {body}");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every response is in, so any fetch made while handling them has connected by now.
     assert_eq!(
-        hits.load(Ordering::SeqCst),
-        0,
+        tripwire.connections_so_far().await,
+        vec![],
         "a URL from a token was fetched"
     );
     assert_eq!(h.echo.requests.load(Ordering::SeqCst), 0);
@@ -184,7 +216,31 @@ async fn hostile_token_table() {
             "nbf huge",
             sign(hd.clone(), base(json!({"nbf": 1e300}))),
             401,
-            "not_yet_valid",
+            "date_out_of_range",
+        ),
+        (
+            "exp 1e30 (never read as far future)",
+            sign(hd.clone(), base(json!({"exp": 1e30}))),
+            401,
+            "date_out_of_range",
+        ),
+        (
+            "exp past 2^64",
+            sign(hd.clone(), base(json!({"exp": 18446744073709551616.0f64}))),
+            401,
+            "date_out_of_range",
+        ),
+        (
+            "exp after year 9999",
+            sign(hd.clone(), base(json!({"exp": 253402300800u64}))),
+            401,
+            "date_out_of_range",
+        ),
+        (
+            "iat huge",
+            sign(hd.clone(), base(json!({"iat": 1e300}))),
+            401,
+            "date_out_of_range",
         ),
         (
             "nbf as string",
@@ -332,7 +388,9 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    // Every request here ends with the server closing the connection: the timeout only
+    // bounds a hang, and is generous so a loaded machine cannot truncate an answer.
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
 }
 
@@ -394,12 +452,37 @@ async fn request_smuggling_and_path_tricks_over_raw_tcp() {
     // Full URL in the request line: judged (and forwarded) by its normalised path.
     let resp = raw(addr, b"GET http://evil.example/healthz/../admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp:.60}");
-    let resp = raw(
-        addr,
-        b"GET /healthz;/../admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(resp.starts_with("HTTP/1.1 401"), "{resp:.60}");
+    // Path parameters, double encoding, encoded controls: refused before any rule.
+    for target in [
+        "/healthz;/../admin",
+        "/public/%252e%252e/admin",
+        "/public/..%252fadmin",
+        "/public/%c0%ae%c0%ae/admin",
+        "/admin%09",
+    ] {
+        let resp = raw(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp:.60}");
+    }
+    // A Connection header naming an identity header, in any spelling.
+    for conn in [
+        "close, x-jwt-sub",
+        "close, X_JWT_SUB",
+        "x-jwt-payload, close",
+    ] {
+        let resp = raw(
+            addr,
+            format!("GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: {conn}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "Connection: {conn}: {resp:.60}"
+        );
+    }
     // Two different bearer tokens, one in each of two Authorization headers.
     let t2 =
         k.mint(&json!({"iss": h.idp.issuer(), "sub": "other", "aud": "api", "exp": now() + 60}));
@@ -407,7 +490,11 @@ async fn request_smuggling_and_path_tricks_over_raw_tcp() {
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:.60}");
     let m = h.metrics().await;
     assert!(
-        !m.contains(r#"decision="allow",listener="proxy",provider="idp""#),
+        !metric_series(&m, "jwks_sidecar_requests_total").any(|(labels, v)| {
+            labels.contains(r#"decision="allow""#)
+                && labels.contains(r#"provider="idp""#)
+                && v > 0.0
+        }),
         "{m}"
     );
 }

@@ -19,7 +19,7 @@ use jwks_sidecar::jwks::refresh::{Mirror, Source, SourceResponse, Validators};
 use jwks_sidecar::metrics::Metrics;
 use jwks_sidecar::testkit::{jwks, mint_unsigned, now, SigningKey};
 use serde_json::{json, Value};
-use support::key;
+use support::{key, Scrape};
 use tokio::sync::watch;
 
 const ISS: &str = "https://idp.test";
@@ -112,13 +112,18 @@ async fn setup(idp: &Arc<MemIdp>, provider_extra: &str, persist: Option<PathBuf>
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(mirror.run(rx));
-    // Let the first fetch happen.
-    for _ in 0..100 {
-        if auth.providers()[0].keys.ready()
-            || idp.fetches() > 0 && idp.fail.lock().expect("lock").is_some()
-        {
-            break;
-        }
+    // Let the first fetch happen. Yielding (not sleeping) keeps the paused clock where it
+    // is; the deadline is wall-clock time, and missing it fails here, by name, rather than
+    // as a confusing assertion later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(auth.providers()[0].keys.ready()
+        || idp.fetches() > 0 && idp.fail.lock().expect("lock").is_some())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror's first fetch did not happen (fetches: {})",
+            idp.fetches()
+        );
         tokio::task::yield_now().await;
     }
     Setup {
@@ -179,15 +184,24 @@ async fn rotation_a_to_ab_to_b_has_no_false_rejections() {
     assert_eq!(check(&s, &b.mint(&claims())).await, Ok(()));
     let m = s.metrics.render();
     assert!(
-        m.contains(r#"jwks_sidecar_jwks_key_changes_total{change="added",provider="p"} 1"#),
+        m.has_sample(
+            r#"jwks_sidecar_jwks_key_changes_total{change="added",provider="p"}"#,
+            1.0
+        ),
         "{m}"
     );
     assert!(
-        m.contains(r#"jwks_sidecar_jwks_key_changes_total{change="removed",provider="p"} 1"#),
+        m.has_sample(
+            r#"jwks_sidecar_jwks_key_changes_total{change="removed",provider="p"}"#,
+            1.0
+        ),
         "{m}"
     );
     assert!(
-        m.contains(r#"jwks_sidecar_jwks_kid_miss_total{provider="p",result="refetched_found"} 1"#),
+        m.has_sample(
+            r#"jwks_sidecar_jwks_kid_miss_total{provider="p",result="refetched_found"}"#,
+            1.0
+        ),
         "{m}"
     );
 }
@@ -255,7 +269,10 @@ async fn not_modified_keeps_the_keys_and_counts_as_success() {
     assert_eq!(check(&s, &k.mint(&claims())).await, Ok(()));
     let m = s.metrics.render();
     assert!(
-        m.contains(r#"jwks_sidecar_jwks_fetch_total{provider="p",result="not_modified"} 1"#),
+        m.has_sample(
+            r#"jwks_sidecar_jwks_fetch_total{provider="p",result="not_modified"}"#,
+            1.0
+        ),
         "{m}"
     );
 }
@@ -274,7 +291,7 @@ async fn idp_outage_serves_stale_within_max_stale_then_503_then_recovers() {
     assert!(s
         .metrics
         .render()
-        .contains(r#"jwks_sidecar_jwks_stale{provider="p"} 1"#));
+        .has_sample(r#"jwks_sidecar_jwks_stale{provider="p"}"#, 1.0));
     assert!(keys.status().stale_since.is_some());
     assert_eq!(
         check(&s, &k.mint(&claims())).await,
@@ -294,7 +311,7 @@ async fn idp_outage_serves_stale_within_max_stale_then_503_then_recovers() {
     assert!(!keys.is_stale());
     let m = s.metrics.render();
     assert!(
-        m.contains(r#"jwks_sidecar_jwks_stale{provider="p"} 0"#),
+        m.has_sample(r#"jwks_sidecar_jwks_stale{provider="p"}"#, 0.0),
         "{m}"
     );
     assert!(

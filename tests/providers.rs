@@ -50,12 +50,7 @@ async fn start(doc: Option<Value>, raw: Option<String>, provider: &str) -> Idp {
         echo.url()
     );
     let sidecar = start_toml(&toml).await;
-    for _ in 0..200 {
-        if sidecar.auth.providers()[0].keys.ready() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_keys_or_fetch(&sidecar).await;
     Idp {
         idp,
         _echo: echo,
@@ -298,10 +293,12 @@ async fn okta_discovery_and_issuer_mismatch() {
         status_reason(&bad.url("/x"), &k.mint(&claims(&iss))).await,
         (503, "no_keys".into())
     );
-    assert!(bad
-        .metrics()
-        .await
-        .contains(r#"jwks_sidecar_jwks_fetch_total{provider="p",result="issuer_mismatch"}"#));
+    wait_metric(
+        &format!("http://{}/metrics", bad.sidecar.admin_addr.expect("admin")),
+        r#"jwks_sidecar_jwks_fetch_total{provider="p",result="issuer_mismatch"}"#,
+        |v| v >= 1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -320,12 +317,7 @@ async fn kubernetes_issuer_with_a_token_file_fetch_header() {
         echo.url(), idp.jwks_uri(), token_file.display()
     );
     let sidecar = start_toml(&toml).await;
-    for _ in 0..200 {
-        if sidecar.auth.providers()[0].keys.ready() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_keys_ready(&sidecar).await;
     let url = format!("http://{}/x", sidecar.proxy_addr);
     let c = json!({"iss": "https://kubernetes.default.svc.cluster.local", "sub": "system:serviceaccount:ns:sa", "aud": ["api"], "exp": now() + 600});
     assert_eq!(
@@ -364,8 +356,9 @@ async fn odd_jwks_x5c_only_no_alg_duplicate_kids_unknown_kty() {
             k.kid
         );
     }
-    assert!(h.metrics().await.contains(
-        r#"jwks_sidecar_jwks_skipped_keys_total{provider="p",reason="unsupported_kty"} 1"#
+    assert!(h.metrics().await.has_sample(
+        r#"jwks_sidecar_jwks_skipped_keys_total{provider="p",reason="unsupported_kty"}"#,
+        1.0
     ));
 }
 

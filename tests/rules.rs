@@ -89,13 +89,7 @@ audiences = ["api"]
 }
 
 async fn wait_ready(s: &jwks_sidecar::Running) {
-    for _ in 0..300 {
-        if s.current_auth().providers().iter().all(|p| p.keys.ready()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("keys never loaded");
+    wait_keys_ready(s).await;
 }
 
 async fn start(toml: &str) -> jwks_sidecar::Running {
@@ -444,14 +438,17 @@ async fn start_file(file: &Path) -> jwks_sidecar::Running {
     s
 }
 
+/// Polls `f` until it holds; panics naming `what` at the deadline (generous, early exit: a
+/// reload is seen by polling the file, on a possibly loaded machine).
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::time::Instant::now() < deadline {
         if f().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("never: {what}");
+    panic!("timed out after {DEADLINE:?} waiting for: {what}");
 }
 
 #[tokio::test]
@@ -490,7 +487,7 @@ async fn reload_valid_invalid_and_unchanged_providers_keep_their_keys() {
     eventually("the rejection is counted", async || {
         s.metrics
             .render()
-            .contains(r#"jwks_sidecar_config_reloads_total{result="error"} 1"#)
+            .has_sample(r#"jwks_sidecar_config_reloads_total{result="error"}"#, 1.0)
     })
     .await;
     assert_eq!(
@@ -500,7 +497,7 @@ async fn reload_valid_invalid_and_unchanged_providers_keep_their_keys() {
     );
     let m = s.metrics.render();
     assert!(
-        m.contains(r#"jwks_sidecar_config_reloads_total{result="ok"} 1"#),
+        m.has_sample(r#"jwks_sidecar_config_reloads_total{result="ok"}"#, 1.0),
         "{m}"
     );
     assert_eq!(m.matches("jwks_sidecar_config_info{").count(), 1, "{m}");
@@ -586,10 +583,22 @@ async fn reload_follows_a_configmap_symlink_swap_under_load_without_failures() {
         0,
         "no request failed during reloads"
     );
-    assert!(s
-        .metrics
-        .render()
-        .contains(r#"jwks_sidecar_config_reloads_total{result="ok"} 4"#));
+    // Counted just after each swap is applied: wait for the fourth count, then check that no
+    // swap was counted twice.
+    eventually("four successful reloads to be counted", async || {
+        sample(
+            &s.metrics.render(),
+            r#"jwks_sidecar_config_reloads_total{result="ok"}"#,
+        )
+        .unwrap_or(0.0)
+            >= 4.0
+    })
+    .await;
+    let m = s.metrics.render();
+    assert!(
+        m.has_sample(r#"jwks_sidecar_config_reloads_total{result="ok"}"#, 4.0),
+        "{m}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -283,15 +283,25 @@ def start_and_probe(binary, cfg):
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([binary, "--config", path], stdout=subprocess.DEVNULL, stderr=errf, env=env)
         ok = False
+        why = ""
         try:
-            deadline = time.time() + 8
-            while time.time() < deadline and proc.poll() is None:
+            # Generous (a debug build on a loaded CI machine), with early exit.
+            timeout = 30
+            deadline = time.time() + timeout
+            while proc.poll() is None:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
-                        ok = r.status == 200
-                        break
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2) as r:
+                        if r.status == 200:
+                            ok = True
+                            break
                 except OSError:
-                    time.sleep(0.1)
+                    pass
+                if time.time() >= deadline:
+                    why = f"still running, but its /healthz did not answer 200 within {timeout}s\n"
+                    break
+                time.sleep(0.1)
+            if not ok and not why:
+                why = f"exited with status {proc.returncode}\n"
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -301,7 +311,7 @@ def start_and_probe(binary, cfg):
                     proc.kill()
                     proc.wait()
         errf.seek(0)
-        return ok, errf.read()
+        return ok, why + errf.read()
 
 
 TEST_JWKS = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
@@ -388,7 +398,8 @@ def cmd_config(args):
                 if m and m.group(1) in PENDING_KEYS and remove_key(cfg, m.group(1)):
                     stripped.append(m.group(1))
                     continue
-                fail(where, "the binary refused it:\n      " + "\n      ".join(err.strip().splitlines()[-8:]))
+                lines = err.strip().splitlines()
+                fail(where, "the binary refused it (" + lines[0] + "):\n      " + "\n      ".join(lines[1:][-8:]))
                 break
             shutil.rmtree(filedir, ignore_errors=True)
             if ok:

@@ -188,7 +188,7 @@ async function startProvider(keys) {
       });
     }
     const outcome = await new Promise((resolve) => {
-      const t = setTimeout(() => resolve({ event: 'error', message: 'provider not ready within 15 s' }), 15000);
+      const t = setTimeout(() => resolve({ event: 'error', message: 'provider not ready within 30 s' }), 30000);
       child.on('message', (m) => {
         if (m?.event === 'ready' || m?.event === 'error') { clearTimeout(t); resolve(m); }
       });

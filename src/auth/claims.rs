@@ -37,6 +37,48 @@ impl ReservedHeaders {
         let folded = fold(name);
         folded.starts_with(&self.prefix) || self.names.contains(&folded)
     }
+
+    /// Every spelling a gateway could pass on for each exact reserved name: each `-` may be
+    /// written `_` (gateways lower-case names, so case needs no variants). Names with more
+    /// than `MAX_SPELLING_SEPARATORS` separators get the all-`-` and all-`_` forms only.
+    pub fn spellings(&self) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = self.names.iter().flat_map(|n| spellings(n)).collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
+        out
+    }
+}
+
+/// Above this many `-`/`_` in a name, only two spellings are listed (2^8 = 256 at most each).
+pub const MAX_SPELLING_SEPARATORS: usize = 8;
+
+/// The `-`/`_` spellings of one folded name (lower case, `-`).
+pub fn spellings(folded: &str) -> Vec<HeaderName> {
+    let seps: Vec<usize> = folded
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'-')
+        .map(|(i, _)| i)
+        .collect();
+    let variants: Vec<String> = if seps.len() > MAX_SPELLING_SEPARATORS {
+        vec![folded.to_string(), folded.replace('-', "_")]
+    } else {
+        (0u32..1 << seps.len())
+            .map(|mask| {
+                let mut b = folded.as_bytes().to_vec();
+                for (bit, &i) in seps.iter().enumerate() {
+                    if mask & (1 << bit) != 0 {
+                        b[i] = b'_';
+                    }
+                }
+                String::from_utf8(b).unwrap_or_default()
+            })
+            .collect()
+    };
+    variants
+        .into_iter()
+        .filter_map(|v| HeaderName::try_from(v).ok())
+        .collect()
 }
 
 fn fold(name: &str) -> String {
@@ -199,6 +241,22 @@ mod tests {
         for n in ["x-jwtsub", "authorization", "x-user", "x-request-id"] {
             assert!(!r.is_reserved(n), "{n}");
         }
+    }
+
+    #[test]
+    fn spellings_cover_every_separator_choice() {
+        let names: Vec<String> = spellings("x-jwt-sub")
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        assert_eq!(names, ["x-jwt-sub", "x_jwt-sub", "x-jwt_sub", "x_jwt_sub"]);
+        let r = ReservedHeaders::new("x-jwt-", ["X_User_Id".to_string(), "x-jwt-sub".into()]);
+        let all = r.spellings();
+        assert_eq!(all.len(), 8);
+        assert!(all.iter().all(|n| r.is_reserved(n.as_str())));
+        let long = "a-b-c-d-e-f-g-h-i-j";
+        assert_eq!(spellings(long).len(), 2);
+        assert_eq!(spellings("plain").len(), 1);
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl Provider {
         ))
     }
 
-    fn algorithms(cfg: &ProviderConfig) -> Vec<Algorithm> {
+    /// The algorithms a provider's keys may be used with (its `algorithms`, or every
+    /// supported asymmetric one).
+    pub fn algorithms(cfg: &ProviderConfig) -> Vec<Algorithm> {
         if cfg.algorithms.is_empty() {
             SUPPORTED_ALGORITHMS
                 .iter()
@@ -91,6 +93,7 @@ impl Provider {
                 audience_claim: cfg.audience_claim.clone(),
                 leeway: cfg.leeway.as_secs(),
                 require_exp: cfg.require_exp,
+                max_lifetime: cfg.max_token_lifetime.map(|d| d.as_secs()),
                 typ: cfg.typ.iter().map(|t| normalize_typ(t)).collect(),
                 required_claims: cfg.required_claims.clone(),
                 required_scopes: cfg.required_scopes.clone(),

@@ -194,6 +194,9 @@ pub struct ClaimPolicy {
     pub leeway: u64,
     /// `exp` must be present.
     pub require_exp: bool,
+    /// Longest accepted lifetime in seconds: `exp` no further than this beyond now, nor
+    /// beyond `iat` (then `exp` is required too). `None`: no bound.
+    pub max_lifetime: Option<u64>,
     /// Accepted `typ` values, lower-cased without `application/` (empty: any).
     pub typ: Vec<String>,
     /// Claims that must be present and not null.
@@ -202,19 +205,29 @@ pub struct ClaimPolicy {
     pub required_scopes: Vec<String>,
 }
 
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z.
+pub const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+/// The earliest NumericDate accepted: 0001-01-01T00:00:00Z.
+pub const MIN_NUMERIC_DATE: f64 = -62_135_596_800.0;
+
+/// A NumericDate claim (RFC 7519 section 2): absent, or a finite number of seconds between
+/// year 1 and year 9999. Anything else (`1e30`, integers past 2^64 that JSON parsing turns
+/// into huge floats, strings) is refused, never read as "far future".
 fn numeric_date(
     claims: &Map<String, Value>,
     name: &'static str,
-    what: &'static str,
+    wrong_type: &'static str,
+    out_of_range: &'static str,
 ) -> Result<Option<f64>, Reject> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .map(Some)
-            .ok_or(Reject::InvalidClaim(what)),
-        Some(_) => Err(Reject::InvalidClaim(what)),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && (MIN_NUMERIC_DATE..=MAX_NUMERIC_DATE).contains(&v) => {
+                Ok(Some(v))
+            }
+            _ => Err(Reject::DateOutOfRange(out_of_range)),
+        },
+        Some(_) => Err(Reject::InvalidClaim(wrong_type)),
     }
 }
 
@@ -223,17 +236,43 @@ pub fn check_claims(token: &ParsedToken<'_>, policy: &ClaimPolicy, now: u64) -> 
     let claims = &token.claims;
     let now = now as f64;
     let leeway = policy.leeway as f64;
-    match numeric_date(claims, "exp", "exp must be a number")? {
+    let exp = numeric_date(
+        claims,
+        "exp",
+        "exp must be a number",
+        "exp is not a date between the years 1 and 9999",
+    )?;
+    let nbf = numeric_date(
+        claims,
+        "nbf",
+        "nbf must be a number",
+        "nbf is not a date between the years 1 and 9999",
+    )?;
+    let iat = numeric_date(
+        claims,
+        "iat",
+        "iat must be a number",
+        "iat is not a date between the years 1 and 9999",
+    )?;
+    match exp {
         Some(exp) if now >= exp + leeway => return Err(Reject::Expired),
         None if policy.require_exp => return Err(Reject::MissingClaim),
         _ => {}
     }
-    if let Some(nbf) = numeric_date(claims, "nbf", "nbf must be a number")? {
+    if let Some(nbf) = nbf {
         if now + leeway < nbf {
             return Err(Reject::NotYetValid);
         }
     }
-    numeric_date(claims, "iat", "iat must be a number")?;
+    if let Some(max) = policy.max_lifetime {
+        let max = max as f64;
+        let Some(exp) = exp else {
+            return Err(Reject::LifetimeTooLong);
+        };
+        if exp - now > max + leeway || iat.is_some_and(|iat| exp - iat > max) {
+            return Err(Reject::LifetimeTooLong);
+        }
+    }
     let aud_ok = match claims.get(&policy.audience_claim) {
         Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
         Some(Value::Array(list)) => list.iter().any(|v| {
@@ -309,6 +348,7 @@ mod tests {
             audience_claim: "aud".into(),
             leeway: 60,
             require_exp: true,
+            max_lifetime: None,
             typ: vec![],
             required_claims: vec![],
             required_scopes: vec![],
@@ -434,6 +474,83 @@ mod tests {
             check_claims(&parse(&t(now + 61)).expect("p"), &p, now),
             Err(Reject::NotYetValid)
         );
+    }
+
+    /// A token whose payload is given as raw JSON text (numbers JSON cannot hold exactly).
+    fn raw_tok(payload: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn numeric_dates_outside_years_1_to_9999_are_refused_not_far_future() {
+        let p = policy();
+        for claim in ["exp", "nbf", "iat"] {
+            for v in [
+                "1e30",
+                "1.7976931348623157e308",
+                "18446744073709551616",
+                "18446744073709551615",
+                "9223372036854775807",
+                "253402300800",
+                "-1e30",
+                "-62135596801",
+            ] {
+                let payload = if claim == "exp" {
+                    format!(r#"{{"aud":"api","exp":{v}}}"#)
+                } else {
+                    format!(r#"{{"aud":"api","exp":2000000000,"{claim}":{v}}}"#)
+                };
+                let t = raw_tok(&payload);
+                let got = check_claims(&parse(&t).expect("p"), &p, 1_000_000);
+                assert!(
+                    matches!(got, Err(Reject::DateOutOfRange(m)) if m.starts_with(claim)),
+                    "{claim}={v}: {got:?}"
+                );
+            }
+        }
+        // The last representable second is still a date.
+        let t = raw_tok(r#"{"aud":"api","exp":253402300799}"#);
+        assert_eq!(check_claims(&parse(&t).expect("p"), &p, 1_000_000), Ok(()));
+    }
+
+    #[test]
+    fn max_lifetime_bounds_exp_from_now_and_from_iat() {
+        let mut p = policy();
+        p.max_lifetime = Some(3600);
+        let now = 1_000_000u64;
+        let t = |claims: Value| tok(json!({"alg": "RS256"}), claims);
+        let check = |claims: Value| check_claims(&parse(&t(claims)).expect("p"), &p, now);
+        assert_eq!(check(json!({"aud": "api", "exp": now + 3600})), Ok(()));
+        // The leeway applies to "beyond now" (clock skew), not to exp - iat.
+        assert_eq!(check(json!({"aud": "api", "exp": now + 3660})), Ok(()));
+        assert_eq!(
+            check(json!({"aud": "api", "exp": now + 3661})),
+            Err(Reject::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(json!({"aud": "api", "exp": now + 60, "iat": now - 3600})),
+            Err(Reject::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(json!({"aud": "api", "exp": now + 60, "iat": now - 3540})),
+            Ok(())
+        );
+        let mut optional = p.clone();
+        optional.require_exp = false;
+        assert_eq!(
+            check_claims(
+                &parse(&t(json!({"aud": "api"}))).expect("p"),
+                &optional,
+                now
+            ),
+            Err(Reject::LifetimeTooLong)
+        );
+        assert_eq!(Reject::LifetimeTooLong.status(), 401);
+        assert_eq!(Reject::LifetimeTooLong.error_code(), Some("invalid_token"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `envoy.service.auth.v3.Authorization/Check` and `grpc.health.v1` on one port.
 //!
 //! Allow: `OkHttpResponse` whose identity headers overwrite any the client sent,
-//! `headers_to_remove` naming client-sent identity headers, and the verified claims in
+//! `headers_to_remove` naming every spelling of every identity header the sidecar can set
+//! (and any other identity-looking header the client sent), and the verified claims in
 //! `dynamic_metadata` (under `jwks_sidecar`) for later filters. Deny: `DeniedHttpResponse`
 //! with the status (401/403/503), `WWW-Authenticate` and the JSON body, and a non-OK
 //! `status`. Keys unavailable is such a denial (503), never an RPC error, so Envoy's
@@ -137,12 +138,10 @@ impl Authorization for AuthzGrpc {
                     .as_ref()
                     .map(|v| policy.identity_headers(v))
                     .unwrap_or_default();
-                // Headers set below overwrite the client's copies; removing them as well would
-                // drop the verified value.
-                for n in spoofed
-                    .iter()
-                    .filter(|n| !identity.iter().any(|(h, _)| h == *n))
-                {
+                // Every spelling of every identity header, whether or not the check request
+                // carried the client's copy; headers set below overwrite the client's copies
+                // (removing them as well would drop the verified value).
+                for n in policy.headers_to_remove(&spoofed, &identity) {
                     ok.remove_header(n.as_str());
                 }
                 if let Some(v) = verified {
@@ -224,14 +223,16 @@ impl Authorization for AuthzGrpc {
 /// gRPC server, fed round-robin by the accept loop here, so Checks scale with the workers
 /// like the HTTP listeners do. After `shutdown` the servers drain for at most `grace`: a
 /// client holding a stream open (a health `Watch` never ends by itself) cannot hold up the
-/// exit.
+/// exit. The listener has the same connection cap, open-connections gauge and error
+/// counters as the HTTP listeners (`opts`, named `authz_grpc`).
 pub async fn serve(
     listener: TcpListener,
     service: AuthzGrpc,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    metrics: Arc<crate::metrics::Metrics>,
+    opts: crate::server::ServeOptions,
 ) {
+    let grace = opts.grace;
+    let limit = crate::server::ConnLimit::new(&opts);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AuthorizationServer<AuthzGrpc>>()
@@ -250,18 +251,23 @@ pub async fn serve(
             health.clone(),
             service.clone(),
             shutdown.clone(),
+            opts.clone(),
         )));
     }
     // The connection is dropped (closed); counted like the HTTP listeners' hand-off failures.
     let handoff_failed = |e: &dyn std::fmt::Display| {
-        metrics
-            .connection_errors_total
-            .with_label_values(&["authz_grpc", "io"])
-            .inc();
+        if let Some(m) = &opts.metrics {
+            m.connection_errors_total
+                .with_label_values(&["authz_grpc", "io"])
+                .inc();
+        }
         tracing::warn!(listener = "authz_grpc", error = %e, "cannot hand a connection to its gRPC server; closed");
     };
     let mut next = 0usize;
     loop {
+        let Some(slot) = limit.acquire(&mut shutdown).await else {
+            break;
+        };
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
@@ -269,9 +275,7 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // EMFILE and the like: wait instead of spinning; the backlog holds clients
-                tracing::warn!(listener = "authz_grpc", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                limit.accept_failed(&e).await;
                 continue;
             }
         };
@@ -282,7 +286,7 @@ pub async fn serve(
             // Waits while that server has 64 connections not yet taken up (back-pressure),
             // but never past shutdown: a stopping server no longer takes any up.
             Ok(s) => tokio::select! {
-                sent = queue.send(s) => if sent.is_err() {
+                sent = queue.send((s, slot)) => if sent.is_err() {
                     handoff_failed(&"the server has stopped");
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -315,13 +319,72 @@ fn drain_timed_out() {
 
 /// Accepted connections handed to one server, as a tonic `incoming` stream: each socket is
 /// registered with the reactor of the runtime that polls the stream (that server's).
-struct Handed(tokio::sync::mpsc::Receiver<std::net::TcpStream>);
+struct Handed(tokio::sync::mpsc::Receiver<(std::net::TcpStream, crate::server::ConnSlot)>);
 
 impl futures_core::Stream for Handed {
-    type Item = std::io::Result<TcpStream>;
+    type Item = std::io::Result<Counted>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|s| s.map(TcpStream::from_std))
+        self.0.poll_recv(cx).map(|s| {
+            s.map(|(stream, slot)| {
+                TcpStream::from_std(stream).map(|inner| Counted { inner, _slot: slot })
+            })
+        })
+    }
+}
+
+/// A gRPC connection holding its share of the listener's limits (connection permit and
+/// open-connections gauge) until tonic drops it.
+struct Counted {
+    inner: TcpStream,
+    _slot: crate::server::ConnSlot,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
@@ -330,6 +393,7 @@ async fn serve_incoming<I, IO, E, H>(
     health: tonic_health::pb::health_server::HealthServer<H>,
     service: AuthzGrpc,
     mut shutdown: watch::Receiver<bool>,
+    opts: crate::server::ServeOptions,
 ) where
     I: futures_core::Stream<Item = Result<IO, E>>,
     IO: tokio::io::AsyncRead
@@ -343,6 +407,10 @@ async fn serve_incoming<I, IO, E, H>(
     H: tonic_health::pb::health_server::Health,
 {
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(opts.max_h2_streams)
+        .http2_max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(AuthorizationServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move {

@@ -7,7 +7,8 @@
 //! | `forward_path` | Traefik ForwardAuth, Caddy `forward_auth` | `X-Forwarded-Method`, `X-Forwarded-Uri` |
 //!
 //! Allow: 200 with the identity headers (and, for Envoy, `x-envoy-auth-headers-to-remove`
-//! naming the identity headers the client sent). Deny: 401/403/503 with `WWW-Authenticate`
+//! naming every spelling of every identity header the sidecar can set, plus any other
+//! identity-looking header the client sent). Deny: 401/403/503 with `WWW-Authenticate`
 //! and a JSON body. nginx turns anything but 2xx/401/403 into 500.
 
 use std::sync::Arc;
@@ -162,17 +163,19 @@ impl AuthzHttp {
                 if let Some(v) = verified {
                     headers = policy.identity_headers(v);
                 }
-                // Headers this answer sets overwrite the client's copies; naming them for
-                // removal too would make Envoy drop the verified value (it removes last).
-                let to_remove: Vec<&str> = spoofed
-                    .iter()
-                    .filter(|n| !headers.iter().any(|(h, _)| h == *n))
-                    .map(|n| n.as_str())
-                    .collect();
-                if conv == Convention::Envoy && !to_remove.is_empty() {
-                    let names = to_remove;
-                    if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-                        headers.push((REMOVE.clone(), v));
+                // Every spelling of every identity header goes on the removal list, whether
+                // or not Envoy showed us the client's copy (its `allowed_headers` may list
+                // only `authorization`); the headers set here overwrite the client's copies.
+                if conv == Convention::Envoy {
+                    let names: Vec<String> = policy
+                        .headers_to_remove(&spoofed, &headers)
+                        .iter()
+                        .map(|n| n.as_str().to_string())
+                        .collect();
+                    if !names.is_empty() {
+                        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+                            headers.push((REMOVE.clone(), v));
+                        }
                     }
                 }
                 let mut r = Response::new(Full::new(Bytes::new()));

@@ -6,10 +6,11 @@
 //! for `kid_miss_min_interval`: those requests are refused at once (`rate_limited`). Kids a
 //! refetch proved absent are remembered for the same interval in a bounded negative cache.
 //! So any number of random kids costs at most two fetches per interval (one on demand, one
-//! deferred). A refused request
-//! still leaves a note: the refresher fetches again as soon as the interval allows, so a
-//! real rotation hidden behind junk kids is picked up within one interval, not at the next
-//! scheduled refresh.
+//! deferred). A rate-limited request still leaves a note: the refresher fetches again as
+//! soon as the interval allows. When that deferred refetch is due within `kid_miss_wait`,
+//! the request waits for it instead of being refused. So after junk traffic a genuinely new
+//! kid is refused for at most `kid_miss_min_interval - kid_miss_wait` (28 s at the
+//! defaults), and is accepted as soon as the deferred refetch has run.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -62,6 +63,7 @@ struct GateState {
 /// The rendezvous between requests with unknown kids and the provider's refresher.
 pub struct KidMissGate {
     notify: Notify,
+    rearm: Notify,
     done: watch::Sender<u64>,
     state: Mutex<GateState>,
     min_interval: Duration,
@@ -73,6 +75,7 @@ impl KidMissGate {
     pub fn new(min_interval: Duration, wait: Duration) -> Self {
         KidMissGate {
             notify: Notify::new(),
+            rearm: Notify::new(),
             done: watch::channel(0).0,
             state: Mutex::new(GateState::default()),
             min_interval,
@@ -86,7 +89,7 @@ impl KidMissGate {
         if kid.len() > MAX_KID_LEN {
             return KidMiss::RateLimited;
         }
-        let mut rx = {
+        let (mut rx, wait) = {
             let Ok(mut st) = self.state.lock() else {
                 return KidMiss::RateLimited;
             };
@@ -98,21 +101,40 @@ impl KidMissGate {
                 }
                 None => {}
             }
+            let mut wait = self.wait;
             if !st.requested {
-                if st
+                match st
                     .last_start
-                    .is_some_and(|last| now < last + self.min_interval)
+                    .map(|last| last + self.min_interval)
+                    .filter(|due| now < *due)
                 {
-                    st.deferred = true;
-                    return KidMiss::RateLimited;
+                    Some(due) => {
+                        if !st.deferred {
+                            st.deferred = true;
+                            // The refresher may be asleep until its next scheduled fetch:
+                            // have it wake at `due` instead.
+                            self.rearm.notify_one();
+                        }
+                        // The deferred refetch is scheduled: when it starts within this
+                        // request's wait, wait for it (and for the fetch itself) instead of
+                        // refusing, so junk kids just before a real rotation cannot turn the
+                        // new key away.
+                        if due > now + self.wait {
+                            return KidMiss::RateLimited;
+                        }
+                        wait += due - now;
+                    }
+                    None => {
+                        st.deferred = false;
+                        st.requested = true;
+                        st.last_start = Some(now);
+                        self.notify.notify_one();
+                    }
                 }
-                st.requested = true;
-                st.last_start = Some(now);
-                self.notify.notify_one();
             }
-            self.done.subscribe()
+            (self.done.subscribe(), wait)
         };
-        match tokio::time::timeout(self.wait, rx.changed()).await {
+        match tokio::time::timeout(wait, rx.changed()).await {
             Ok(Ok(())) => {
                 if has_kid() {
                     KidMiss::RefetchedFound
@@ -142,6 +164,12 @@ impl KidMissGate {
     /// Refresher side: resolves when a request asked for a refetch.
     pub async fn requested(&self) {
         self.notify.notified().await
+    }
+
+    /// Refresher side: resolves when a deferred refetch was newly noted (recompute the wake-up
+    /// time with `deferred_due`).
+    pub async fn deferred_noted(&self) {
+        self.rearm.notified().await
     }
 
     /// Refresher side: when a rate-limited kid miss is waiting, the time its refetch is allowed.

@@ -177,11 +177,23 @@ impl KeySet {
     ) -> Result<(KeySet, Vec<SkippedKey>), JwksError> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| JwksError("key document is not UTF-8".into()))?;
-        if text.trim_start().starts_with("-----BEGIN") {
+        let trimmed = text.trim();
+        if trimmed.starts_with("-----BEGIN") {
             return Self::from_pem(text, None, policy);
         }
-        let doc: Value = serde_json::from_str(text)
-            .map_err(|e| JwksError(format!("JWKS is not valid JSON: {e}")))?;
+        if is_bare_base64(trimmed) {
+            // Clerk's dashboard "JWT Verification Key": a PEM public key with its header and
+            // footer removed, on one line.
+            let pem = format!("-----BEGIN PUBLIC KEY-----\n{trimmed}\n-----END PUBLIC KEY-----\n");
+            return Self::from_pem(&pem, None, policy);
+        }
+        let doc: Value = serde_json::from_str(text).map_err(|e| {
+            JwksError(format!(
+                "key material is not usable: expected a JWKS ({{\"keys\": [...]}}), a {{kid: PEM}} map, \
+                 a PEM public key or certificate (-----BEGIN PUBLIC KEY-----), or a bare base64 \
+                 SubjectPublicKeyInfo (Clerk's JWT verification key); it is not valid JSON: {e}"
+            ))
+        })?;
         Self::from_document(&doc, policy)
     }
 
@@ -284,9 +296,12 @@ impl KeySet {
         Ok((KeySet::from_keys(out), skipped))
     }
 
-    /// Candidate keys for a token: those with its kid, or every key when it has none.
+    /// Candidate keys for a token: those with its kid, or every key when it has none. A set
+    /// in which no key has a kid (a PEM public key, such as Clerk's, whose tokens still carry
+    /// a `kid`) offers all its keys whatever the token's kid: the signature decides.
     pub fn candidates(&self, kid: Option<&str>) -> &[Arc<Key>] {
         match kid {
+            Some(_) if self.by_kid.is_empty() => &self.keys,
             Some(kid) => self.by_kid.get(kid).map(|v| &v[..]).unwrap_or(&[]),
             None => &self.keys,
         }
@@ -595,6 +610,15 @@ fn finish_key(
         verifier,
         public_jwk: Value::Object(public),
     })
+}
+
+/// Whether key material is bare standard base64 (a DER body without PEM armour): at least
+/// one line of base64 alphabet, whitespace allowed, nothing else.
+fn is_bare_base64(text: &str) -> bool {
+    text.len() >= 32
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=') || b.is_ascii_whitespace()
+        })
 }
 
 /// PEM blocks as (label, DER bytes); malformed blocks are left out.

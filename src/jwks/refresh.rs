@@ -500,15 +500,28 @@ impl<S: Source> Mirror<S> {
                     delay = delay.min(deadline - now + Duration::from_millis(1));
                 }
             }
-            if let Some(due) = self.keys.gate.deferred_due() {
-                delay = delay.min(due.saturating_duration_since(now));
-            }
-            let next = unix_secs(SystemTime::now() + delay);
-            self.keys.update_status(|s| s.next_fetch = Some(next));
-            tokio::select! {
-                                _ = tokio::time::sleep(delay) => kid_miss = self.keys.gate.start_deferred(),
-                _ = self.keys.gate.requested() => kid_miss = true,
-                _ = shutdown.changed() => return,
+            let scheduled = now + delay;
+            loop {
+                let mut wake = scheduled;
+                if let Some(due) = self.keys.gate.deferred_due() {
+                    wake = wake.min(due);
+                }
+                let next =
+                    unix_secs(SystemTime::now() + wake.saturating_duration_since(Instant::now()));
+                self.keys.update_status(|s| s.next_fetch = Some(next));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {
+                        kid_miss = self.keys.gate.start_deferred();
+                        break;
+                    }
+                    _ = self.keys.gate.requested() => {
+                        kid_miss = true;
+                        break;
+                    }
+                    // A kid miss was deferred while this task slept: wake at its due time.
+                    _ = self.keys.gate.deferred_noted() => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }

@@ -68,13 +68,7 @@ impl Harness {
     }
 
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if self.sidecar.auth.providers().iter().all(|p| p.keys.ready()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("sidecar never loaded keys");
+        wait_keys_ready(&self.sidecar).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -203,10 +197,11 @@ pub fn free_addr() -> std::net::SocketAddr {
         .expect("addr")
 }
 
-/// Waits up to ~10 s until `listening` accepts connections and `admin` answers `/readyz`
-/// with 200 (a sidecar started as a child process).
+/// Waits (up to [`DEADLINE`]) until `listening` accepts connections and `admin` answers
+/// `/readyz` with 200 (a sidecar started as a child process); false at the deadline.
 pub async fn wait_ready(listening: std::net::SocketAddr, admin: std::net::SocketAddr) -> bool {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(listening).await.is_ok()
             && tokio::net::TcpStream::connect(admin).await.is_ok()
             && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
@@ -218,10 +213,134 @@ pub async fn wait_ready(listening: std::net::SocketAddr, admin: std::net::Socket
     false
 }
 
+/// How long a test waits for something that should happen in milliseconds: generous, for a
+/// loaded 2-core CI machine; every wait returns as soon as the awaited thing happens.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` (every 20 ms) until it holds; panics naming `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every provider of `sidecar` has keys; panics at [`DEADLINE`].
+pub async fn wait_keys_ready(sidecar: &Running) {
+    wait_until("every provider's keys to load", DEADLINE, || async {
+        sidecar
+            .current_auth()
+            .providers()
+            .iter()
+            .all(|p| p.keys.ready())
+    })
+    .await;
+}
+
+/// Waits until every provider of `sidecar` has keys or has had a JWKS fetch counted (for a
+/// provider that is meant to stay without keys); panics at [`DEADLINE`].
+pub async fn wait_keys_or_fetch(sidecar: &Running) {
+    wait_until(
+        "every provider's keys to load or a JWKS fetch to be counted",
+        DEADLINE,
+        || async {
+            let m = sidecar.metrics.render();
+            sidecar.current_auth().providers().iter().all(|p| {
+                p.keys.ready()
+                    || metric_series(&m, "jwks_sidecar_jwks_fetch_total").any(|(labels, v)| {
+                        labels.contains(&format!("provider=\"{}\"", p.name)) && v >= 1.0
+                    })
+            })
+        },
+    )
+    .await;
+}
+
+/// The samples of metric family member `name` in a Prometheus text exposition, as (label
+/// set text, value): `name{a="1"} 2` gives `("a=\"1\"", 2.0)`.
+pub fn metric_series<'a>(
+    text: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines().filter_map(move |l| {
+        if l.starts_with('#') {
+            return None;
+        }
+        let (series, value) = l.rsplit_once(' ')?;
+        let labels = match series.strip_prefix(name)? {
+            "" => "",
+            rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+        };
+        Some((labels, value.parse().ok()?))
+    })
+}
+
+/// The value of exactly one series, written as the exposition writes it (labels in its
+/// order): `sample(&m, r#"jwks_sidecar_config_reloads_total{result="ok"}"#)`. None when the
+/// series is absent. Parsed, so `...} 1` never matches a value of 10.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| match l.rsplit_once(' ') {
+            Some((s, v)) if s == series => v.parse().ok(),
+            _ => None,
+        })
+}
+
+/// Waits until the series' value (0 when absent) at `metrics_url` satisfies `ok`; returns
+/// the scrape that satisfied it. Panics at [`DEADLINE`], naming the series and its last value.
+pub async fn wait_metric(metrics_url: &str, series: &str, ok: impl Fn(f64) -> bool) -> String {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let m = get(metrics_url, &[]).await.2;
+        let v = sample(&m, series).unwrap_or(0.0);
+        if ok(v) {
+            return m;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {DEADLINE:?} waiting for {series} (last value {v}):\n{m}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The kids of a JWKS document (e.g. the admin listener's `/jwks/{provider}`), parsed.
+pub fn jwks_kids(body: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JWKS {body:?}: {e}"));
+    v["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no keys array in {body}"))
+        .iter()
+        .filter_map(|k| k["kid"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// A signing key of `alg`, a fake IdP serving it, and an echo upstream.
 pub async fn idp_and_echo(alg: Algorithm) -> (Arc<SigningKey>, FakeIdp, EchoUpstream) {
     let k = key(alg);
     let idp = FakeIdp::start(&[&k], 0).await.expect("idp");
     let echo = EchoUpstream::start().await.expect("echo");
     (k, idp, echo)
+}
+
+/// Exact comparisons against a Prometheus text exposition.
+pub trait Scrape {
+    /// The series (written as the exposition writes it) is present with exactly `value`.
+    fn has_sample(&self, series: &str, value: f64) -> bool;
+}
+
+impl Scrape for str {
+    fn has_sample(&self, series: &str, value: f64) -> bool {
+        sample(self, series) == Some(value)
+    }
 }
