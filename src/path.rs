@@ -171,7 +171,9 @@ fn double_encoded(s: &str) -> bool {
 fn decodes_to_plain_utf8(s: &str) -> bool {
     let once = percent_decode(s);
     match std::str::from_utf8(&once) {
-        Ok(text) => !text.chars().any(|c| c.is_control() || CONFUSABLES.contains(&c)),
+        Ok(text) => !text
+            .chars()
+            .any(|c| c.is_control() || CONFUSABLES.contains(&c)),
         Err(_) => false,
     }
 }
