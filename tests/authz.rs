@@ -3,13 +3,9 @@
 
 mod support;
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpStatusCode};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
+use envoy_types::ext_authz::v3::pb::HttpStatusCode;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
 use serde_json::json;
@@ -265,27 +261,6 @@ async fn scope_is_403_and_no_keys_is_503_on_the_authz_listener() {
         Some(1.0),
         "{m}"
     );
-}
-
-fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "app.example.com".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 #[tokio::test]

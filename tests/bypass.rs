@@ -16,13 +16,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
 use jwks_sidecar::testkit::{b64, now, SigningKey};
@@ -122,24 +117,7 @@ impl Sidecar {
         let mut client = AuthorizationClient::connect(format!("http://{}", self.grpc))
             .await
             .expect("connect");
-        let req = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(AttrRequest {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        path: path.into(),
-                        host: "app.example.com".into(),
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        };
+        let req = check_request(path, headers);
         client
             .check(req)
             .await

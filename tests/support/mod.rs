@@ -344,3 +344,32 @@ impl Scrape for str {
         sample(self, series) == Some(value)
     }
 }
+
+/// An Envoy `CheckRequest` for a GET of `path` on app.example.com with these headers.
+pub fn check_request(
+    path: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: "app.example.com".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
