@@ -225,7 +225,7 @@ def paths():
     # every opt-in combination (byte 0 bits: encoded slash, double encoding, parameters).
     for i, p in enumerate(["/public/%252e%252e/admin", "/p/%25%32%65%25%32%65/x", "/p%25252f",
                            "/admin;jsessionid=1", "/admin%09", "/p/%c0%ae%c0%ae/a", "/p%EF%BC%8F",
-                           "/100%25", "/caf%C3%A9", "/a%2541", "/a%C2%85"]):
+                           "/100%25", "/caf%C3%A9", "/a%2541", "/a%C2%85", "/a/%3B", "/a%253b"]):
         for ctl in range(8):
             write(t, f"d{i:02}_{ctl}", bytes([ctl]) + p.encode())
 
