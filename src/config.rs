@@ -885,17 +885,19 @@ impl Config {
             if sources != 1 {
                 p.push(format!("{at} ({}): set exactly one of jwks_uri, discovery_url (or discovery = true), jwks_file, jwks, public_key_pem, public_key_env; found {sources}", prov.name));
             }
-            if let Some(var) = &prov.public_key_env {
-                if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
-                    p.push(format!("{at}.public_key_env = {var:?}: that environment variable is not set (it should hold the provider's public key, PEM or bare base64)"));
-                }
-            }
-            let inline_key = prov.public_key_pem.clone().or_else(|| {
-                prov.public_key_env
-                    .as_ref()
-                    .and_then(|v| std::env::var(v).ok())
-                    .filter(|v| !v.trim().is_empty())
-            });
+            // The inline key, from the config or the environment, is parsed here so that
+            // unusable key material is a config error, not a provider without keys.
+            let inline_key = match (&prov.public_key_pem, &prov.public_key_env) {
+                (Some(pem), _) => Some(pem.clone()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(v) if !v.trim().is_empty() => Some(v),
+                    _ => {
+                        p.push(format!("{at}.public_key_env = {var:?}: that environment variable is not set (it should hold the provider's public key, PEM or bare base64)"));
+                        None
+                    }
+                },
+                _ => None,
+            };
             if let Some(text) = inline_key {
                 let policy = crate::jwks::ParsePolicy {
                     algorithms: crate::auth::provider::Provider::algorithms(prov),

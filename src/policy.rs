@@ -192,16 +192,20 @@ impl Policy {
         spoofed: &[HeaderName],
         set: &[(HeaderName, HeaderValue)],
     ) -> Vec<HeaderName> {
-        let mut out: Vec<HeaderName> = self
-            .identity_spellings
+        let unset = |n: &&HeaderName| !set.iter().any(|(h, _)| h == *n);
+        // `identity_spellings` is sorted and deduplicated once, when the policy is compiled;
+        // the client's own spoofs (usually none) are added only when not already listed.
+        let extra = spoofed.iter().filter(|n| {
+            self.identity_spellings
+                .binary_search_by(|s| s.as_str().cmp(n.as_str()))
+                .is_err()
+        });
+        self.identity_spellings
             .iter()
-            .chain(spoofed)
-            .filter(|n| !set.iter().any(|(h, _)| h == *n))
+            .chain(extra)
+            .filter(unset)
             .cloned()
-            .collect();
-        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        out.dedup();
-        out
+            .collect()
     }
 
     /// Names of inbound headers that could pass for identity headers (to strip or to ask the

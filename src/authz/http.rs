@@ -167,13 +167,10 @@ impl AuthzHttp {
                 // or not Envoy showed us the client's copy (its `allowed_headers` may list
                 // only `authorization`); the headers set here overwrite the client's copies.
                 if conv == Convention::Envoy {
-                    let names: Vec<String> = policy
-                        .headers_to_remove(&spoofed, &headers)
-                        .iter()
-                        .map(|n| n.as_str().to_string())
-                        .collect();
+                    let names = policy.headers_to_remove(&spoofed, &headers);
                     if !names.is_empty() {
-                        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+                        let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+                        if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
                             headers.push((REMOVE.clone(), v));
                         }
                     }
