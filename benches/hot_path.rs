@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::auth::Authenticator;
 use jwks_sidecar::config::ArrayClaimFormat;
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::jwks::KeySet;
 use jwks_sidecar::metrics::Metrics;
-use jwks_sidecar::testkit::{alg_name, jwks, now, SigningKey};
+use jwks_sidecar::testkit::{jwks, now, SigningKey};
 use serde_json::json;
 
 const ISS: &str = "https://idp.bench";
@@ -24,8 +24,8 @@ fn setup(keys: &[&SigningKey], cache: bool) -> Authenticator {
         "[token_cache]\nenabled = {cache}\n[[providers]]\nname = \"p\"\nissuer = \"{ISS}\"\njwks = {}\naudiences = [\"api\"]\n[providers.claim_headers]\nsub = \"x-jwt-sub\"\nemail = \"x-jwt-email\"\n",
         toml_inline(&doc)
     );
-    let cfg = jwks_sidecar::config::from_toml_str(&toml).expect("config");
-    let auth = Authenticator::new(&cfg, Arc::new(Metrics::new()));
+    let plan = jwks_sidecar::plan::from_toml_str(&toml).expect("config");
+    let auth = Authenticator::new(&plan, Arc::new(Metrics::new()));
     let (set, _) = KeySet::from_document(&doc, &auth.providers()[0].keys.policy).expect("keys");
     auth.providers()[0].keys.store(set);
     auth
@@ -54,16 +54,10 @@ fn claims() -> serde_json::Value {
 }
 
 fn bench(c: &mut Criterion) {
-    let algs = [
-        Algorithm::RS256,
-        Algorithm::PS256,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ];
+    let algs = [Alg::RS256, Alg::PS256, Alg::ES256, Alg::ES384, Alg::EdDSA];
     let keys: Vec<SigningKey> = algs
         .iter()
-        .map(|a| SigningKey::generate(*a, alg_name(*a)))
+        .map(|a| SigningKey::generate(*a, a.name()))
         .collect();
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let uncached = setup(&refs, false);
@@ -71,7 +65,7 @@ fn bench(c: &mut Criterion) {
     let t = now();
     for k in &keys {
         let token = k.mint(&claims());
-        c.bench_function(&format!("verify/{}", alg_name(k.alg)), |b| {
+        c.bench_function(&format!("verify/{}", k.alg.name()), |b| {
             b.iter(|| uncached.verify(black_box(&token), t).expect("valid"))
         });
     }

@@ -4,23 +4,22 @@
 use std::fmt::Write;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::jwks::refresh::{fetch_key_set, ConfiguredSource};
+use crate::jwks::source::{fetch_key_set, fetcher_for, ConfiguredSource};
 use crate::metrics::Metrics;
-use crate::testkit::alg_name;
+use crate::plan::Plan;
 
 /// Fetches every provider's keys; `Ok(report)` when all have usable keys.
-pub async fn check(config: &Config) -> Result<String, String> {
+pub async fn check(plan: &Plan) -> Result<String, String> {
     crate::install_crypto_provider();
     let metrics = std::sync::Arc::new(Metrics::new());
-    let auth = Authenticator::new(config, metrics);
+    let auth = Authenticator::new(plan, metrics);
     let fetcher = crate::jwks::fetch::Fetcher::new();
     let mut report = String::new();
     let mut failed = Vec::new();
-    for (p, cfg) in auth.providers().iter().zip(&config.providers) {
+    for (p, pp) in auth.providers().iter().zip(&plan.providers) {
         let _ = writeln!(report, "provider {:?} (issuer {})", p.name, p.issuer);
-        let source = match crate::fetcher_for(cfg, &fetcher) {
-            Ok(f) => ConfiguredSource::new(f, cfg, Some(p.keys.clone())),
+        let source = match fetcher_for(&pp.keys, &fetcher) {
+            Ok(f) => ConfiguredSource::new(f, &pp.keys, Some(p.keys.clone())),
             Err(e) => {
                 failed.push(e);
                 continue;
@@ -36,7 +35,7 @@ pub async fn check(config: &Config) -> Result<String, String> {
                         .algorithms
                         .iter()
                         .filter(|a| k.accepts(**a))
-                        .map(|a| alg_name(*a))
+                        .map(|a| a.name())
                         .collect();
                     let _ = writeln!(
                         report,
@@ -61,20 +60,15 @@ pub async fn check(config: &Config) -> Result<String, String> {
             Err(e) => failed.push(format!("provider {:?}: {} ({})", p.name, e, e.label())),
         }
     }
-    match crate::rules::Rules::compile(config) {
-        Ok(rules) => {
-            let _ = writeln!(report, "rules (first match wins):");
-            for line in rules.describe() {
-                let _ = writeln!(report, "  {line}");
-            }
-            for (later, earlier) in rules.shadowed() {
-                let _ = writeln!(
-                    report,
-                    "  WARNING: {later} can never match: {earlier} matches every request it would"
-                );
-            }
-        }
-        Err(errs) => failed.extend(errs),
+    let _ = writeln!(report, "rules (first match wins):");
+    for line in plan.rules.describe() {
+        let _ = writeln!(report, "  {line}");
+    }
+    for (later, earlier) in plan.rules.shadowed() {
+        let _ = writeln!(
+            report,
+            "  WARNING: {later} can never match: {earlier} matches every request it would"
+        );
     }
     if failed.is_empty() {
         report.push_str("OK\n");

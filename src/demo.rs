@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::jose::Alg;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -329,7 +329,7 @@ async fn bind_or_any(port: u16) -> u16 {
 /// Runs the demo until Ctrl-C.
 pub async fn run(port: u16) -> Result<(), String> {
     crate::install_crypto_provider();
-    let key = Arc::new(SigningKey::generate(Algorithm::RS256, "demo-rs256"));
+    let key = Arc::new(SigningKey::generate(Alg::RS256, "demo-rs256"));
     let idp = FakeIdp::start(&[&key], 0)
         .await
         .map_err(|e| format!("demo issuer: {e}"))?;
@@ -366,14 +366,14 @@ scope = "x-jwt-scope"
         upstream = echo.url(),
         issuer = idp.issuer(),
     );
-    let config = crate::config::from_toml_str(&toml).map_err(|e| e.to_string())?;
-    crate::telemetry::init(&config.log);
-    let running = crate::start(config).await?;
-    for _ in 0..100 {
-        if running.auth.providers().iter().all(|p| p.keys.ready()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let plan = crate::plan::from_toml_str(&toml).map_err(|e| e.to_string())?;
+    crate::telemetry::init(&plan.config.log);
+    let running = crate::start_with(plan, None, Default::default()).await?;
+    if tokio::time::timeout(Duration::from_secs(5), running.keys_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the demo identity provider's keys did not load within 5 s");
     }
     let now = crate::auth::now_unix();
     let good = key.mint(

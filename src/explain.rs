@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{now_unix, verify, Authenticator};
-use crate::config::Config;
-use crate::jwks::refresh::{fetch_key_set, ConfiguredSource};
+use crate::auth::{now_unix, Authenticator};
+use crate::jose::Trace;
+use crate::jwks::source::{fetch_key_set, fetcher_for, ConfiguredSource};
 use crate::jwks::{KeySet, ProviderKeys};
 use crate::metrics::Metrics;
+use crate::plan::{Plan, ProviderPlan};
 use crate::policy::Policy;
 use crate::rules::Access;
 
@@ -37,7 +38,7 @@ fn mark(ok: bool) -> &'static str {
 
 async fn load_keys(
     keys: &ProviderKeys,
-    cfg: &crate::config::ProviderConfig,
+    pp: &ProviderPlan,
     offline: Option<&Path>,
 ) -> Result<usize, String> {
     let (set, _) = match offline {
@@ -46,8 +47,8 @@ async fn load_keys(
             KeySet::parse(&bytes, &keys.policy).map_err(|e| e.0)?
         }
         None => {
-            let fetcher = crate::fetcher_for(cfg, &crate::jwks::fetch::Fetcher::new())?;
-            let source = ConfiguredSource::new(fetcher, cfg, None);
+            let fetcher = fetcher_for(&pp.keys, &crate::jwks::fetch::Fetcher::new())?;
+            let source = ConfiguredSource::new(fetcher, &pp.keys, None);
             fetch_key_set(&source, keys)
                 .await
                 .map_err(|e| e.to_string())?
@@ -59,7 +60,8 @@ async fn load_keys(
 }
 
 /// Explains one request; returns the report.
-pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, String> {
+pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String> {
+    let config = &plan.config;
     crate::install_crypto_provider();
     let mut out = String::new();
     let (method, target) = req
@@ -84,7 +86,7 @@ pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, St
         .map(str::to_string);
 
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(config, metrics));
+    let auth = Arc::new(Authenticator::new(plan, metrics));
     let _ = writeln!(out, "request: {method} {target}");
     let _ = writeln!(
         out,
@@ -95,8 +97,8 @@ pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, St
             "fetched now"
         }
     );
-    for (p, cfg) in auth.providers().iter().zip(&config.providers) {
-        match load_keys(&p.keys, cfg, req.offline.as_deref()).await {
+    for (p, pp) in auth.providers().iter().zip(&plan.providers) {
+        match load_keys(&p.keys, pp, req.offline.as_deref()).await {
             Ok(n) => {
                 let kids: Vec<String> = p
                     .keys
@@ -110,7 +112,7 @@ pub async fn explain(config: &Config, req: &ExplainRequest) -> Result<String, St
             }
         }
     }
-    let policy = Policy::new(config, auth.clone())?;
+    let policy = Policy::new(plan, auth.clone());
 
     let _ = writeln!(out, "\npath:");
     let normalized = match crate::path::normalize_with(&raw_path, &config.proxy.path_options()) {
@@ -228,165 +230,21 @@ fn explain_token(
             return;
         }
     };
-    let parsed = match verify::parse(token) {
-        Ok(p) => p,
-        Err(r) => {
-            let _ = writeln!(out, "  {} parse: {}", mark(false), r.description());
-            return;
-        }
-    };
-    let h = &parsed.header;
-    let _ = writeln!(
-        out,
-        "  {} parse: alg={} kid={:?} typ={:?}",
-        mark(true),
-        h.alg,
-        h.kid.as_deref().map(|k| crate::policy::truncate(k, 64)),
-        h.typ
-    );
-    let iss = verify::peek_issuer(&parsed);
-    let Some(provider) = iss.and_then(|i| auth.provider_for(i, &parsed.claims)) else {
-        let _ = writeln!(
-            out,
-            "  {} issuer {iss:?} is not a configured provider",
-            mark(false)
-        );
-        return;
-    };
-    let _ = writeln!(
-        out,
-        "  {} provider {:?} (issuer {:?})",
-        mark(true),
-        provider.name,
-        iss.unwrap_or("")
-    );
-    let alg = match verify::check_alg(&parsed, &provider.algorithms) {
-        Ok(a) => {
-            let _ = writeln!(out, "  {} alg {} is allowed", mark(true), h.alg);
-            a
-        }
-        Err(_) => {
-            let _ = writeln!(
-                out,
-                "  {} alg {:?} is not allowed for {}",
-                mark(false),
-                h.alg,
-                provider.name
-            );
-            return;
-        }
-    };
-    let signed = provider.keys.with_current(|set| {
-        let Some(set) = set else {
-            return Err("the provider has no keys (503)".to_string());
-        };
-        let c = set.candidates(h.kid.as_deref());
-        if c.is_empty() {
-            return Err(
-                "kid is not in the key set (a live sidecar would refetch once)".to_string(),
-            );
-        }
-        verify::verify_signature(&parsed, alg, c)
-            .map(|_| c.len())
-            .map_err(|r| r.description().to_string())
-    });
-    match signed {
-        Ok(n) => {
-            let _ = writeln!(
-                out,
-                "  {} signature verifies ({n} candidate key(s))",
-                mark(true)
-            );
-        }
-        Err(e) => {
-            let _ = writeln!(out, "  {} signature: {e}", mark(false));
-            return;
-        }
+    let mut trace = Trace::default();
+    let verified = auth.verify_observed(token, now_unix(), &mut trace);
+    for step in &trace.steps {
+        let _ = writeln!(out, "  {} {}", mark(step.ok), step.detail);
     }
-    let now = now_unix() as f64;
-    let leeway = provider.claims.leeway as f64;
-    let num = |n: &str| parsed.claims.get(n).and_then(serde_json::Value::as_f64);
-    // The verdict on each date comes from the verifier's own check, so the explanation
-    // cannot call a date good that the decision refuses.
-    let claims_ok = verify::check_claims(&parsed, &provider.claims, now_unix());
-    let date_refused = |claim: &str| matches!(&claims_ok, Err(crate::error::Reject::DateOutOfRange(m)) if m.starts_with(claim));
-    match num("exp") {
-        Some(exp) if date_refused("exp") => {
-            let _ = writeln!(out, "  {} exp {exp} is not a usable date", mark(false));
-        }
-        Some(exp) => {
-            let _ = writeln!(
-                out,
-                "  {} exp {exp} is {:+.0} s from now (leeway {leeway} s)",
-                mark(now < exp + leeway),
-                exp - now
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  {} exp absent (required: {})",
-                mark(!provider.claims.require_exp),
-                provider.claims.require_exp
-            );
-        }
-    }
-    if let Some(nbf) = num("nbf") {
-        let _ = writeln!(
-            out,
-            "  {} nbf {nbf} is {:+.0} s from now",
-            mark(now + leeway >= nbf && !date_refused("nbf")),
-            nbf - now
-        );
-    }
-    if let Some(max) = provider.claims.max_lifetime {
-        let _ = writeln!(
-            out,
-            "  {} lifetime at most {max} s (max_token_lifetime)",
-            mark(claims_ok != Err(crate::error::Reject::LifetimeTooLong))
-        );
-    }
-    let aud = parsed
-        .claims
-        .get(&provider.claims.audience_claim)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
-    let _ = writeln!(
-        out,
-        "  {} {} = {aud} (accepted: {:?})",
-        mark(!matches!(claims_ok, Err(crate::error::Reject::BadAudience))),
-        provider.claims.audience_claim,
-        provider.claims.audiences
-    );
-    if !provider.claims.required_scopes.is_empty() {
-        let _ = writeln!(
-            out,
-            "  {} scopes {:?} (provider requires {:?})",
-            mark(claims_ok != Err(crate::error::Reject::InsufficientScope)),
-            verify::scopes(&parsed.claims),
-            provider.claims.required_scopes
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  {} provider claim rules: {}",
-        mark(claims_ok.is_ok()),
-        claims_ok
-            .as_ref()
-            .map_or_else(|r| r.description().to_string(), |_| "all hold".into())
-    );
     let req = match &rule.access {
         Access::Anonymous(r) | Access::Authenticated(r) => r.as_ref(),
         _ => None,
     };
-    if let (Some(req), Ok(())) = (req, &claims_ok) {
-        if let Ok(v) = auth.verify(token, now_unix()) {
-            let mut lines = Vec::new();
-            req.explain(&v, &mut lines);
-            let _ = writeln!(out, "\nrule requirements ({}):", rule.name);
-            for (text, ok) in lines {
-                let _ = writeln!(out, "  {} {text}", mark(ok));
-            }
+    if let (Some(req), Ok(v)) = (req, &verified) {
+        let mut lines = Vec::new();
+        req.explain(v, &mut lines);
+        let _ = writeln!(out, "\nrule requirements ({}):", rule.name);
+        for (text, ok) in lines {
+            let _ = writeln!(out, "  {} {text}", mark(ok));
         }
     }
 }

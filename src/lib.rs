@@ -25,9 +25,11 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod jose;
 pub mod jwks;
 pub mod metrics;
 pub mod path;
+pub mod plan;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -40,7 +42,6 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -48,8 +49,6 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::jwks::fetch::Fetcher;
-use crate::jwks::refresh::MirrorSettings;
 use crate::metrics::Metrics;
 
 /// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
@@ -99,51 +98,50 @@ impl Running {
         self.runtime.stop().await;
     }
 
+    /// Resolves once every current provider has loaded keys (the readiness latch `/readyz`
+    /// reports); never resolves for a provider whose keys never load, so callers bound it.
+    pub async fn keys_ready(&self) {
+        for p in self.current_auth().providers() {
+            p.keys.wait_ready().await;
+        }
+    }
+
     /// The authenticator in force now (after reloads).
     pub fn current_auth(&self) -> Arc<Authenticator> {
         self.runtime.policy.load().auth.clone()
     }
 }
 
-/// Mirror settings of a provider config.
-pub fn mirror_settings(p: &config::ProviderConfig) -> MirrorSettings {
-    MirrorSettings {
-        refresh_interval: p.refresh_interval,
-        min_refresh: p.min_refresh,
-        max_refresh: p.max_refresh,
-        max_stale: p.max_stale,
-        key_removal_confirmations: p.key_removal_confirmations,
-        max_retry: Duration::from_secs(60).min(p.max_refresh),
-        jitter: 0.1,
-    }
-}
-
-/// The fetcher for a provider: the shared one, or one trusting its `ca_file` too.
-pub fn fetcher_for(p: &config::ProviderConfig, shared: &Fetcher) -> Result<Fetcher, String> {
-    match &p.ca_file {
-        Some(f) => {
-            Fetcher::with_ca_file(f).map_err(|e| format!("provider {:?} ca_file: {e}", p.name))
-        }
-        None => Ok(shared.clone()),
-    }
-}
-
-/// Binds every listener, starts the key mirrors, and returns at once (no reload source).
+/// Compiles `config`, binds every listener, starts the key mirrors, and returns at once (no
+/// reload source).
 pub async fn start(config: Config) -> Result<Running, String> {
-    start_with(config, None, config::CliOverrides::default()).await
+    let plan = plan::compile(config, None).map_err(|e| e.to_string())?;
+    start_with(plan, None, config::CliOverrides::default()).await
 }
 
-/// Like `start`, reloading from `file` (plus environment and `cli`) on change or SIGHUP.
+/// Like `start`, from a compiled plan, reloading from `file` (plus environment and `cli`)
+/// on change or SIGHUP.
 pub async fn start_with(
-    config: Config,
+    plan: plan::Plan,
     file: Option<PathBuf>,
     cli: config::CliOverrides,
+) -> Result<Running, String> {
+    start_on(plan, file, cli, server::Workers::default()).await
+}
+
+/// Like `start_with`, serving connections on `workers`.
+pub async fn start_on(
+    plan: plan::Plan,
+    file: Option<PathBuf>,
+    cli: config::CliOverrides,
+    workers: server::Workers,
 ) -> Result<Running, String> {
     install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let runtime = reload::Runtime::new(config.clone(), file, cli, metrics.clone()).await?;
+    let runtime = reload::Runtime::new(&plan, file, cli, metrics.clone()).await?;
+    let config = plan.config;
     let policy = runtime.policy.clone();
     let auth = policy.load().auth.clone();
 
@@ -156,6 +154,7 @@ pub async fn start_with(
         config.proxy.upstream_connect_timeout,
         config.proxy.upstream_timeout,
         config.proxy.max_upstream_header_bytes,
+        workers.count(),
     )?;
     let proxy = Arc::new(proxy::Proxy {
         policy: policy.clone(),
@@ -167,7 +166,7 @@ pub async fn start_with(
         .await
         .map_err(|e| format!("proxy.listen {}: {e}", config.proxy.listen))?;
     let proxy_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let opts = server::ServeOptions::from_config("proxy", &config.proxy, metrics.clone());
+    let opts = server::ServeOptions::from_config("proxy", &config.proxy, metrics.clone(), workers);
     tasks.push(tokio::spawn(server::serve(
         listener,
         tls,
@@ -210,7 +209,10 @@ pub async fn start_with(
             listener,
             service,
             shutdown_rx.clone(),
-            server::ServeOptions::from_config("authz_grpc", &config.proxy, metrics.clone()),
+            server::ServeOptions {
+                name: "authz_grpc",
+                ..opts.clone()
+            },
         )));
     }
     let mut admin_addr = None;
@@ -256,11 +258,12 @@ pub async fn start_with(
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(
-    config: Config,
+    plan: plan::Plan,
     file: Option<PathBuf>,
     cli: config::CliOverrides,
+    workers: server::Workers,
 ) -> Result<(), String> {
-    let running = start_with(config, file, cli).await?;
+    let running = start_on(plan, file, cli, workers).await?;
     wait_for_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.shutdown();

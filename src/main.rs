@@ -89,9 +89,9 @@ fn sources(args: &RunArgs) -> (Option<PathBuf>, CliOverrides) {
     (file, cli)
 }
 
-fn load(args: &RunArgs) -> Result<config::Config, String> {
+fn load(args: &RunArgs) -> Result<jwks_sidecar::plan::Plan, String> {
     let (file, cli) = sources(args);
-    config::load(file.as_deref(), &cli).map_err(|e| e.to_string())
+    jwks_sidecar::plan::load(file.as_deref(), &cli).map_err(|e| e.to_string())
 }
 
 /// The worker count to run with: the configured one; else `TOKIO_WORKER_THREADS` (as tokio
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
     // path loads it again inside; loading is cheap and has no side effects).
     let workers = match &cli.command {
         None => load(&cli.run)
-            .map(|c| c.runtime.worker_threads)
+            .map(|p| p.config.runtime.worker_threads)
             .unwrap_or(0),
         _ => 0,
     };
@@ -158,9 +158,10 @@ fn main() -> ExitCode {
     // connection (proxy, admin, authz HTTP and gRPC) is served whole by one of N
     // single-threaded workers.
     let n = effective_workers(workers);
+    let mut worker_set = jwks_sidecar::server::Workers::default();
     if n > 1 && cli.command.is_none() {
         match start_workers(n) {
-            Ok(handles) => jwks_sidecar::server::set_workers(handles),
+            Ok(handles) => worker_set = jwks_sidecar::server::Workers::new(handles),
             Err(e) => {
                 eprintln!("error: cannot start the worker threads: {e}");
                 return ExitCode::FAILURE;
@@ -186,25 +187,25 @@ fn main() -> ExitCode {
             request,
             headers,
             offline,
-        }) => load(&cli.run).and_then(|cfg| {
+        }) => load(&cli.run).and_then(|plan| {
             let req = jwks_sidecar::explain::ExplainRequest {
                 request,
                 headers,
                 offline,
             };
             runtime
-                .block_on(jwks_sidecar::explain::explain(&cfg, &req))
+                .block_on(jwks_sidecar::explain::explain(&plan, &req))
                 .map(|report| print!("{report}"))
         }),
-        Some(Command::Check) => load(&cli.run).and_then(|cfg| {
+        Some(Command::Check) => load(&cli.run).and_then(|plan| {
             runtime
-                .block_on(jwks_sidecar::check::check(&cfg))
+                .block_on(jwks_sidecar::check::check(&plan))
                 .map(|report| print!("{report}"))
         }),
-        None => load(&cli.run).and_then(|cfg| {
-            jwks_sidecar::telemetry::init(&cfg.log);
+        None => load(&cli.run).and_then(|plan| {
+            jwks_sidecar::telemetry::init(&plan.config.log);
             let (file, cli) = sources(&cli.run);
-            runtime.block_on(jwks_sidecar::run(cfg, file, cli))
+            runtime.block_on(jwks_sidecar::run(plan, file, cli, worker_set))
         }),
     };
     jwks_sidecar::telemetry::flush();

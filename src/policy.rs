@@ -9,9 +9,9 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{now_unix, Authenticator, Failure, Verified};
-use crate::config::Config;
 use crate::error::Reject;
 use crate::path;
+use crate::plan::Plan;
 use crate::rules::{Access, Rules};
 
 /// Everything a decision needs, compiled from one config (swapped whole on reload).
@@ -19,7 +19,7 @@ pub struct Policy {
     /// Authentication pipeline.
     pub auth: Arc<Authenticator>,
     /// Route rules (public paths first).
-    pub rules: Rules,
+    pub rules: Arc<Rules>,
     /// `WWW-Authenticate` realm.
     pub realm: String,
     /// Optional payload header.
@@ -83,11 +83,12 @@ impl Decision {
 }
 
 impl Policy {
-    /// Compiles the decision part of a validated config.
-    pub fn new(config: &Config, auth: Arc<Authenticator>) -> Result<Self, String> {
+    /// The decision part of a plan, around its authenticator.
+    pub fn new(plan: &Plan, auth: Arc<Authenticator>) -> Self {
+        let config = &plan.config;
         let identity_spellings = auth.reserved.spellings();
-        Ok(Policy {
-            rules: Rules::compile(config).map_err(|e| e.join("; "))?,
+        Policy {
+            rules: plan.rules.clone(),
             realm: config.proxy.realm.clone(),
             payload_header: config
                 .proxy
@@ -98,7 +99,7 @@ impl Policy {
             auth,
             path_options: config.proxy.path_options(),
             identity_spellings,
-        })
+        }
     }
 
     /// Decides on an (original) request: method, host, raw path, query and headers.

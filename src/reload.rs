@@ -17,20 +17,21 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{Authenticator, Provider};
-use crate::config::{self, CliOverrides, Config, ProviderConfig};
+use crate::auth::Authenticator;
+use crate::config::{CliOverrides, Config};
 use crate::jwks::fetch::Fetcher;
-use crate::jwks::refresh::{ConfiguredSource, Mirror};
-use crate::jwks::ProviderKeys;
+use crate::jwks::refresh::Mirror;
+use crate::jwks::source::{fetcher_for, ConfiguredSource};
+use crate::jwks::{KeySettings, ProviderKeys};
 use crate::metrics::Metrics;
+use crate::plan::{self, Plan};
 use crate::policy::Policy;
-
-/// What a provider's key mirror depends on: its key settings and the cache directory.
-type Fingerprint = (ProviderConfig, Option<PathBuf>);
 
 struct MirrorHandle {
     keys: Arc<ProviderKeys>,
-    fingerprint: Fingerprint,
+    /// The compiled key settings the mirror runs with: a reload keeps the mirror exactly
+    /// when the new plan's settings are equal.
+    settings: KeySettings,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -48,27 +49,6 @@ pub struct Runtime {
     cli: CliOverrides,
 }
 
-/// The settings of a provider that decide its key mirror: everything but claim rules, plus
-/// where the mirror persists its keys.
-fn key_fingerprint(p: &ProviderConfig, cache_dir: &Option<PathBuf>) -> Fingerprint {
-    let d = ProviderConfig::default();
-    let key_settings = ProviderConfig {
-        audiences: d.audiences,
-        audience_claim: d.audience_claim,
-        leeway: d.leeway,
-        require_exp: d.require_exp,
-        max_token_lifetime: d.max_token_lifetime,
-        typ: d.typ,
-        required_claims: d.required_claims,
-        required_scopes: d.required_scopes,
-        claim_headers: d.claim_headers,
-        tenant_claim: d.tenant_claim,
-        allowed_tenants: d.allowed_tenants,
-        ..p.clone()
-    };
-    (key_settings, cache_dir.clone())
-}
-
 /// A short hash of the effective config (for `jwks_sidecar_config_info`).
 pub fn config_hash(c: &Config) -> String {
     let text = serde_json::to_string(c).unwrap_or_default();
@@ -79,29 +59,22 @@ pub fn config_hash(c: &Config) -> String {
 impl Runtime {
     /// Builds the first policy (no waiting for keys: readiness reports them).
     pub async fn new(
-        config: Config,
+        plan: &Plan,
         file: Option<PathBuf>,
         cli: CliOverrides,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Runtime>, String> {
-        let placeholder = Policy::new(
-            &config,
-            Arc::new(Authenticator::with_keys(
-                &config,
-                metrics.clone(),
-                Provider::new_keys,
-            )),
-        )?;
+        let placeholder = Policy::new(plan, Arc::new(Authenticator::new(plan, metrics.clone())));
         let rt = Arc::new(Runtime {
             metrics,
             policy: Arc::new(ArcSwap::from_pointee(placeholder)),
             fetcher: Fetcher::new(),
             mirrors: tokio::sync::Mutex::new(HashMap::new()),
-            current: Mutex::new(config.clone()),
+            current: Mutex::new(plan.config.clone()),
             file,
             cli,
         });
-        rt.apply(&config, false).await?;
+        rt.apply(plan, false).await?;
         Ok(rt)
     }
 
@@ -110,89 +83,80 @@ impl Runtime {
         self.current.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    async fn apply(&self, config: &Config, wait_for_new: bool) -> Result<(), String> {
+    /// Starts the mirror of one provider.
+    fn start_mirror(&self, settings: &KeySettings) -> Result<MirrorHandle, String> {
+        let keys = Arc::new(ProviderKeys::new(settings));
+        let mirror = Mirror {
+            keys: keys.clone(),
+            source: ConfiguredSource::new(
+                fetcher_for(settings, &self.fetcher)?,
+                settings,
+                Some(keys.clone()),
+            ),
+            metrics: self.metrics.clone(),
+            settings: settings.mirror.clone(),
+            persist_path: settings.persist_path.clone(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(mirror.run(stop_rx));
+        Ok(MirrorHandle {
+            keys,
+            settings: settings.clone(),
+            stop,
+            task,
+        })
+    }
+
+    async fn apply(&self, plan: &Plan, wait_for_new: bool) -> Result<(), String> {
         let mut mirrors = self.mirrors.lock().await;
         let mut keep: HashMap<String, Arc<ProviderKeys>> = HashMap::new();
         let mut started: Vec<(String, MirrorHandle)> = Vec::new();
-        for p in &config.providers {
-            let fp = key_fingerprint(p, &config.jwks.cache_dir);
-            match mirrors.get(&p.name) {
-                Some(h) if h.fingerprint == fp => {
-                    keep.insert(p.name.clone(), h.keys.clone());
+        for p in &plan.providers {
+            match mirrors.get(&p.keys.name) {
+                Some(h) if h.settings == p.keys => {
+                    keep.insert(p.keys.name.clone(), h.keys.clone());
                 }
                 _ => {
-                    let keys = Provider::new_keys(p);
-                    let fetcher = crate::fetcher_for(p, &self.fetcher)?;
-                    let mirror = Mirror {
-                        keys: keys.clone(),
-                        source: ConfiguredSource::new(fetcher, p, Some(keys.clone())),
-                        metrics: self.metrics.clone(),
-                        settings: crate::mirror_settings(p),
-                        persist_path: config
-                            .jwks
-                            .cache_dir
-                            .as_ref()
-                            .map(|d| d.join(format!("{}.json", p.name))),
+                    let h = match self.start_mirror(&p.keys) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            for (_, h) in started {
+                                let _ = h.stop.send(true);
+                            }
+                            return Err(e);
+                        }
                     };
-                    let (stop, stop_rx) = watch::channel(false);
-                    let task = tokio::spawn(mirror.run(stop_rx));
-                    keep.insert(p.name.clone(), keys.clone());
-                    started.push((
-                        p.name.clone(),
-                        MirrorHandle {
-                            keys,
-                            fingerprint: fp,
-                            stop,
-                            task,
-                        },
-                    ));
+                    keep.insert(p.keys.name.clone(), h.keys.clone());
+                    started.push((p.keys.name.clone(), h));
                 }
             }
         }
         if wait_for_new {
             for (name, h) in &started {
-                let p = config.providers.iter().find(|p| &p.name == name);
-                let limit = p.map_or(Duration::from_secs(10), |p| {
-                    p.fetch_timeout.min(Duration::from_secs(10))
-                });
-                let deadline = tokio::time::Instant::now() + limit;
-                while !h.keys.ready() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                if !h.keys.ready() {
+                let limit = h.settings.fetch.timeout.min(Duration::from_secs(10));
+                if tokio::time::timeout(limit, h.keys.wait_ready())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(provider = %name, "new provider has no keys yet; its requests get 503 until they load");
                 }
             }
         }
-        let auth = Arc::new(Authenticator::with_keys(
-            config,
-            self.metrics.clone(),
-            |p| {
-                keep.get(&p.name)
-                    .cloned()
-                    .unwrap_or_else(|| Provider::new_keys(p))
-            },
-        ));
-        let policy = match Policy::new(config, auth) {
-            Ok(p) => p,
-            Err(e) => {
-                for (_, h) in started {
-                    let _ = h.stop.send(true);
-                }
-                return Err(e);
-            }
-        };
-        self.policy.store(Arc::new(policy));
+        let auth = Arc::new(Authenticator::with_keys(plan, self.metrics.clone(), |p| {
+            keep.get(&p.keys.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ProviderKeys::new(&p.keys)))
+        }));
+        self.policy.store(Arc::new(Policy::new(plan, auth)));
         // Retire mirrors that are gone or were replaced.
         for (name, h) in started {
             if let Some(old) = mirrors.insert(name, h) {
                 let _ = old.stop.send(true);
             }
         }
-        let live: Vec<String> = config.providers.iter().map(|p| p.name.clone()).collect();
         let gone: Vec<String> = mirrors
             .keys()
-            .filter(|n| !live.contains(n))
+            .filter(|n| !plan.providers.iter().any(|p| &p.keys.name == *n))
             .cloned()
             .collect();
         for name in gone {
@@ -204,19 +168,20 @@ impl Runtime {
         self.metrics.config_info.reset();
         self.metrics
             .config_info
-            .with_label_values(&[&config_hash(config)])
+            .with_label_values(&[&config_hash(&plan.config)])
             .set(1);
         if let Ok(mut c) = self.current.lock() {
-            *c = config.clone();
+            *c = plan.config.clone();
         }
         Ok(())
     }
 
     /// Loads the file again and swaps the policy if the new config is valid.
     pub async fn reload(&self) -> Result<(), String> {
-        let loaded = config::load(self.file.as_deref(), &self.cli).map_err(|e| e.to_string());
+        let loaded = plan::load(self.file.as_deref(), &self.cli).map_err(|e| e.to_string());
         let result = match loaded {
-            Ok(new) => {
+            Ok(plan) => {
+                let new = &plan.config;
                 let old = self.config();
                 if new.proxy.listen != old.proxy.listen
                     || new.admin.listen != old.admin.listen
@@ -227,7 +192,7 @@ impl Runtime {
                 {
                     tracing::warn!("listener addresses, TLS and upstream changes take effect at the next restart");
                 }
-                self.apply(&new, true).await
+                self.apply(&plan, true).await
             }
             Err(e) => Err(e),
         };

@@ -6,7 +6,7 @@
 //! connection-error metrics, and graceful drain: on shutdown the listener closes, in-flight
 //! requests finish within the grace period, then remaining connections are dropped.
 //!
-//! With several workers (see [`set_workers`]) the accept loops hand each connection to one
+//! With several workers (see [`Workers`]) the accept loops hand each connection to one
 //! worker thread, round-robin, and the connection lives there until it closes: its socket,
 //! timers, request handling and upstream pool all on that thread, each worker a
 //! single-threaded runtime. Envoy's worker model, and unlike tokio's work-stealing runtime
@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,31 +32,50 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// The connection workers, when the process runs more than one (set once, at start-up).
-struct Workers {
+/// The connection workers: single-threaded runtimes that each serve whole connections.
+/// Empty (the default) means connections run on the current runtime. A value handed to every
+/// listener and to the upstream client pool, never a global.
+#[derive(Clone, Default)]
+pub struct Workers {
+    inner: Arc<WorkerSet>,
+}
+
+#[derive(Default)]
+struct WorkerSet {
     handles: Vec<tokio::runtime::Handle>,
     next: AtomicUsize,
 }
 
-static WORKERS: OnceLock<Workers> = OnceLock::new();
+impl Workers {
+    /// Workers on these runtimes (see the binary's `start_workers`).
+    pub fn new(handles: Vec<tokio::runtime::Handle>) -> Self {
+        Workers {
+            inner: Arc::new(WorkerSet {
+                handles,
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The worker runtimes (empty: connections run on the current one).
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.inner.handles
+    }
+
+    /// How many connection workers there are (at least 1).
+    pub fn count(&self) -> usize {
+        self.inner.handles.len().max(1)
+    }
+
+    /// The next worker, round-robin; `None` without workers.
+    fn next(&self) -> Option<&tokio::runtime::Handle> {
+        let h = &self.inner.handles;
+        (!h.is_empty()).then(|| &h[self.inner.next.fetch_add(1, Ordering::Relaxed) % h.len()])
+    }
+}
 
 thread_local! {
     static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Registers the worker runtimes that serve connections. Called once by the binary before
-/// anything is served; without it (tests, one worker) connections are spawned on the
-/// current runtime.
-pub fn set_workers(handles: Vec<tokio::runtime::Handle>) {
-    let _ = WORKERS.set(Workers {
-        handles,
-        next: AtomicUsize::new(0),
-    });
-}
-
-/// The worker runtimes (empty without workers: connections then run on the current one).
-pub fn worker_handles() -> &'static [tokio::runtime::Handle] {
-    WORKERS.get().map_or(&[], |w| w.handles.as_slice())
 }
 
 /// Marks the calling thread as connection worker `index` (see [`worker_index`]).
@@ -64,14 +83,10 @@ pub fn enter_worker(index: usize) {
     WORKER_INDEX.with(|w| w.set(index));
 }
 
-/// The connection worker this thread is (0 outside workers).
+/// The connection worker this thread is (0 outside workers): picks the thread's own
+/// upstream connection pool.
 pub fn worker_index() -> usize {
     WORKER_INDEX.with(Cell::get)
-}
-
-/// How many connection workers there are (at least 1).
-pub fn worker_count() -> usize {
-    WORKERS.get().map_or(1, |w| w.handles.len().max(1))
 }
 
 /// Runs `serve_conn` for an accepted connection: on the next worker's runtime (the socket
@@ -81,7 +96,7 @@ where
     M: FnOnce(TcpStream) -> F + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let Some(w) = WORKERS.get().filter(|w| !w.handles.is_empty()) else {
+    let Some(worker) = opts.workers.next() else {
         tokio::spawn(serve_conn(stream));
         return;
     };
@@ -90,11 +105,10 @@ where
         count_error(opts, "io");
         tracing::warn!(listener = opts.name, error = %e, "cannot move a connection to its worker; closed");
     };
-    let i = w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len();
     match stream.into_std() {
         Ok(std_stream) => {
             let opts = opts.clone();
-            w.handles[i].spawn(async move {
+            worker.spawn(async move {
                 match TcpStream::from_std(std_stream) {
                     Ok(s) => serve_conn(s).await,
                     Err(e) => failed(&opts, e),
@@ -198,6 +212,8 @@ pub struct ServeOptions {
     pub max_h2_streams: u32,
     /// Connection metrics.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where accepted connections are served.
+    pub workers: Workers,
 }
 
 impl ServeOptions {
@@ -206,6 +222,7 @@ impl ServeOptions {
         name: &'static str,
         p: &crate::config::ProxyConfig,
         metrics: Arc<crate::metrics::Metrics>,
+        workers: Workers,
     ) -> Self {
         ServeOptions {
             name,
@@ -216,6 +233,7 @@ impl ServeOptions {
             max_headers: p.max_headers,
             max_h2_streams: p.max_h2_streams,
             metrics: Some(metrics),
+            workers,
         }
     }
 }
@@ -254,19 +272,20 @@ fn count_error(opts: &ServeOptions, kind: &'static str) {
 /// Builds a TLS acceptor from PEM files.
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
     crate::install_crypto_provider();
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no PEM certificate found", cert_file.display()));
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?,
-    ))
-    .map_err(|e| format!("{}: {e}", key_file.display()))?
-    .ok_or_else(|| format!("{}: no PEM private key found", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{}: no PEM private key found", key_file.display())
+        }
+        e => format!("{}: {e}", key_file.display()),
+    })?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

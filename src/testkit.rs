@@ -4,9 +4,9 @@
 //! tokens are signed by hand so tests can also mint the malformed and hostile ones a real
 //! library would refuse to produce (alg confusion, odd headers, bad signatures).
 
+use crate::jose::{Alg, KeyKind};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -22,28 +22,9 @@ enum Material {
 pub struct SigningKey {
     /// Key id published in the JWKS and put in token headers.
     pub kid: String,
-    /// Algorithm used to sign.
-    pub alg: Algorithm,
+    /// Alg used to sign.
+    pub alg: Alg,
     material: Material,
-}
-
-/// The JWS name of an algorithm.
-pub fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::RS512 => "RS512",
-        Algorithm::PS256 => "PS256",
-        Algorithm::PS384 => "PS384",
-        Algorithm::PS512 => "PS512",
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::EdDSA => "EdDSA",
-        Algorithm::HS256 => "HS256",
-        Algorithm::HS384 => "HS384",
-        Algorithm::HS512 => "HS512",
-        _ => "unknown",
-    }
 }
 
 /// base64url without padding.
@@ -53,28 +34,22 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
 
 impl SigningKey {
     /// Generates a fresh key for `alg` (RSA keys are 2048 bits).
-    pub fn generate(alg: Algorithm, kid: &str) -> SigningKey {
-        let material = match alg {
-            Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512 => Material::Rsa(
+    pub fn generate(alg: Alg, kid: &str) -> SigningKey {
+        let material = match alg.key_kind() {
+            KeyKind::Rsa => Material::Rsa(
                 RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"),
             ),
-            Algorithm::ES256 => Material::Ec(
+            KeyKind::EcP256 => Material::Ec(
                 EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING)
                     .expect("P-256 key generation"),
             ),
-            Algorithm::ES384 => Material::Ec(
+            KeyKind::EcP384 => Material::Ec(
                 EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING)
                     .expect("P-384 key generation"),
             ),
-            Algorithm::EdDSA => {
+            KeyKind::Ed25519 => {
                 Material::Ed(Ed25519KeyPair::generate().expect("Ed25519 key generation"))
             }
-            other => panic!("testkit cannot generate a key for {other:?}"),
         };
         SigningKey {
             kid: kid.to_string(),
@@ -84,7 +59,7 @@ impl SigningKey {
     }
 
     /// The same key material under another algorithm of its family (e.g. RS256 -> PS384).
-    pub fn with_alg(mut self, alg: Algorithm) -> SigningKey {
+    pub fn with_alg(mut self, alg: Alg) -> SigningKey {
         self.alg = alg;
         self
     }
@@ -92,7 +67,7 @@ impl SigningKey {
     /// The public JWK, with `kid`, `alg` and `use: sig`.
     pub fn public_jwk(&self) -> Value {
         let mut jwk = self.public_jwk_without_alg();
-        jwk["alg"] = json!(alg_name(self.alg));
+        jwk["alg"] = json!(self.alg.name());
         jwk
     }
 
@@ -150,14 +125,10 @@ impl SigningKey {
         let rng = SystemRandom::new();
         match &self.material {
             Material::Rsa(k) => {
-                let padding: &'static dyn sig::RsaEncoding = match self.alg {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_SHA384,
-                    _ => &sig::RSA_PSS_SHA512,
-                };
+                let padding = self
+                    .alg
+                    .rsa_signing()
+                    .expect("an RSA key signs with an RSA algorithm");
                 let mut out = vec![0u8; k.public_modulus_len()];
                 k.sign(padding, &rng, input, &mut out).expect("RSA signing");
                 out
@@ -174,7 +145,7 @@ impl SigningKey {
     /// A token with header `{"alg", "kid", "typ": "JWT"}`.
     pub fn mint(&self, claims: &Value) -> String {
         self.mint_with_header(
-            &json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"}),
+            &json!({"alg": self.alg.name(), "kid": self.kid, "typ": "JWT"}),
             claims,
         )
     }

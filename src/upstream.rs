@@ -74,6 +74,7 @@ impl Upstream {
         connect_timeout: Duration,
         timeout: Duration,
         max_header_bytes: usize,
+        workers: usize,
     ) -> Result<Self, String> {
         crate::install_crypto_provider();
         let uri: Uri = base
@@ -102,7 +103,7 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let clients = (0..crate::server::worker_count())
+        let clients = (0..workers.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))

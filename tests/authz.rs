@@ -6,8 +6,8 @@ mod support;
 use envoy_types::ext_authz::v3::pb::HttpStatusCode;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::jose::Alg;
 use serde_json::json;
 use support::*;
 
@@ -22,7 +22,7 @@ impl Authz {
         format!("http://{}{}", self.sidecar.authz_addr.expect("authz"), p)
     }
     fn token(&self) -> String {
-        key(Algorithm::ES256).mint(
+        key(Alg::ES256).mint(
             &json!({"iss": self.idp.issuer(), "sub": "user-1", "aud": "api",
             "exp": jwks_sidecar::testkit::now() + 600, "scope": "read"}),
         )
@@ -30,9 +30,7 @@ impl Authz {
 }
 
 async fn start(provider_extra: &str) -> Authz {
-    let idp = FakeIdp::start(&[&key(Algorithm::ES256)], 0)
-        .await
-        .expect("idp");
+    let idp = FakeIdp::start(&[&key(Alg::ES256)], 0).await.expect("idp");
     let echo = EchoUpstream::start().await.expect("echo");
     let extra = "[authz]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n";
     let toml = base_toml(
@@ -223,9 +221,7 @@ async fn scope_is_403_and_no_keys_is_503_on_the_authz_listener() {
         .to_str()
         .expect("ascii")
         .contains("insufficient_scope"));
-    let down = FakeIdp::start(&[&key(Algorithm::ES256)], 0)
-        .await
-        .expect("idp");
+    let down = FakeIdp::start(&[&key(Alg::ES256)], 0).await.expect("idp");
     down.fail_with(500);
     let toml = base_toml(
         &down.jwks_uri(),
@@ -236,7 +232,7 @@ async fn scope_is_403_and_no_keys_is_503_on_the_authz_listener() {
     )
     .replace("[admin]", "[authz]\nlisten = \"127.0.0.1:0\"\n[admin]");
     let sidecar = start_toml(&toml).await;
-    let t = key(Algorithm::ES256).mint(
+    let t = key(Alg::ES256).mint(
         &json!({"iss": down.issuer(), "aud": "api", "exp": jwks_sidecar::testkit::now() + 60}),
     );
     let base = format!("http://{}", sidecar.authz_addr.expect("authz"));

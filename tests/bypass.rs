@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{b64, now, SigningKey};
 use serde_json::{json, Value};
 use support::*;
@@ -138,7 +138,7 @@ fn denied_status(r: &HttpResponse) -> i32 {
 
 /// A token whose payload is raw JSON text (numbers a JSON library would not write).
 fn mint_raw(k: &SigningKey, payload: &str) -> String {
-    let header = json!({"alg": jwks_sidecar::testkit::alg_name(k.alg), "kid": k.kid, "typ": "JWT"});
+    let header = json!({"alg": k.alg.name(), "kid": k.kid, "typ": "JWT"});
     let input = format!("{}.{}", b64(header.to_string()), b64(payload));
     let sig = k.sign(input.as_bytes());
     format!("{input}.{}", b64(sig))
@@ -148,7 +148,7 @@ fn mint_raw(k: &SigningKey, payload: &str) -> String {
 /// hand the app an authenticated request without (or with altered) identity headers.
 #[tokio::test]
 async fn connection_header_naming_an_identity_header_is_refused_on_every_listener() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(&[&k], "", "", &[]).await;
     let t = k.mint(&s.claims());
     let auth = format!("Bearer {t}");
@@ -230,7 +230,7 @@ async fn connection_header_naming_an_identity_header_is_refused_on_every_listene
 /// named reason, never read as "far future"; `max_token_lifetime` bounds exp.
 #[tokio::test]
 async fn out_of_range_dates_and_overlong_lifetimes_are_refused() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(&[&k], "", "max_token_lifetime = \"1h\"\n", &[]).await;
     let iss = s.idp.issuer();
     let n = now();
@@ -290,7 +290,7 @@ async fn out_of_range_dates_and_overlong_lifetimes_are_refused() {
 /// else than the matcher did is refused with 400 on every listener, by default.
 #[tokio::test]
 async fn paths_that_mean_something_else_after_one_more_decoding_are_refused() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(&[&k], "", "", &[]).await;
     let bad = [
         "/public/%252e%252e/admin",
@@ -336,7 +336,7 @@ async fn paths_that_mean_something_else_after_one_more_decoding_are_refused() {
 /// as sent, matched as sent.
 #[tokio::test]
 async fn double_encoding_and_path_parameters_have_their_own_opt_ins() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(
         &[&k],
         "allow_double_encoding = true\nallow_path_parameters = true\n",
@@ -360,7 +360,7 @@ async fn double_encoding_and_path_parameters_have_their_own_opt_ins() {
 /// spelling of every identity header the sidecar can set (except those it sets).
 #[tokio::test]
 async fn allow_answers_remove_every_identity_spelling_even_unseen() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(&[&k], "", "", &[]).await;
     let mut claims = s.claims();
     claims.as_object_mut().expect("obj").remove("email");
@@ -433,7 +433,7 @@ async fn allow_answers_remove_every_identity_spelling_even_unseen() {
 /// what was expected.
 #[tokio::test]
 async fn clerk_bare_base64_public_key_inline_and_from_env() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let pem = rcgen::KeyPair::try_from(k.pkcs8_der().as_slice())
         .expect("rcgen key")
         .public_key_pem();
@@ -454,7 +454,7 @@ async fn clerk_bare_base64_public_key_inline_and_from_env() {
         let (st, _, body) = get_with_token(&s.url("/api"), &k.mint(&s.claims())).await;
         assert_eq!(st, 200, "{extra}: {body}");
         assert_eq!(echoed(&body)["x-jwt-sub"], ["user-1"]);
-        let other = key(Algorithm::ES384);
+        let other = key(Alg::ES384);
         let (st, _, _) = get_with_token(&s.url("/api"), &other.mint(&s.claims())).await;
         assert_eq!(st, 401, "another key is refused");
     }
@@ -508,8 +508,8 @@ async fn clerk_bare_base64_public_key_inline_and_from_env() {
 /// deferred refetch is due within `kid_miss_wait`: the request waits for it.
 #[tokio::test]
 async fn a_real_rotation_right_after_junk_kids_is_accepted_by_waiting() {
-    let k1 = key(Algorithm::ES256);
-    let k2 = Arc::new(SigningKey::generate(Algorithm::ES256, "rotated-in"));
+    let k1 = key(Alg::ES256);
+    let k2 = Arc::new(SigningKey::generate(Alg::ES256, "rotated-in"));
     let s = Sidecar::start(
         &[&k1],
         "",
@@ -552,7 +552,7 @@ async fn a_real_rotation_right_after_junk_kids_is_accepted_by_waiting() {
 async fn grpc_listener_has_the_connection_cap_and_gauge() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let s = Sidecar::start(&[&k], "max_connections = 2\n", "", &[]).await;
     let metrics = format!("http://{}/metrics", s.admin);
     let gauge = r#"jwks_sidecar_connections{listener="authz_grpc"}"#;

@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jwks-sidecar");
@@ -42,10 +42,9 @@ fn version_and_help() {
 
 #[tokio::test]
 async fn check_lists_kids_and_algorithms_and_exits_zero() {
-    let idp =
-        jwks_sidecar::demo::FakeIdp::start(&[&key(Algorithm::ES256), &key(Algorithm::RS256)], 0)
-            .await
-            .expect("idp");
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Alg::ES256), &key(Alg::RS256)], 0)
+        .await
+        .expect("idp");
     let cfg = write_config(
         "check-ok.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
@@ -74,7 +73,7 @@ async fn check_lists_kids_and_algorithms_and_exits_zero() {
 
 #[tokio::test]
 async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Algorithm::ES256)], 0)
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Alg::ES256)], 0)
         .await
         .expect("idp");
     idp.fail_with(404);
@@ -98,7 +97,7 @@ async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
 
 #[tokio::test]
 async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
-    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let text = |rules: &str| {
         base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
@@ -222,7 +221,7 @@ fn invalid_config_names_file_key_and_fix() {
 
 #[tokio::test]
 async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
-    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     // The file says upstream 127.0.0.1:9 (dead); env fixes it; admin port comes from a flag.
     let file = write_config(
         "layer.toml",
@@ -287,7 +286,7 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
 /// runtime; connections spread over them, every request is served, SIGTERM still drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_connections_and_drain() {
-    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
     let file = write_config(
         "workers.toml",
@@ -413,7 +412,7 @@ async fn open_grpc_stream_does_not_block_shutdown() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
     for workers in ["1", "2"] {
-        let (_k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+        let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
         let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
         let file = write_config(
             &format!("grpc-drain-{workers}.toml"),

@@ -1,13 +1,16 @@
 //! `config.example.toml` is documentation that must stay true: it parses, validates, and
 //! states every default that `Config::default()` has.
 
-use jwks_sidecar::config::{self, Config, ProviderConfig};
+use jwks_sidecar::config::{Config, ProviderConfig};
+use jwks_sidecar::plan;
 
 #[test]
 fn config_example_parses_and_validates() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
         .expect("config.example.toml is readable");
-    let cfg = config::from_toml_str(&text).unwrap_or_else(|e| panic!("config.example.toml: {e}"));
+    let cfg = plan::from_toml_str(&text)
+        .unwrap_or_else(|e| panic!("config.example.toml: {e}"))
+        .config;
     assert_eq!(cfg.providers.len(), 1);
     assert_eq!(
         cfg.providers[0]
@@ -22,7 +25,7 @@ fn config_example_parses_and_validates() {
 fn config_example_states_the_real_defaults() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
         .expect("readable");
-    let cfg = config::from_toml_str(&text).expect("valid");
+    let cfg = plan::from_toml_str(&text).expect("valid").config;
     let d = Config::default();
     // Every [proxy] value in the example that is not an illustration equals the default.
     let mut proxy = cfg.proxy.clone();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{jwks, mint_unsigned, now};
 use serde_json::json;
 use support::*;
@@ -148,7 +148,7 @@ fn rss_kib() -> u64 {
 #[tokio::test]
 async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
     let _serial = SERIAL.lock().await;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Evil::start(jwks(&[&k]).to_string()).await;
     let echo = jwks_sidecar::demo::EchoUpstream::start()
         .await
@@ -223,7 +223,7 @@ async fn a_misbehaving_idp_never_stops_known_kids_from_being_served() {
 async fn a_misbehaving_upstream_gives_502_or_504_never_a_hang() {
     let _serial = SERIAL.lock().await;
     let up = Evil::start(r#"{"ok":true}"#.to_string()).await;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
         .await
         .expect("idp");
@@ -296,8 +296,8 @@ async fn a_misbehaving_upstream_gives_502_or_504_never_a_hang() {
 #[tokio::test]
 async fn abandoned_uploads_and_dropped_clients_leak_nothing() {
     let _serial = SERIAL.lock().await;
-    let h = Harness::start(&[&key(Algorithm::ES256)], "", "").await;
-    let token = key(Algorithm::ES256).mint(&h.claims());
+    let h = Harness::start(&[&key(Alg::ES256)], "", "").await;
+    let token = key(Alg::ES256).mint(&h.claims());
     let rss_before = rss_kib();
     let tasks_before = tokio::runtime::Handle::current()
         .metrics()

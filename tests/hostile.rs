@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{b64, mint_unsigned, now, SigningKey};
 use serde_json::{json, Value};
 use support::*;
@@ -81,11 +81,11 @@ fn der_int(v: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn token_header_key_references_are_never_fetched_or_trusted() {
-    let real = key(Algorithm::ES256);
+    let real = key(Alg::ES256);
     let h = Harness::start(&[&real], "", "").await;
     let tripwire = Tripwire::start().await;
     let url = tripwire.url();
-    let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
+    let attacker = SigningKey::generate(Alg::ES256, "attacker");
     let cert = {
         let kp = rcgen::KeyPair::try_from(attacker.pkcs8_der().as_slice()).expect("kp");
         rcgen::CertificateParams::new(vec!["evil".to_string()])
@@ -118,8 +118,8 @@ async fn token_header_key_references_are_never_fetched_or_trusted() {
 
 #[tokio::test]
 async fn malformed_signatures_ecdsa_der_wrong_length_zero_and_out_of_range_rsa_length() {
-    let es = key(Algorithm::ES256);
-    let rs = key(Algorithm::RS256);
+    let es = key(Alg::ES256);
+    let rs = key(Alg::RS256);
     let h = Harness::start(&[&es, &rs], "", "").await;
     let good = es.mint(&h.claims());
     let sig = URL_SAFE_NO_PAD
@@ -176,7 +176,7 @@ fn hex(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn hostile_token_table() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let h = Harness::start(&[&k], "", "").await;
     let iss = h.idp.issuer();
     let t0 = now();
@@ -396,7 +396,7 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn request_smuggling_and_path_tricks_over_raw_tcp() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let h = Harness::start(&[&k], "", "").await;
     let t = k.mint(&h.claims());
     let addr = h.sidecar.proxy_addr;

@@ -7,14 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn harness(proxy_extra: &str) -> Harness {
-    Harness::start(&[&key(Algorithm::ES256)], proxy_extra, "").await
+    Harness::start(&[&key(Alg::ES256)], proxy_extra, "").await
 }
 
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
@@ -218,7 +218,7 @@ async fn oversize_claims_are_dropped_or_rejected_never_truncated() {
     let drop_h = harness("max_claim_header_bytes = 64").await;
     let mut c = drop_h.claims();
     c["sub"] = json!("x".repeat(100));
-    let (s, _, body) = get_with_token(&drop_h.url("/x"), &key(Algorithm::ES256).mint(&c)).await;
+    let (s, _, body) = get_with_token(&drop_h.url("/x"), &key(Alg::ES256).mint(&c)).await;
     assert_eq!(s, 200);
     assert!(
         !echoed(&body).contains_key("x-jwt-sub"),
@@ -236,7 +236,7 @@ async fn oversize_claims_are_dropped_or_rejected_never_truncated() {
     let reject_h = harness("max_claim_header_bytes = 64\noversize_claim = \"reject\"").await;
     let mut c = reject_h.claims();
     c["sub"] = json!("x".repeat(100));
-    let (s, _, body) = get_with_token(&reject_h.url("/x"), &key(Algorithm::ES256).mint(&c)).await;
+    let (s, _, body) = get_with_token(&reject_h.url("/x"), &key(Alg::ES256).mint(&c)).await;
     assert_eq!(
         (s.as_u16(), reason(&body).as_str()),
         (401, "claim_too_large")
@@ -251,7 +251,7 @@ async fn oversize_claims_are_dropped_or_rejected_never_truncated() {
 
 #[tokio::test]
 async fn jwks_over_max_jwks_bytes_is_refused_and_counted() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
         .await
         .expect("idp");
@@ -285,7 +285,7 @@ async fn jwks_over_max_jwks_bytes_is_refused_and_counted() {
 #[tokio::test]
 async fn ten_thousand_idle_connections_against_the_binary() {
     // The binary runs in its own process, so client and server each stay under the fd limit.
-    let (k, idp, echo) = idp_and_echo(Algorithm::ES256).await;
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::auth::Authenticator;
 use jwks_sidecar::error::Reject;
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::jwks::fetch::FetchError;
-use jwks_sidecar::jwks::refresh::{Mirror, Source, SourceResponse, Validators};
+use jwks_sidecar::jwks::refresh::Mirror;
+use jwks_sidecar::jwks::source::{Source, SourceResponse, Validators};
 use jwks_sidecar::metrics::Metrics;
 use jwks_sidecar::testkit::{jwks, mint_unsigned, now, SigningKey};
 use serde_json::{json, Value};
@@ -98,10 +99,10 @@ async fn setup(idp: &Arc<MemIdp>, provider_extra: &str, persist: Option<PathBuf>
     let toml = format!(
         "[[providers]]\nname = \"p\"\nissuer = \"{ISS}\"\njwks = {{ keys = [] }}\naudiences = [\"api\"]\n{provider_extra}\n"
     );
-    let cfg = jwks_sidecar::config::from_toml_str(&toml).expect("config");
+    let plan = jwks_sidecar::plan::from_toml_str(&toml).expect("config");
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(&cfg, metrics.clone()));
-    let mut settings = jwks_sidecar::mirror_settings(&cfg.providers[0]);
+    let auth = Arc::new(Authenticator::new(&plan, metrics.clone()));
+    let mut settings = plan.providers[0].keys.mirror.clone();
     settings.jitter = 0.0;
     let mirror = Mirror {
         keys: auth.providers()[0].keys.clone(),
@@ -148,8 +149,8 @@ async fn check(s: &Setup, token: &str) -> Result<(), Reject> {
 #[tokio::test(start_paused = true)]
 async fn rotation_a_to_ab_to_b_has_no_false_rejections() {
     let (a, b) = (
-        SigningKey::generate(Algorithm::ES256, "A"),
-        SigningKey::generate(Algorithm::ES256, "B"),
+        SigningKey::generate(Alg::ES256, "A"),
+        SigningKey::generate(Alg::ES256, "B"),
     );
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&a], vec![]);
@@ -209,8 +210,8 @@ async fn rotation_a_to_ab_to_b_has_no_false_rejections() {
 #[tokio::test(start_paused = true)]
 async fn key_removal_confirmations_one_revokes_at_once() {
     let (a, b) = (
-        SigningKey::generate(Algorithm::ES256, "A"),
-        SigningKey::generate(Algorithm::ES256, "B"),
+        SigningKey::generate(Alg::ES256, "A"),
+        SigningKey::generate(Alg::ES256, "B"),
     );
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&a, &b], vec![]);
@@ -228,7 +229,7 @@ async fn key_removal_confirmations_one_revokes_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn cache_control_is_honoured_and_clamped_both_ways() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     for (header, expect_next) in [
         ("max-age=15", 60u64),
         ("public, max-age=1209600", 3600),
@@ -251,7 +252,7 @@ async fn cache_control_is_honoured_and_clamped_both_ways() {
 
 #[tokio::test(start_paused = true)]
 async fn not_modified_keeps_the_keys_and_counts_as_success() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     *idp.etag.lock().expect("lock") = Some("\"v1\"".into());
     idp.serve(&[&k], vec![]);
@@ -279,7 +280,7 @@ async fn not_modified_keeps_the_keys_and_counts_as_success() {
 
 #[tokio::test(start_paused = true)]
 async fn idp_outage_serves_stale_within_max_stale_then_503_then_recovers() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&k], vec![]);
     let s = setup(&idp, "max_stale = \"10m\"", None).await;
@@ -322,7 +323,7 @@ async fn idp_outage_serves_stale_within_max_stale_then_503_then_recovers() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_fetches_back_off_exponentially() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&k], vec![]);
     let _s = setup(&idp, "", None).await;
@@ -339,7 +340,7 @@ async fn restart_during_outage_serves_persisted_keys_at_once() {
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let path = dir.join("p.json");
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&k], vec![]);
     {
@@ -364,7 +365,7 @@ async fn restart_during_outage_serves_persisted_keys_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn kid_flood_of_10000_random_kids_costs_a_handful_of_fetches() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&k], vec![]);
     let s = Arc::new(setup(&idp, "", None).await);
@@ -396,7 +397,7 @@ async fn kid_flood_of_10000_random_kids_costs_a_handful_of_fetches() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_idp_never_delays_requests_with_known_kids() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&k], vec![]);
     let s = Arc::new(setup(&idp, "kid_miss_wait = \"2s\"", None).await);
@@ -430,8 +431,8 @@ async fn a_slow_idp_never_delays_requests_with_known_kids() {
 #[tokio::test(start_paused = true)]
 async fn rate_limited_kid_miss_is_retried_within_one_interval() {
     let (a, b) = (
-        SigningKey::generate(Algorithm::ES256, "A"),
-        SigningKey::generate(Algorithm::ES256, "B"),
+        SigningKey::generate(Alg::ES256, "A"),
+        SigningKey::generate(Alg::ES256, "B"),
     );
     let idp = Arc::new(MemIdp::default());
     idp.serve(&[&a], vec![]);

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use jwks_sidecar::auth::claims::{render, Dropped};
 use jwks_sidecar::auth::extract::{extract, TokenSources};
 use jwks_sidecar::config::ArrayClaimFormat;
-use jwks_sidecar::jwks::refresh::{freshness, jittered, retry_delay, MirrorSettings};
+use jwks_sidecar::jwks::freshness::{freshness, jittered, retry_delay, MirrorSettings};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -148,11 +148,11 @@ fn authenticator() -> Arc<jwks_sidecar::auth::Authenticator> {
     use std::sync::OnceLock;
     static AUTH: OnceLock<Arc<jwks_sidecar::auth::Authenticator>> = OnceLock::new();
     AUTH.get_or_init(|| {
-        let cfg = jwks_sidecar::config::from_toml_str(
+        let plan = jwks_sidecar::plan::from_toml_str(
             "[[providers]]\nname = \"p\"\nissuer = \"https://i\"\njwks = { keys = [] }\naudiences = [\"a\"]\n",
         )
         .expect("config");
-        Arc::new(jwks_sidecar::auth::Authenticator::new(&cfg, Arc::new(jwks_sidecar::metrics::Metrics::new())))
+        Arc::new(jwks_sidecar::auth::Authenticator::new(&plan, Arc::new(jwks_sidecar::metrics::Metrics::new())))
     })
     .clone()
 }

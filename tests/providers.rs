@@ -7,8 +7,8 @@ mod support;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{now, SigningKey};
 use serde_json::{json, Value};
 use support::*;
@@ -86,7 +86,7 @@ async fn status_reason(url: &str, token: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn stytch_wrapped_jwks_with_key_ops_x5c_and_x5ts256() {
-    let k = key(Algorithm::RS256);
+    let k = key(Alg::RS256);
     let cert = cert_for(&k);
     let mut jwk = k.public_jwk();
     jwk["key_ops"] = json!(["verify"]);
@@ -106,8 +106,8 @@ async fn stytch_wrapped_jwks_with_key_ops_x5c_and_x5ts256() {
 #[tokio::test]
 async fn google_and_firebase_kid_to_pem_certificate_maps() {
     let (a, b) = (
-        SigningKey::generate(Algorithm::RS256, "g1"),
-        SigningKey::generate(Algorithm::RS256, "g2"),
+        SigningKey::generate(Alg::RS256, "g1"),
+        SigningKey::generate(Alg::RS256, "g2"),
     );
     let doc = json!({"g1": cert_for(&a).pem(), "g2": cert_for(&b).pem()});
     let iss = "https://securetoken.google.com/my-project";
@@ -124,7 +124,7 @@ async fn google_and_firebase_kid_to_pem_certificate_maps() {
 
 #[tokio::test]
 async fn clerk_pem_public_key_fetched_and_inline() {
-    let k = SigningKey::generate(Algorithm::RS256, "unused");
+    let k = SigningKey::generate(Alg::RS256, "unused");
     let pem = spki_pem(&k);
     let iss = "https://clerk.example.com";
     let token = k.mint_with_header(&json!({"alg": "RS256", "typ": "JWT"}), &{
@@ -155,8 +155,8 @@ async fn clerk_pem_public_key_fetched_and_inline() {
 
 #[tokio::test]
 async fn keycloak_set_with_rsa_oaep_encryption_keys() {
-    let sig = key(Algorithm::RS256);
-    let enc = SigningKey::generate(Algorithm::RS256, "enc-key");
+    let sig = key(Alg::RS256);
+    let enc = SigningKey::generate(Alg::RS256, "enc-key");
     let mut enc_jwk = enc.public_jwk_without_alg();
     enc_jwk["use"] = json!("enc");
     enc_jwk["alg"] = json!("RSA-OAEP");
@@ -189,7 +189,7 @@ async fn keycloak_set_with_rsa_oaep_encryption_keys() {
 
 #[tokio::test]
 async fn entra_keys_without_alg_and_the_tenant_issuer_template() {
-    let k = SigningKey::generate(Algorithm::RS256, "entra-kid");
+    let k = SigningKey::generate(Alg::RS256, "entra-kid");
     let mut jwk = k.public_jwk_without_alg();
     jwk["x5c"] = json!([STANDARD.encode(cert_for(&k).der())]);
     jwk["x5t"] = json!("abc");
@@ -221,7 +221,7 @@ async fn entra_keys_without_alg_and_the_tenant_issuer_template() {
         "tenant not allowed"
     );
     // A PS256 token with the same RSA key: the key has no alg, but the provider allows RS256 only.
-    let ps = SigningKey::generate(Algorithm::PS256, "entra-kid");
+    let ps = SigningKey::generate(Alg::PS256, "entra-kid");
     let mut c = claims(&tpl.replace("{tenantid}", "t-1"));
     c["tid"] = json!("t-1");
     assert_eq!(
@@ -232,7 +232,7 @@ async fn entra_keys_without_alg_and_the_tenant_issuer_template() {
 
 #[tokio::test]
 async fn cognito_access_tokens_checked_on_client_id() {
-    let k = key(Algorithm::RS256);
+    let k = key(Alg::RS256);
     let iss = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf";
     let h = start(Some(jwks_sidecar::testkit::jwks(&[&k])), None, &format!("issuer = \"{iss}\"\njwks_uri = \"{{JWKS}}\"\naudiences = [\"3n4b5urk1ft4fl3mg5e62d9ado\"]\naudience_claim = \"client_id\"\nrequired_claims = [\"token_use\"]")).await;
     let c = json!({"iss": iss, "sub": "s", "client_id": "3n4b5urk1ft4fl3mg5e62d9ado", "token_use": "access", "scope": "aws.cognito.signin.user.admin", "exp": now() + 600});
@@ -250,7 +250,7 @@ async fn cognito_access_tokens_checked_on_client_id() {
 
 #[tokio::test]
 async fn auth0_issuer_trailing_slash_is_exact() {
-    let k = key(Algorithm::RS256);
+    let k = key(Alg::RS256);
     let h = start(
         Some(jwks_sidecar::testkit::jwks(&[&k])),
         None,
@@ -270,7 +270,7 @@ async fn auth0_issuer_trailing_slash_is_exact() {
 
 #[tokio::test]
 async fn okta_discovery_and_issuer_mismatch() {
-    let k = key(Algorithm::RS256);
+    let k = key(Alg::RS256);
     let h = start(
         Some(jwks_sidecar::testkit::jwks(&[&k])),
         None,
@@ -303,7 +303,7 @@ async fn okta_discovery_and_issuer_mismatch() {
 
 #[tokio::test]
 async fn kubernetes_issuer_with_a_token_file_fetch_header() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-sa-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let token_file = dir.join("token");
@@ -330,10 +330,10 @@ async fn kubernetes_issuer_with_a_token_file_fetch_header() {
 
 #[tokio::test]
 async fn odd_jwks_x5c_only_no_alg_duplicate_kids_unknown_kty() {
-    let rsa = SigningKey::generate(Algorithm::RS256, "dup");
-    let ec = SigningKey::generate(Algorithm::ES256, "dup");
-    let x5c_only = SigningKey::generate(Algorithm::ES256, "x5c-only");
-    let no_alg = SigningKey::generate(Algorithm::EdDSA, "no-alg");
+    let rsa = SigningKey::generate(Alg::RS256, "dup");
+    let ec = SigningKey::generate(Alg::ES256, "dup");
+    let x5c_only = SigningKey::generate(Alg::ES256, "x5c-only");
+    let no_alg = SigningKey::generate(Alg::EdDSA, "no-alg");
     let doc = json!({"keys": [
         rsa.public_jwk(),
         ec.public_jwk(),
@@ -369,7 +369,9 @@ async fn provider_examples_parse_and_validate() {
         "/deploy/examples/providers.toml"
     );
     let text = std::fs::read_to_string(path).expect("deploy/examples/providers.toml");
-    let cfg = jwks_sidecar::config::from_toml_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let cfg = jwks_sidecar::plan::from_toml_str(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .config;
     let names: Vec<&str> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
     for want in [
         "stytch",

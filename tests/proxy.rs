@@ -10,19 +10,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn harness(proxy_extra: &str) -> Harness {
-    Harness::start(&[&key(Algorithm::ES256)], proxy_extra, "").await
+    Harness::start(&[&key(Alg::ES256)], proxy_extra, "").await
 }
 
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
     let h = harness("").await;
-    let token = key(Algorithm::ES256).mint(&h.claims());
+    let token = key(Alg::ES256).mint(&h.claims());
     let auth = format!("Bearer {token}");
     let spoof: Vec<(&str, &str)> = vec![
         ("x-jwt-sub", "admin"),
@@ -77,7 +77,7 @@ async fn claim_values_with_crlf_or_control_characters_are_never_injected() {
     c["sub"] = json!("user\r\nx-jwt-admin: true");
     c["email"] = json!("a\u{0}b");
     c["roles"] = json!(["ok", "José"]);
-    let (s, _, body) = get_with_token(&h.url("/x"), &key(Algorithm::ES256).mint(&c)).await;
+    let (s, _, body) = get_with_token(&h.url("/x"), &key(Alg::ES256).mint(&c)).await;
     assert_eq!(s, 200);
     let seen = echoed(&body);
     assert!(!seen.contains_key("x-jwt-sub"), "{seen:?}");
@@ -129,7 +129,7 @@ async fn public_paths_cannot_be_escaped_by_path_tricks() {
     assert_eq!(s, 200);
     assert_eq!(echoed_path(&body), "/public/a/b/d?x=%2F");
     // Authenticated requests too.
-    let t = key(Algorithm::ES256).mint(&h.claims());
+    let t = key(Alg::ES256).mint(&h.claims());
     let (_, _, body) = get_with_token(&h.url("/api//v1/../v2/%61"), &t).await;
     assert_eq!(echoed_path(&body), "/api/v2/a");
 }
@@ -145,7 +145,7 @@ async fn encoded_slash_allowed_when_configured() {
 #[tokio::test]
 async fn forwarding_headers_hop_by_hop_and_request_id() {
     let h = harness("").await;
-    let t = format!("Bearer {}", key(Algorithm::ES256).mint(&h.claims()));
+    let t = format!("Bearer {}", key(Alg::ES256).mint(&h.claims()));
     let (s, resp_headers, body) = get(
         &h.url("/x"),
         &[
@@ -184,7 +184,7 @@ async fn forwarding_headers_hop_by_hop_and_request_id() {
 #[tokio::test]
 async fn authorization_is_removed_when_not_forwarded() {
     let h = harness("forward_authorization = false").await;
-    let (s, _, body) = get_with_token(&h.url("/x"), &key(Algorithm::ES256).mint(&h.claims())).await;
+    let (s, _, body) = get_with_token(&h.url("/x"), &key(Alg::ES256).mint(&h.claims())).await;
     assert_eq!(s, 200);
     assert!(!echoed(&body).contains_key("authorization"));
 }
@@ -202,7 +202,7 @@ async fn rejected_requests_never_reach_the_upstream() {
 #[tokio::test]
 async fn large_upload_streams_through_with_flat_memory() {
     let h = harness("").await;
-    let t = format!("Bearer {}", key(Algorithm::ES256).mint(&h.claims()));
+    let t = format!("Bearer {}", key(Alg::ES256).mint(&h.claims()));
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 1024; // 1 GiB
     let rss_before = rss_kib();
@@ -283,7 +283,7 @@ fn rss_kib() -> u64 {
 #[tokio::test]
 async fn websocket_style_upgrade_passes_through_after_authentication() {
     let h = harness("").await;
-    let t = key(Algorithm::ES256).mint(&h.claims());
+    let t = key(Alg::ES256).mint(&h.claims());
     // Without a token: refused, no upgrade.
     let mut s = tokio::net::TcpStream::connect(h.sidecar.proxy_addr)
         .await
@@ -329,7 +329,7 @@ async fn websocket_style_upgrade_passes_through_after_authentication() {
 #[tokio::test]
 async fn h2c_prior_knowledge_is_served() {
     let h = harness("").await;
-    let t = format!("Bearer {}", key(Algorithm::ES256).mint(&h.claims()));
+    let t = format!("Bearer {}", key(Alg::ES256).mint(&h.claims()));
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -380,7 +380,7 @@ async fn tls_listener_serves_https() {
         .enable_http1()
         .build();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let t = format!("Bearer {}", key(Algorithm::ES256).mint(&h.claims()));
+    let t = format!("Bearer {}", key(Alg::ES256).mint(&h.claims()));
     let url = format!("https://localhost:{}/x", h.sidecar.proxy_addr.port());
     let req = http::Request::get(&url)
         .header("authorization", &t)
@@ -403,7 +403,7 @@ async fn upstream_refused_is_502_and_slow_upstream_is_504_with_json() {
         .expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
-    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Algorithm::ES256)], 0)
+    let idp = jwks_sidecar::demo::FakeIdp::start(&[&key(Alg::ES256)], 0)
         .await
         .expect("idp");
     let toml = base_toml(
@@ -438,7 +438,7 @@ async fn upstream_refused_is_502_and_slow_upstream_is_504_with_json() {
 
 #[tokio::test]
 async fn no_keys_is_503_with_retry_after_and_readiness_follows_keys() {
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let idp = jwks_sidecar::demo::FakeIdp::start(&[&k], 0)
         .await
         .expect("idp");

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{now, SigningKey};
 use serde_json::{json, Value};
 use support::*;
@@ -25,12 +25,8 @@ struct Env {
 
 async fn env() -> Env {
     Env {
-        a: FakeIdp::start(&[&key(Algorithm::ES256)], 0)
-            .await
-            .expect("idp a"),
-        b: FakeIdp::start(&[&key(Algorithm::EdDSA)], 0)
-            .await
-            .expect("idp b"),
+        a: FakeIdp::start(&[&key(Alg::ES256)], 0).await.expect("idp a"),
+        b: FakeIdp::start(&[&key(Alg::EdDSA)], 0).await.expect("idp b"),
         echo: EchoUpstream::start().await.expect("echo"),
     }
 }
@@ -76,7 +72,7 @@ audiences = ["api"]
         for (k, v) in extra.as_object().expect("object") {
             c[k] = v.clone();
         }
-        key(Algorithm::ES256).mint(&c)
+        key(Alg::ES256).mint(&c)
     }
 
     fn auth0(&self, extra: Value) -> String {
@@ -84,7 +80,7 @@ audiences = ["api"]
         for (k, v) in extra.as_object().expect("object") {
             c[k] = v.clone();
         }
-        key(Algorithm::EdDSA).mint(&c)
+        key(Alg::EdDSA).mint(&c)
     }
 }
 
@@ -409,7 +405,7 @@ fn invalid_rules_are_reported_with_their_key() {
         ("[[rules]]\nmatch = { path_prefix = \"/a\" }\nrequires = { scopes = [\"x\"] }\n", "requires"),
     ];
     for (rules, want) in cases {
-        let err = jwks_sidecar::config::from_toml_str(&format!("{base}{rules}"))
+        let err = jwks_sidecar::plan::from_toml_str(&format!("{base}{rules}"))
             .expect_err(rules)
             .to_string();
         assert!(err.contains(want), "{rules}: {err}");
@@ -430,8 +426,8 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 async fn start_file(file: &Path) -> jwks_sidecar::Running {
-    let cfg = jwks_sidecar::config::load(Some(file), &Default::default()).expect("config");
-    let s = jwks_sidecar::start_with(cfg, Some(file.to_path_buf()), Default::default())
+    let plan = jwks_sidecar::plan::load(Some(file), &Default::default()).expect("config");
+    let s = jwks_sidecar::start_with(plan, Some(file.to_path_buf()), Default::default())
         .await
         .expect("start");
     wait_ready(&s).await;
@@ -502,12 +498,10 @@ async fn reload_valid_invalid_and_unchanged_providers_keep_their_keys() {
     );
     assert_eq!(m.matches("jwks_sidecar_config_info{").count(), 1, "{m}");
     // A new provider is fetched before it is used; a removed one stops.
-    let c = FakeIdp::start(&[&key(Algorithm::RS256)], 0)
-        .await
-        .expect("idp c");
+    let c = FakeIdp::start(&[&key(Alg::RS256)], 0).await.expect("idp c");
     let with_c = e.toml("", "").replace("[[providers]]\nname = \"auth0\"", &format!("[[providers]]\nname = \"gitlab\"\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"api\"]\n[[providers]]\nname = \"auth0\"", c.issuer(), c.jwks_uri()));
     write(&file, &with_c);
-    let tc = key(Algorithm::RS256)
+    let tc = key(Alg::RS256)
         .mint(&json!({"iss": c.issuer(), "sub": "carol", "aud": "api", "exp": now() + 600}));
     eventually("the new provider's tokens are accepted", async || {
         status(&s, "GET", "/x", Some(&tc), &[]).await.0 == 200
@@ -611,7 +605,7 @@ async fn explain_shows_rules_checks_and_the_decision() {
     let jwks_file = dir.join("jwks.json");
     std::fs::write(
         &jwks_file,
-        jwks_sidecar::testkit::jwks(&[&key(Algorithm::ES256), &key(Algorithm::EdDSA)]).to_string(),
+        jwks_sidecar::testkit::jwks(&[&key(Alg::ES256), &key(Alg::EdDSA)]).to_string(),
     )
     .expect("write");
     let tok = e.okta(json!({"scope": "admin", "org": {"role": "viewer"}}));

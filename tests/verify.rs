@@ -3,7 +3,7 @@
 
 mod support;
 
-use jsonwebtoken::Algorithm;
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{b64, mint_hs256, mint_unsigned, now, SigningKey};
 use serde_json::json;
 use support::*;
@@ -36,9 +36,9 @@ async fn every_supported_algorithm_verifies_and_forwards_claim_headers() {
 #[tokio::test]
 async fn algorithm_allow_list_is_enforced_per_provider() {
     let h = all_keys_harness("", "algorithms = [\"ES256\"]").await;
-    let (s, _, _) = get_with_token(&h.url("/x"), &key(Algorithm::ES256).mint(&h.claims())).await;
+    let (s, _, _) = get_with_token(&h.url("/x"), &key(Alg::ES256).mint(&h.claims())).await;
     assert_eq!(s, 200);
-    let (s, _, body) = get_with_token(&h.url("/x"), &key(Algorithm::RS256).mint(&h.claims())).await;
+    let (s, _, body) = get_with_token(&h.url("/x"), &key(Alg::RS256).mint(&h.claims())).await;
     assert_eq!(
         (s.as_u16(), reason(&body).as_str()),
         (401, "alg_not_allowed")
@@ -47,8 +47,8 @@ async fn algorithm_allow_list_is_enforced_per_provider() {
 
 #[tokio::test]
 async fn alg_confusion_hs256_with_the_public_key_as_secret_is_rejected() {
-    let rsa = key(Algorithm::RS256);
-    let ec = key(Algorithm::ES256);
+    let rsa = key(Alg::RS256);
+    let ec = key(Alg::ES256);
     let h = all_keys_harness("", "").await;
     for (k, kid) in [(&rsa, "kid-RS256"), (&ec, "kid-ES256")] {
         let jwk = k.public_jwk();
@@ -92,7 +92,7 @@ async fn alg_none_in_every_spelling_is_rejected() {
         }
     }
     // A real signature transplanted under alg none is still refused.
-    let good = key(Algorithm::RS256).mint(&h.claims());
+    let good = key(Alg::RS256).mint(&h.claims());
     let sig = good.split('.').nth(2).expect("sig");
     let t = mint_unsigned(
         &json!({"alg": "none", "kid": "kid-RS256"}),
@@ -110,15 +110,15 @@ async fn alg_none_in_every_spelling_is_rejected() {
 async fn token_alg_must_fit_the_key_type_and_the_keys_own_alg() {
     let h = all_keys_harness("", "").await;
     // RS256 key material, but the header claims PS256 with the RS256 key's kid: the JWK says alg RS256.
-    let rs = SigningKey::generate(Algorithm::RS256, "kid-RS256");
+    let rs = SigningKey::generate(Alg::RS256, "kid-RS256");
     let t = rs
-        .with_alg(Algorithm::PS256)
+        .with_alg(Alg::PS256)
         .mint_with_header(&json!({"alg": "PS256", "kid": "kid-RS256"}), &h.claims());
     let (s, _, body) = get_with_token(&h.url("/x"), &t).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "key_mismatch"));
     // ES256 header pointing at the EdDSA key id.
-    let t = key(Algorithm::ES256)
-        .mint_with_header(&json!({"alg": "ES256", "kid": "kid-EdDSA"}), &h.claims());
+    let t =
+        key(Alg::ES256).mint_with_header(&json!({"alg": "ES256", "kid": "kid-EdDSA"}), &h.claims());
     let (s, _, body) = get_with_token(&h.url("/x"), &t).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "key_mismatch"));
 }
@@ -126,11 +126,11 @@ async fn token_alg_must_fit_the_key_type_and_the_keys_own_alg() {
 #[tokio::test]
 async fn unknown_kid_and_foreign_key_are_rejected() {
     let h = all_keys_harness("", "").await;
-    let stranger = SigningKey::generate(Algorithm::ES256, "not-published");
+    let stranger = SigningKey::generate(Alg::ES256, "not-published");
     let (s, _, body) = get_with_token(&h.url("/x"), &stranger.mint(&h.claims())).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "unknown_kid"));
     // Same kid as a published key, different key material: bad signature.
-    let imposter = SigningKey::generate(Algorithm::ES256, "kid-ES256");
+    let imposter = SigningKey::generate(Alg::ES256, "kid-ES256");
     let (s, _, body) = get_with_token(&h.url("/x"), &imposter.mint(&h.claims())).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "bad_signature"));
     // kid injection attempts are just unknown kids.
@@ -140,8 +140,7 @@ async fn unknown_kid_and_foreign_key_are_rejected() {
         "kid\u{0}x",
         &"k".repeat(5000),
     ] {
-        let t = key(Algorithm::ES256)
-            .mint_with_header(&json!({"alg": "ES256", "kid": kid}), &h.claims());
+        let t = key(Alg::ES256).mint_with_header(&json!({"alg": "ES256", "kid": kid}), &h.claims());
         let (s, _, _) = get_with_token(&h.url("/x"), &t).await;
         assert_eq!(s, 401, "{kid:?}");
     }
@@ -155,7 +154,7 @@ async fn unknown_kid_and_foreign_key_are_rejected() {
 #[tokio::test]
 async fn time_edges_at_the_leeway_boundary() {
     let h = all_keys_harness("", "leeway = \"30s\"").await;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let mut c = h.claims();
     let t0 = now();
     let cases = [
@@ -203,7 +202,7 @@ async fn time_edges_at_the_leeway_boundary() {
 #[tokio::test]
 async fn wrong_issuer_and_wrong_audience_are_rejected() {
     let h = all_keys_harness("", "").await;
-    let k = key(Algorithm::EdDSA);
+    let k = key(Alg::EdDSA);
     let mut c = h.claims();
     c["iss"] = json!(format!("{}/", h.idp.issuer()));
     let (s, _, body) = get_with_token(&h.url("/x"), &k.mint(&c)).await;
@@ -242,7 +241,7 @@ async fn wrong_issuer_and_wrong_audience_are_rejected() {
 #[tokio::test]
 async fn missing_scope_is_403_insufficient_scope() {
     let h = all_keys_harness("", "required_scopes = [\"read\", \"admin\"]").await;
-    let k = key(Algorithm::ES384);
+    let k = key(Alg::ES384);
     let (s, headers, body) = get_with_token(&h.url("/x"), &k.mint(&h.claims())).await;
     assert_eq!(
         (s.as_u16(), reason(&body).as_str()),
@@ -260,7 +259,7 @@ async fn missing_scope_is_403_insufficient_scope() {
 #[tokio::test]
 async fn typ_allow_list_and_required_claims() {
     let h = all_keys_harness("", "typ = [\"at+jwt\"]\nrequired_claims = [\"email\"]").await;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let (s, _, body) = get_with_token(&h.url("/x"), &k.mint(&h.claims())).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "bad_typ"));
     let at = |claims: &serde_json::Value| {
@@ -279,7 +278,7 @@ async fn typ_allow_list_and_required_claims() {
 #[tokio::test]
 async fn crit_header_and_malformed_tokens_are_401_never_500() {
     let h = all_keys_harness("max_token_bytes = 2048", "").await;
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let t = k.mint_with_header(
         &json!({"alg": "ES256", "kid": "kid-ES256", "crit": ["exp"], "exp": 1}),
         &h.claims(),
@@ -331,7 +330,7 @@ async fn missing_and_multiple_tokens() {
     assert_eq!(headers["www-authenticate"], "Bearer realm=\"jwks-sidecar\"");
     let (s, _, body) = get(&h.url("/x"), &[("authorization", "Basic dTpw")]).await;
     assert_eq!((s.as_u16(), reason(&body).as_str()), (401, "missing_token"));
-    let k = key(Algorithm::ES256);
+    let k = key(Alg::ES256);
     let a = format!("Bearer {}", k.mint(&h.claims()));
     let mut c2 = h.claims();
     c2["sub"] = json!("someone-else");
@@ -360,7 +359,7 @@ async fn token_from_cookie_header_or_query_when_configured() {
         "",
     )
     .await;
-    let t = key(Algorithm::ES256).mint(&h.claims());
+    let t = key(Alg::ES256).mint(&h.claims());
     assert_eq!(
         get(&h.url("/x"), &[("cookie", &format!("a=b; at={t}"))])
             .await
@@ -372,7 +371,7 @@ async fn token_from_cookie_header_or_query_when_configured() {
         get(&h.url(&format!("/x?access_token={t}")), &[]).await.0,
         200
     );
-    let other = key(Algorithm::EdDSA).mint(&h.claims());
+    let other = key(Alg::EdDSA).mint(&h.claims());
     let (s, _, body) = get(
         &h.url(&format!("/x?access_token={other}")),
         &[("x-access-token", &t)],
@@ -386,9 +385,8 @@ async fn token_from_cookie_header_or_query_when_configured() {
 
 #[tokio::test]
 async fn keys_marked_enc_or_without_verify_op_are_never_used() {
-    let k = SigningKey::generate(Algorithm::RS256, "enc-key");
-    let idp_doc =
-        |jwk: serde_json::Value| json!({"keys": [jwk, key(Algorithm::EdDSA).public_jwk()]});
+    let k = SigningKey::generate(Alg::RS256, "enc-key");
+    let idp_doc = |jwk: serde_json::Value| json!({"keys": [jwk, key(Alg::EdDSA).public_jwk()]});
     let h = all_keys_harness("", "").await;
     let mut enc = k.public_jwk();
     enc["use"] = json!("enc");
@@ -409,8 +407,8 @@ async fn keys_marked_enc_or_without_verify_op_are_never_used() {
 #[tokio::test]
 async fn equal_kids_at_two_providers_are_never_confused() {
     // Two IdPs publish different keys under the same kid; each token verifies only with its own.
-    let a = SigningKey::generate(Algorithm::ES256, "shared-kid");
-    let b = SigningKey::generate(Algorithm::ES256, "shared-kid");
+    let a = SigningKey::generate(Alg::ES256, "shared-kid");
+    let b = SigningKey::generate(Alg::ES256, "shared-kid");
     let idp_b = jwks_sidecar::demo::FakeIdp::start(&[&b], 0)
         .await
         .expect("idp b");

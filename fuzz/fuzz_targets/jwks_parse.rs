@@ -9,7 +9,8 @@
 
 #![no_main]
 
-use jwks_sidecar::jwks::{parse_alg, KeySet, ParsePolicy};
+use jwks_sidecar::jose::Alg;
+use jwks_sidecar::jwks::{KeySet, ParsePolicy};
 use libfuzzer_sys::fuzz_target;
 
 const ALL: [&str; 9] = [
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let max_keys = (ctl & 3) as usize + 1;
     let names: &[&str] = if ctl & 4 != 0 { &["ES256"] } else { &ALL };
     let policy = ParsePolicy {
-        algorithms: names.iter().filter_map(|n| parse_alg(n)).collect(),
+        algorithms: names.iter().filter_map(|n| Alg::parse(n)).collect(),
         max_keys,
     };
     let Ok((set, skipped)) = KeySet::parse(doc, &policy) else {
@@ -43,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             .filter(|a| key.accepts(**a))
             .collect();
         assert!(!usable.is_empty(), "key {key:?} fits no allowed algorithm");
-        for a in ALL.iter().filter_map(|n| parse_alg(n)) {
+        for a in ALL.iter().filter_map(|n| Alg::parse(n)) {
             if key.accepts(a) {
                 assert!(key.kind.fits(a), "key {key:?} accepts {a:?} outside its kind");
             }

@@ -16,9 +16,10 @@ use std::sync::{Arc, OnceLock};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwks_sidecar::auth::{verify, Authenticator};
-use jwks_sidecar::jwks::{parse_alg, KeySet, ParsePolicy};
+use jwks_sidecar::jose::Alg;
+use jwks_sidecar::jwks::{KeySet, ParsePolicy};
 use jwks_sidecar::metrics::Metrics;
-use jwks_sidecar::testkit::{alg_name, SigningKey};
+use jwks_sidecar::testkit::SigningKey;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -39,7 +40,7 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         jwks_sidecar::install_crypto_provider();
-        let alg = |n: &str| parse_alg(n).expect("alg");
+        let alg = |n: &str| Alg::parse(n).expect("alg");
         let main_key = SigningKey::generate(alg("EdDSA"), "k1");
         let tenant_key = SigningKey::generate(alg("ES256"), "k2");
         let toml = format!(
@@ -72,9 +73,10 @@ sub = "x-jwt-sub"
             main_jwks = toml_inline(&serde_json::json!({"keys": [main_key.public_jwk()]})),
             tenant_jwks = toml_inline(&serde_json::json!({"keys": [tenant_key.public_jwk()]})),
         );
-        let config = jwks_sidecar::config::from_toml_str(&toml)
+        let plan = jwks_sidecar::plan::from_toml_str(&toml)
             .unwrap_or_else(|e| panic!("fuzz config invalid: {e}\n{toml}"));
-        let auth = Authenticator::new(&config, Arc::new(Metrics::new()));
+        let auth = Authenticator::new(&plan, Arc::new(Metrics::new()));
+        let config = &plan.config;
         for (p, cfg) in auth.providers().iter().zip(&config.providers) {
             let policy = ParsePolicy {
                 algorithms: p.algorithms.clone(),
@@ -150,7 +152,7 @@ fn check_accepted(token: &str, v: &jwks_sidecar::auth::Verified, signer: Option<
     });
     let parsed = verify::parse(token).expect("accepted token must parse");
     // The key that signed it, the provider that owns that key, the alg of that key.
-    assert_eq!(parsed.header.alg, alg_name(signer.alg), "alg confusion");
+    assert_eq!(parsed.header.alg, signer.alg.name(), "alg confusion");
     assert_eq!(v.info.alg, signer.alg);
     let is_main = std::ptr::eq(signer, &w.main_key);
     assert_eq!(v.provider.name, if is_main { "main" } else { "tenant" }, "wrong provider");

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
-use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::config::{ArrayClaimFormat, Config};
+use crate::config::ArrayClaimFormat;
 use crate::error::Reject;
+use crate::jose::{jws, Check, Observer};
 use crate::metrics::Metrics;
+use crate::plan::{Plan, ProviderPlan};
 use claims::{render, ReservedHeaders};
 use extract::TokenSources;
 pub use provider::Provider;
@@ -29,7 +30,7 @@ pub struct TokenInfo {
     /// The key id used.
     pub kid: Option<String>,
     /// The algorithm used.
-    pub alg: Algorithm,
+    pub alg: crate::jose::Alg,
     /// Verified claims.
     pub claims: Map<String, Value>,
     /// The payload segment as in the token (base64url JSON), ready to forward as a header
@@ -94,21 +95,24 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Compiles the providers and header rules of a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
-        Self::with_keys(config, metrics, Provider::new_keys)
+    /// Builds the providers and header rules of a plan, each provider with an empty mirror.
+    pub fn new(plan: &Plan, metrics: Arc<Metrics>) -> Self {
+        Self::with_keys(plan, metrics, |p| {
+            Arc::new(crate::jwks::ProviderKeys::new(&p.keys))
+        })
     }
 
     /// Like `new`, taking each provider's key mirror from `keys` (reload keeps mirrors).
     pub fn with_keys(
-        config: &Config,
+        plan: &Plan,
         metrics: Arc<Metrics>,
-        keys: impl Fn(&crate::config::ProviderConfig) -> Arc<crate::jwks::ProviderKeys>,
+        keys: impl Fn(&ProviderPlan) -> Arc<crate::jwks::ProviderKeys>,
     ) -> Self {
-        let providers: Vec<Arc<Provider>> = config
+        let config = &plan.config;
+        let providers: Vec<Arc<Provider>> = plan
             .providers
             .iter()
-            .map(|p| Arc::new(Provider::with_keys(p, &metrics, keys(p))))
+            .map(|p| Arc::new(Provider::new(p, &metrics, keys(p))))
             .collect();
         let by_issuer = providers
             .iter()
@@ -170,44 +174,65 @@ impl Authenticator {
     /// Verifies one token at time `now` (Unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Verified, Failure> {
         let started = Instant::now();
-        let result = self.verify_inner(token, now);
+        let result = self.verify_observed(token, now, &mut ());
         self.metrics
             .verify_duration
             .observe(started.elapsed().as_secs_f64());
         result
     }
 
-    fn verify_inner(&self, token: &str, now: u64) -> Result<Verified, Failure> {
-        let parsed = verify::parse(token)?;
+    /// `verify`, reporting each check to `obs` (the request path passes `()`; `explain`
+    /// passes a `Trace`).
+    pub fn verify_observed(
+        &self,
+        token: &str,
+        now: u64,
+        obs: &mut impl Observer,
+    ) -> Result<Verified, Failure> {
+        let parsed = jws::parse(token).inspect_err(|r| {
+            obs.step(Check::Parse, false, || r.description().to_string());
+        })?;
         let kid = parsed.header.kid.clone();
-        let provider = verify::peek_issuer(&parsed)
-            .and_then(|iss| self.provider_for(iss, &parsed.claims))
-            .ok_or(Failure {
-                reject: Reject::UnknownIssuer,
-                provider: None,
-                kid: kid.clone(),
-            })?;
+        obs.step(Check::Parse, true, || {
+            let h = &parsed.header;
+            let kid = h.kid.as_deref().map(|k| crate::policy::truncate(k, 64));
+            format!("parse: alg={} kid={kid:?} typ={:?}", h.alg, h.typ)
+        });
+        let iss = jws::peek_issuer(&parsed);
+        let provider = iss.and_then(|iss| self.provider_for(iss, &parsed.claims));
+        obs.step(Check::Issuer, provider.is_some(), || match &provider {
+            Some(p) => format!("provider {:?} (issuer {:?})", p.name, iss.unwrap_or("")),
+            None => format!("issuer {iss:?} is not a configured provider"),
+        });
+        let provider = provider.ok_or(Failure {
+            reject: Reject::UnknownIssuer,
+            provider: None,
+            kid: kid.clone(),
+        })?;
         let fail = |reject: Reject| Failure {
             reject,
             provider: Some(provider.clone()),
             kid: kid.clone(),
         };
-        let alg = verify::check_alg(&parsed, &provider.algorithms).map_err(fail)?;
-        let signed = provider.keys.with_current(|set| {
-            let set = set.ok_or(Reject::NoKeys)?;
-            let candidates = set.candidates(parsed.header.kid.as_deref());
-            if candidates.is_empty() {
-                provider.lookup_miss.inc();
-                return Err(Reject::UnknownKid);
-            }
-            provider.lookup_hit.inc();
-            verify::verify_signature(&parsed, alg, candidates).map(|k| k.kid.clone())
+        let alg = jws::check_alg(&parsed, &provider.algorithms);
+        obs.step(Check::Alg, alg.is_ok(), || match &alg {
+            Ok(a) => format!("alg {a} is allowed"),
+            Err(_) => format!(
+                "alg {:?} is not allowed for {}",
+                parsed.header.alg, provider.name
+            ),
         });
-        let used_kid = signed.map_err(fail)?;
-        verify::check_claims(&parsed, &provider.claims, now).map_err(fail)?;
-        let headers = self
-            .render_claim_headers(&provider, &parsed.claims)
+        let alg = alg.map_err(fail)?;
+        let used_kid = self
+            .check_signature(&provider, &parsed, alg, obs)
             .map_err(fail)?;
+        verify::check_claims_observed(&parsed, &provider.claims, now, obs).map_err(fail)?;
+        let headers = self.render_claim_headers(&provider, &parsed.claims);
+        obs.step(Check::ClaimHeaders, headers.is_ok(), || match &headers {
+            Ok(h) => format!("{} claim header(s) rendered", h.len()),
+            Err(r) => r.description().to_string(),
+        });
+        let headers = headers.map_err(fail)?;
         let number = |name: &str| parsed.claims.get(name).and_then(Value::as_f64);
         let info = TokenInfo {
             kid: used_kid,
@@ -222,6 +247,43 @@ impl Authenticator {
         Ok(Verified {
             info: Arc::new(info),
             provider,
+        })
+    }
+
+    /// Key lookup in the provider's current set, then the signature; the kid of the key
+    /// that verified.
+    fn check_signature(
+        &self,
+        provider: &Provider,
+        parsed: &jws::ParsedToken<'_>,
+        alg: crate::jose::Alg,
+        obs: &mut impl Observer,
+    ) -> Result<Option<String>, Reject> {
+        provider.keys.with_current(|set| {
+            let Some(set) = set else {
+                obs.step(Check::Key, false, || {
+                    "the provider has no keys (503)".to_string()
+                });
+                return Err(Reject::NoKeys);
+            };
+            let candidates = set.candidates(parsed.header.kid.as_deref());
+            if candidates.is_empty() {
+                provider.lookup_miss.inc();
+                obs.step(Check::Key, false, || {
+                    "kid is not in the key set (a live sidecar refetches once)".to_string()
+                });
+                return Err(Reject::UnknownKid);
+            }
+            provider.lookup_hit.inc();
+            obs.step(Check::Key, true, || {
+                format!("{} candidate key(s)", candidates.len())
+            });
+            let signed = jws::verify_signature(parsed, alg, candidates);
+            obs.step(Check::Signature, signed.is_ok(), || match &signed {
+                Ok(_) => "signature verifies".to_string(),
+                Err(r) => format!("signature: {}", r.description()),
+            });
+            signed.map(|k| k.kid.clone())
         })
     }
 

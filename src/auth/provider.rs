@@ -3,16 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::jose::Alg;
 use http::HeaderName;
-use jsonwebtoken::Algorithm;
 use prometheus::IntCounter;
 
 use super::claims::ClaimPath;
 use super::verify::{normalize_typ, ClaimPolicy};
-use crate::config::{ProviderConfig, SUPPORTED_ALGORITHMS};
-use crate::jwks::kidmiss::KidMissGate;
-use crate::jwks::{parse_alg, ParsePolicy, ProviderKeys};
+use crate::jwks::ProviderKeys;
 use crate::metrics::Metrics;
+use crate::plan::ProviderPlan;
 
 /// One configured issuer, ready for the request path.
 pub struct Provider {
@@ -21,7 +20,7 @@ pub struct Provider {
     /// Exact `iss`.
     pub issuer: String,
     /// Allowed algorithms.
-    pub algorithms: Vec<Algorithm>,
+    pub algorithms: Vec<Alg>,
     /// Claim rules.
     pub claims: ClaimPolicy,
     /// Claim -> header mappings.
@@ -46,45 +45,9 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// A fresh (empty) key mirror for a provider config.
-    pub fn new_keys(cfg: &ProviderConfig) -> Arc<ProviderKeys> {
-        let algorithms = Self::algorithms(cfg);
-        let source = cfg.key_source().unwrap_or(crate::config::KeySource::Inline(
-            serde_json::json!({"keys": []}),
-        ));
-        Arc::new(ProviderKeys::new(
-            cfg.name.clone(),
-            cfg.issuer.clone(),
-            source,
-            ParsePolicy {
-                algorithms,
-                max_keys: cfg.max_keys,
-            },
-            KidMissGate::new(cfg.kid_miss_min_interval, cfg.kid_miss_wait),
-        ))
-    }
-
-    /// The algorithms a provider's keys may be used with (its `algorithms`, or every
-    /// supported asymmetric one).
-    pub fn algorithms(cfg: &ProviderConfig) -> Vec<Algorithm> {
-        if cfg.algorithms.is_empty() {
-            SUPPORTED_ALGORITHMS
-                .iter()
-                .filter_map(|a| parse_alg(a))
-                .collect()
-        } else {
-            cfg.algorithms.iter().filter_map(|a| parse_alg(a)).collect()
-        }
-    }
-
-    /// Compiles a validated provider config around an existing (or new) key mirror.
-    pub fn from_config(cfg: &ProviderConfig, metrics: &Metrics) -> Provider {
-        Self::with_keys(cfg, metrics, Self::new_keys(cfg))
-    }
-
-    /// Compiles a validated provider config around `keys`.
-    pub fn with_keys(cfg: &ProviderConfig, metrics: &Metrics, keys: Arc<ProviderKeys>) -> Provider {
-        let algorithms = Self::algorithms(cfg);
+    /// Compiles a provider of a plan around its key mirror `keys`.
+    pub fn new(plan: &ProviderPlan, metrics: &Metrics, keys: Arc<ProviderKeys>) -> Provider {
+        let cfg = &plan.config;
         Provider {
             name: cfg.name.clone(),
             issuer: cfg.issuer.clone(),
@@ -107,7 +70,7 @@ impl Provider {
                         .map(|h| (ClaimPath::new(claim), h))
                 })
                 .collect(),
-            algorithms,
+            algorithms: plan.keys.parse.algorithms.clone(),
             keys,
             tenant_claim: cfg.tenant_claim.clone(),
             allowed_tenants: cfg.allowed_tenants.clone(),

@@ -237,7 +237,7 @@ pub async fn serve(
     reporter
         .set_serving::<AuthorizationServer<AuthzGrpc>>()
         .await;
-    let runtimes = match crate::server::worker_handles() {
+    let runtimes = match opts.workers.handles() {
         [] => vec![tokio::runtime::Handle::current()],
         workers => workers.to_vec(),
     };

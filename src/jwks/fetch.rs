@@ -121,10 +121,12 @@ impl Fetcher {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let file =
-            std::fs::File::open(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        for cert in certs {
             let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
             roots
                 .add(cert)

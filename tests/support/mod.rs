@@ -12,17 +12,17 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use jsonwebtoken::Algorithm;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
+use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::SigningKey;
 use jwks_sidecar::Running;
 use serde_json::{json, Value};
 
 /// One key per algorithm, generated once per test binary (RSA generation is slow).
-pub fn key(alg: Algorithm) -> Arc<SigningKey> {
+pub fn key(alg: Alg) -> Arc<SigningKey> {
     static KEYS: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<SigningKey>>>> = OnceLock::new();
     let map = KEYS.get_or_init(Default::default);
-    let name = jwks_sidecar::testkit::alg_name(alg);
+    let name = alg.name();
     let mut m = map.lock().expect("lock");
     m.entry(name.to_string())
         .or_insert_with(|| Arc::new(SigningKey::generate(alg, &format!("kid-{name}"))))
@@ -30,16 +30,16 @@ pub fn key(alg: Algorithm) -> Arc<SigningKey> {
 }
 
 /// Every algorithm the verifier supports.
-pub const ALL_ALGS: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
+pub const ALL_ALGS: [Alg; 9] = [
+    Alg::RS256,
+    Alg::RS384,
+    Alg::RS512,
+    Alg::PS256,
+    Alg::PS384,
+    Alg::PS512,
+    Alg::ES256,
+    Alg::ES384,
+    Alg::EdDSA,
 ];
 
 pub struct Harness {
@@ -237,14 +237,12 @@ where
 
 /// Waits until every provider of `sidecar` has keys; panics at [`DEADLINE`].
 pub async fn wait_keys_ready(sidecar: &Running) {
-    wait_until("every provider's keys to load", DEADLINE, || async {
-        sidecar
-            .current_auth()
-            .providers()
-            .iter()
-            .all(|p| p.keys.ready())
-    })
-    .await;
+    if tokio::time::timeout(DEADLINE, sidecar.keys_ready())
+        .await
+        .is_err()
+    {
+        panic!("timed out after {DEADLINE:?} waiting for every provider's keys to load");
+    }
 }
 
 /// Waits until every provider of `sidecar` has keys or has had a JWKS fetch counted (for a
@@ -326,7 +324,7 @@ pub fn jwks_kids(body: &str) -> Vec<String> {
 }
 
 /// A signing key of `alg`, a fake IdP serving it, and an echo upstream.
-pub async fn idp_and_echo(alg: Algorithm) -> (Arc<SigningKey>, FakeIdp, EchoUpstream) {
+pub async fn idp_and_echo(alg: Alg) -> (Arc<SigningKey>, FakeIdp, EchoUpstream) {
     let k = key(alg);
     let idp = FakeIdp::start(&[&k], 0).await.expect("idp");
     let echo = EchoUpstream::start().await.expect("echo");

@@ -1,0 +1,412 @@
+//! Configuration: one typed tree, loaded in layers, then compiled (see `plan`).
+//!
+//! - this file and `rules`, `provider`: the serde types, one doc line and a default per field;
+//! - `load`: figment layering, defaults < TOML file < `JWKS_SIDECAR_*` environment (nesting
+//!   with `__`, e.g. `JWKS_SIDECAR_PROXY__LISTEN`) < command-line flags;
+//! - `validate`: every problem of the values themselves, each naming file, key, value and fix.
+//!
+//! Unknown keys are errors, so a typo never silently falls back to a default. Turning a
+//! `Config` into runtime objects is `plan::compile`'s job alone; this module depends on
+//! nothing but leaves (`path`, `jose`).
+
+mod load;
+mod provider;
+mod rules;
+mod validate;
+
+pub use load::{config_file_from_env, from_toml_str, load, CliOverrides, ConfigError, ENV_PREFIX};
+pub use provider::{FetchHeader, ProviderConfig};
+pub use rules::{
+    ClaimMatcherConfig, ClaimOp, DefaultAction, DefaultRuleConfig, MatchConfig, RequireConfig,
+    RuleConfig,
+};
+pub use validate::{is_loopback_host, problems};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The inline reverse proxy.
+    pub proxy: ProxyConfig,
+    /// Metrics, health and status endpoints.
+    pub admin: AdminConfig,
+    /// The decision service for gateways (ext_authz, forward-auth).
+    pub authz: AuthzConfig,
+    /// Log format and level.
+    pub log: LogConfig,
+    /// Settings shared by every provider's key mirror.
+    pub jwks: JwksConfig,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheConfig,
+    /// Token issuers whose keys are mirrored.
+    pub providers: Vec<ProviderConfig>,
+    /// Route rules, first match wins (after `proxy.public_paths`).
+    pub rules: Vec<RuleConfig>,
+    /// What happens to requests that match no rule.
+    pub default_rule: DefaultRuleConfig,
+    /// Live reload of the config file.
+    pub reload: ReloadConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads (0: one per CPU the process may use). A sidecar often wants 1 or 2.
+    pub worker_threads: usize,
+}
+
+/// `[reload]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the config file (by content, so Kubernetes ConfigMap symlink swaps are seen);
+    /// SIGHUP reloads at once either way.
+    pub watch: bool,
+    /// How often the file is checked.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Where allowed requests go: `http://` or `https://` (rustls) origin.
+    pub upstream: String,
+    /// Path prefixes (segment-wise) served without a token; identity headers are still stripped.
+    pub public_paths: Vec<String>,
+    /// Inbound headers whose name starts with this prefix (case-insensitive, `_` read as `-`)
+    /// are always removed.
+    pub identity_header_prefix: String,
+    /// If set, the verified claims (base64url JSON, as in the token) go upstream in this header.
+    pub payload_header: Option<String>,
+    /// Pass the `Authorization` header on to the app.
+    pub forward_authorization: bool,
+    /// `realm` in `WWW-Authenticate`.
+    pub realm: String,
+    /// Tokens longer than this are rejected before any parsing.
+    pub max_token_bytes: usize,
+    /// Accept `%2F` / `%5C` in paths (kept encoded) instead of answering 400.
+    pub allow_encoded_slash: bool,
+    /// Accept an encoded percent sign that encodes a dot, slash, backslash or control
+    /// character (`%252e`, `%252F`, `%255c`) instead of answering 400.
+    pub allow_double_encoding: bool,
+    /// Accept `;` path parameters (`/a;jsessionid=1`) instead of answering 400. Rules then
+    /// match the segment with its parameters, while Tomcat, Jetty or Spring apps route
+    /// without them: only turn this on for apps that do not strip them.
+    pub allow_path_parameters: bool,
+    /// How array claims become header values: `comma` (a,b) or `json` (["a","b"]).
+    pub array_claim_format: ArrayClaimFormat,
+    /// Longest claim header value; longer values are dropped and counted.
+    pub max_claim_header_bytes: usize,
+    /// Where tokens are taken from besides `Authorization: Bearer`.
+    pub token: TokenSources,
+    /// Serve TLS on the proxy listener.
+    pub tls: Option<TlsConfig>,
+    /// Connect timeout towards the upstream (answer: 502).
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers (answer: 504).
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Largest response head accepted from the upstream (then 502).
+    pub max_upstream_header_bytes: usize,
+    /// Time a client has to send its request headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Grace period for in-flight requests after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Open connections per listener; at the cap, accepting pauses (back-pressure) until one closes.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) over HTTP/1 (then 431), and header list over HTTP/2.
+    pub max_header_bytes: usize,
+    /// Most request headers over HTTP/1 (then 431).
+    pub max_headers: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// What happens to a claim over `max_claim_header_bytes`: `drop` the header (counted) or
+    /// `reject` the request (401, reason claim_too_large). Never truncated.
+    pub oversize_claim: OversizeClaim,
+}
+
+/// Policy for claim values too long for a header.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizeClaim {
+    /// Forward without that header, and count it.
+    #[default]
+    Drop,
+    /// Refuse the request with 401.
+    Reject,
+}
+
+impl ProxyConfig {
+    /// The path forms this proxy accepts (see `path`).
+    pub fn path_options(&self) -> crate::path::PathOptions {
+        crate::path::PathOptions {
+            allow_encoded_slash: self.allow_encoded_slash,
+            allow_double_encoding: self.allow_double_encoding,
+            allow_path_parameters: self.allow_path_parameters,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            upstream: "http://127.0.0.1:3000".into(),
+            public_paths: Vec::new(),
+            identity_header_prefix: "x-jwt-".into(),
+            payload_header: None,
+            forward_authorization: true,
+            realm: "jwks-sidecar".into(),
+            max_token_bytes: 16 * 1024,
+            allow_encoded_slash: false,
+            allow_double_encoding: false,
+            allow_path_parameters: false,
+            array_claim_format: ArrayClaimFormat::Comma,
+            max_claim_header_bytes: 4096,
+            token: TokenSources::default(),
+            tls: None,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(30),
+            max_upstream_header_bytes: 256 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_h2_streams: 256,
+            oversize_claim: OversizeClaim::Drop,
+        }
+    }
+}
+
+/// How an array claim is rendered into one header value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrayClaimFormat {
+    /// Elements joined with `,`.
+    #[default]
+    Comma,
+    /// Compact JSON.
+    Json,
+}
+
+/// `[proxy.token]`: extra places a token may come from (all off by default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSources {
+    /// A header carrying the bare token (no scheme), e.g. `x-access-token`.
+    pub header: Option<String>,
+    /// A cookie name.
+    pub cookie: Option<String>,
+    /// A query parameter name (discouraged by RFC 6750: tokens end up in logs).
+    pub query: Option<String>,
+}
+
+/// `[proxy.tls]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`, `/providers`, `/jwks/{name}`).
+    /// Keep it on loopback or a pod-internal port.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        }
+    }
+}
+
+/// `[authz]`: the decision service. Each endpoint trusts only its own gateway's headers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// HTTP decision listener (off when unset).
+    pub listen: Option<SocketAddr>,
+    /// gRPC `envoy.service.auth.v3.Authorization` + `grpc.health.v1` listener (off when unset).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Envoy http_service: requests arrive as `path_prefix` + original path and query.
+    pub path_prefix: String,
+    /// nginx `auth_request` endpoint (reads `X-Original-URI`, `X-Original-Method`).
+    pub nginx_path: String,
+    /// Traefik ForwardAuth / Caddy `forward_auth` endpoint (reads `X-Forwarded-Uri`, `X-Forwarded-Method`).
+    pub forward_path: String,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            listen: None,
+            grpc_listen: None,
+            path_prefix: "/authz".into(),
+            nginx_path: "/nginx".into(),
+            forward_path: "/forward".into(),
+        }
+    }
+}
+
+/// `[jwks]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// Directory where each provider's last good key set is persisted (atomically) and
+    /// reloaded at start if still within `max_stale`. Unset: no persistence.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[token_cache]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCacheConfig {
+    /// Remember verified tokens (keyed by SHA-256 of the token) so a repeated token skips
+    /// the signature check. `exp`/`nbf` are re-checked on every hit, and an entry is void
+    /// as soon as its key leaves the key set.
+    pub enabled: bool,
+    /// Most tokens remembered.
+    pub max_entries: usize,
+    /// Approximate memory bound for cached claims.
+    pub max_bytes: usize,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        TokenCacheConfig {
+            enabled: true,
+            max_entries: 10_000,
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax, e.g. `info` or `jwks_sidecar=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text otherwise.
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan;
+
+    const MINIMAL: &str = r#"
+        [[providers]]
+        name = "a"
+        issuer = "https://a.example/"
+        jwks_uri = "https://a.example/jwks.json"
+        audiences = ["api"]
+    "#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = plan::from_toml_str(MINIMAL).expect("valid").config;
+        assert_eq!(c.proxy.identity_header_prefix, "x-jwt-");
+        assert_eq!(c.providers[0].leeway, Duration::from_secs(60));
+        assert_eq!(
+            c.admin.listen,
+            Some("127.0.0.1:9901".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = plan::from_toml_str(&format!(
+            "{MINIMAL}\n[proxy]\nlisten_addr = \"0.0.0.0:1\"\n"
+        ))
+        .expect_err("typo");
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn insecure_http_jwks_rejected_for_remote_hosts() {
+        let text = MINIMAL.replace("https://a.example/jwks.json", "http://a.example/jwks.json");
+        let err = plan::from_toml_str(&text).expect_err("http");
+        assert!(err.to_string().contains("allow_insecure_http"), "{err}");
+        let ok = MINIMAL.replace(
+            "https://a.example/jwks.json",
+            "http://127.0.0.1:9/jwks.json",
+        );
+        assert!(plan::from_toml_str(&ok).is_ok());
+    }
+
+    #[test]
+    fn two_key_sources_rejected() {
+        let text = format!("{MINIMAL}jwks_file = \"/nonexistent\"\n");
+        let err = plan::from_toml_str(&text).expect_err("two sources");
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_humantime_strings() {
+        let c = plan::from_toml_str(&format!(
+            "{MINIMAL}leeway = \"5s\"\nrefresh_interval = \"2m\"\n"
+        ))
+        .expect("ok")
+        .config;
+        assert_eq!(c.providers[0].leeway, Duration::from_secs(5));
+        assert_eq!(c.providers[0].refresh_interval, Duration::from_secs(120));
+    }
+}

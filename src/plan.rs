@@ -1,0 +1,184 @@
+//! The one compile step: a loaded `Config` becomes a `Plan` (every provider with its key
+//! settings, the compiled rules) or the complete list of problems. Startup, `check`,
+//! `explain`, `validate` and reload all go through `compile`, so they cannot disagree about
+//! what a config means; reload compares two plans' key settings to decide which mirrors to
+//! keep.
+//!
+//! Dependency direction: `plan` depends on `config`, `jose`, `jwks` and `rules`; none of
+//! them depends on `plan`, and `config` depends on none of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, CliOverrides, Config, ConfigError, ProviderConfig};
+use crate::jose::Alg;
+use crate::jwks::{FetchSettings, KeySet, KeySettings, KeySource, MirrorSettings, ParsePolicy};
+use crate::rules::Rules;
+
+/// A config compiled for the runtime.
+pub struct Plan {
+    /// The config it was compiled from.
+    pub config: Config,
+    /// Providers, in config order.
+    pub providers: Vec<ProviderPlan>,
+    /// Route rules (public paths first).
+    pub rules: Arc<Rules>,
+}
+
+/// One provider: its config (claim rules, headers) and its compiled key settings.
+pub struct ProviderPlan {
+    /// The provider's config.
+    pub config: ProviderConfig,
+    /// Everything its key mirror depends on.
+    pub keys: KeySettings,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("providers", &self.providers.len())
+            .finish()
+    }
+}
+
+/// Compiles a loaded config; `file` only prefixes the problems.
+pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError> {
+    let mut problems = config::problems(&config, file);
+    let src = file
+        .map(|f| format!("{}: ", f.display()))
+        .unwrap_or_default();
+    let mut providers = Vec::with_capacity(config.providers.len());
+    for (i, p) in config.providers.iter().enumerate() {
+        match key_settings(p, config.jwks.cache_dir.as_deref()) {
+            Ok(keys) => providers.push(ProviderPlan {
+                config: p.clone(),
+                keys,
+            }),
+            Err(e) => problems.push(format!("{src}providers[{i}]{e}")),
+        }
+    }
+    let rules = match Rules::compile(&config) {
+        Ok(r) => Some(r),
+        Err(errs) => {
+            problems.extend(errs.into_iter().map(|e| format!("{src}{e}")));
+            None
+        }
+    };
+    match rules {
+        Some(rules) if problems.is_empty() => Ok(Plan {
+            config,
+            providers,
+            rules: Arc::new(rules),
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+/// Loads defaults < file < environment < CLI, then compiles.
+pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Plan, ConfigError> {
+    compile(config::load(file, cli)?, file)
+}
+
+/// Parses TOML text alone (no environment), then compiles. Used by tests and the demo.
+pub fn from_toml_str(text: &str) -> Result<Plan, ConfigError> {
+    compile(config::from_toml_str(text)?, None)
+}
+
+/// The algorithms a provider's keys may be used with: its `algorithms`, or every supported
+/// (asymmetric) one.
+pub fn algorithms(p: &ProviderConfig) -> Vec<Alg> {
+    if p.algorithms.is_empty() {
+        Alg::ALL.to_vec()
+    } else {
+        p.algorithms.iter().filter_map(|a| Alg::parse(a)).collect()
+    }
+}
+
+/// A provider's refresh timing.
+pub fn mirror_settings(p: &ProviderConfig) -> MirrorSettings {
+    MirrorSettings {
+        refresh_interval: p.refresh_interval,
+        min_refresh: p.min_refresh,
+        max_refresh: p.max_refresh,
+        max_stale: p.max_stale,
+        key_removal_confirmations: p.key_removal_confirmations,
+        max_retry: Duration::from_secs(60).min(p.max_refresh),
+        jitter: 0.1,
+    }
+}
+
+/// The single key source (validation reports when there is not exactly one). An inline key
+/// from `public_key_env` is read here, once. Errors start with the key they concern.
+fn key_source(p: &ProviderConfig) -> Result<KeySource, String> {
+    if let Some(u) = &p.jwks_uri {
+        return Ok(KeySource::Uri(u.clone()));
+    }
+    if let Some(u) = &p.discovery_url {
+        return Ok(KeySource::Discovery(u.clone()));
+    }
+    if p.discovery {
+        return Ok(KeySource::Discovery(format!(
+            "{}/.well-known/openid-configuration",
+            p.issuer.trim_end_matches('/')
+        )));
+    }
+    if let Some(f) = &p.jwks_file {
+        return Ok(KeySource::File(f.clone()));
+    }
+    if let Some(pem) = &p.public_key_pem {
+        return Ok(KeySource::Pem(pem.clone()));
+    }
+    if let Some(var) = &p.public_key_env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(KeySource::Pem(v)),
+            _ => Err(format!(".public_key_env = {var:?}: that environment variable is not set (it should hold the provider's public key, PEM or bare base64)")),
+        };
+    }
+    Ok(KeySource::Inline(
+        p.jwks.clone().unwrap_or(serde_json::json!({"keys": []})),
+    ))
+}
+
+/// Compiles a provider's key settings. Inline key material is parsed here, so an unusable
+/// key is a config problem, not a provider without keys.
+fn key_settings(p: &ProviderConfig, cache_dir: Option<&Path>) -> Result<KeySettings, String> {
+    let source = key_source(p)?;
+    let parse = ParsePolicy {
+        algorithms: algorithms(p),
+        max_keys: p.max_keys,
+    };
+    if let KeySource::Pem(text) = &source {
+        match KeySet::parse(text.as_bytes(), &parse) {
+            Ok((set, _)) if !set.is_empty() => {}
+            Ok((_, skipped)) => return Err(format!(
+                " ({}): the public key holds no usable signing key ({}); expected a PEM public key or certificate, or the bare base64 of a SubjectPublicKeyInfo (RSA, EC P-256/P-384/P-521 or Ed25519) allowed by `algorithms`",
+                p.name,
+                skipped.first().map_or("no key", |s| s.reason)
+            )),
+            Err(e) => return Err(format!(" ({}): {e}", p.name)),
+        }
+    }
+    Ok(KeySettings {
+        name: p.name.clone(),
+        issuer: p.issuer.clone(),
+        source,
+        parse,
+        fetch: FetchSettings {
+            timeout: p.fetch_timeout,
+            max_bytes: p.max_jwks_bytes,
+            allow_insecure_http: p.allow_insecure_http,
+            headers: p.fetch_headers.clone(),
+            ca_file: p.ca_file.clone(),
+        },
+        mirror: mirror_settings(p),
+        kid_miss_min_interval: p.kid_miss_min_interval,
+        kid_miss_wait: p.kid_miss_wait,
+        persist_path: cache_dir.map(|d| persist_path(d, &p.name)),
+    })
+}
+
+/// Where a provider's set would be persisted (for tests and operators).
+pub fn persist_path(cache_dir: &Path, provider: &str) -> PathBuf {
+    cache_dir.join(format!("{provider}.json"))
+}

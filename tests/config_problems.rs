@@ -1,0 +1,120 @@
+//! One case per problem `plan::compile` can report: each starts from a valid typed config,
+//! breaks one value, and checks that exactly that problem is reported, naming its key, and
+//! that the config was valid before (so a case cannot pass by accident).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jwks_sidecar::config::{
+    Config, FetchHeader, MatchConfig, ProviderConfig, RuleConfig, TlsConfig,
+};
+use jwks_sidecar::plan;
+
+fn provider(name: &str) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        issuer: format!("https://{name}.example"),
+        jwks_uri: Some(format!("https://{name}.example/jwks.json")),
+        audiences: vec!["api".into()],
+        ..ProviderConfig::default()
+    }
+}
+
+fn valid() -> Config {
+    Config {
+        providers: vec![provider("a")],
+        ..Config::default()
+    }
+}
+
+fn missing() -> PathBuf {
+    PathBuf::from("/nonexistent/jwks-sidecar-test")
+}
+
+type Break = fn(&mut Config);
+
+fn p0(c: &mut Config) -> &mut ProviderConfig {
+    &mut c.providers[0]
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let cases: Vec<(&str, Break, &str)> = vec![
+        ("upstream with a path", |c| c.proxy.upstream = "http://127.0.0.1:3000/app".into(), "proxy.upstream = \"http://127.0.0.1:3000/app\": give only scheme, host and port"),
+        ("upstream not a URL", |c| c.proxy.upstream = "127.0.0.1:3000".into(), "is not an http:// or https:// URL"),
+        ("empty identity prefix", |c| c.proxy.identity_header_prefix = String::new(), "proxy.identity_header_prefix must not be empty"),
+        ("invalid identity prefix", |c| c.proxy.identity_header_prefix = "x jwt".into(), "is not a valid header name prefix"),
+        ("invalid payload header", |c| c.proxy.payload_header = Some("x payload".into()), "proxy.payload_header = \"x payload\" is not a valid HTTP header name"),
+        ("payload header overwrites a needed one", |c| c.proxy.payload_header = Some("Authorization".into()), "would overwrite a header the request needs"),
+        ("invalid token header", |c| c.proxy.token.header = Some("x(tok)".into()), "proxy.token.header"),
+        ("public path without /", |c| c.proxy.public_paths = vec!["health".into()], "proxy.public_paths[0] = \"health\" must start with '/'"),
+        ("header buffer too small", |c| c.proxy.max_header_bytes = 1024, "proxy.max_header_bytes = 1024 is below 8192"),
+        ("zero connections", |c| c.proxy.max_connections = 0, "max_h2_streams must be at least 1"),
+        ("zero h2 streams", |c| c.proxy.max_h2_streams = 0, "max_h2_streams must be at least 1"),
+        ("token limit too small", |c| c.proxy.max_token_bytes = 10, "proxy.max_token_bytes = 10 is too small"),
+        ("TLS files missing", |c| c.proxy.tls = Some(TlsConfig { cert_file: missing(), key_file: missing() }), "proxy.tls.cert_file"),
+        ("authz prefix with trailing /", |c| c.authz.path_prefix = "/authz/".into(), "authz.path_prefix = \"/authz/\": use a path such as"),
+        ("nginx path under the Envoy prefix", |c| c.authz.nginx_path = format!("{}/nginx", c.authz.path_prefix), "lies under path_prefix"),
+        ("nginx and forward paths equal", |c| c.authz.forward_path = c.authz.nginx_path.clone(), "authz.nginx_path and authz.forward_path must differ"),
+        ("no providers", |c| c.providers.clear(), "no [[providers]] configured"),
+        ("bad provider name", |c| p0(c).name = "a b".into(), "providers[0].name = \"a b\": use letters, digits"),
+        ("duplicate provider name", |c| c.providers.push(ProviderConfig { issuer: "https://other".into(), ..provider("a") }), "providers[1].name = \"a\" is used by two providers"),
+        ("empty issuer", |c| p0(c).issuer = String::new(), "providers[0].issuer is required"),
+        ("duplicate issuer", |c| c.providers.push(ProviderConfig { issuer: "https://a.example".into(), ..provider("b") }), "providers[1].issuer = \"https://a.example\" is used by two providers"),
+        ("two key sources", |c| p0(c).jwks_file = Some(missing()), "set exactly one of jwks_uri"),
+        ("no key source", |c| p0(c).jwks_uri = None, "found 0"),
+        ("plain http to a remote host", |c| p0(c).jwks_uri = Some("http://a.example/jwks".into()), "providers[0].jwks_uri = \"http://a.example/jwks\": http:// is only allowed for loopback hosts"),
+        ("non-https scheme", |c| p0(c).jwks_uri = Some("ftp://a.example/jwks".into()), "must be an https:// URL"),
+        ("unparsable URL", |c| p0(c).jwks_uri = Some("https://a b/".into()), "is not a valid URL"),
+        ("discovery on a plain-http issuer", |c| { let p = p0(c); p.jwks_uri = None; p.discovery = true; p.issuer = "http://a.example".into(); }, "providers[0].issuer (discovery)"),
+        ("missing jwks_file", |c| { let p = p0(c); p.jwks_uri = None; p.jwks_file = Some(missing()); }, "providers[0].jwks_file = \"/nonexistent/jwks-sidecar-test\": no such file"),
+        ("no audiences", |c| p0(c).audiences.clear(), "audiences is empty"),
+        ("unsupported algorithm", |c| p0(c).algorithms = vec!["HS256".into()], "providers[0].algorithms: \"HS256\" is not supported; choose from RS256"),
+        ("empty claim name", |c| { p0(c).claim_headers.insert(String::new(), "x-jwt-e".into()); }, "providers[0].claim_headers: empty claim name"),
+        ("invalid claim header", |c| { p0(c).claim_headers.insert("sub".into(), "x jwt".into()); }, "claim_headers.\"sub\" = \"x jwt\" is not a valid HTTP header name"),
+        ("refresh under a second", |c| p0(c).refresh_interval = Duration::from_millis(10), "refresh_interval must be at least 1s"),
+        ("min_refresh above max_refresh", |c| p0(c).min_refresh = Duration::from_secs(7200), "min_refresh (7200s) is larger than max_refresh"),
+        ("zero removal confirmations", |c| p0(c).key_removal_confirmations = 0, "key_removal_confirmations must be at least 1"),
+        ("zero max_keys", |c| p0(c).max_keys = 0, "max_keys must be at least 1"),
+        ("missing ca_file", |c| p0(c).ca_file = Some(missing()), "providers[0].ca_file"),
+        ("invalid fetch header name", |c| p0(c).fetch_headers = vec![FetchHeader { name: "a b".into(), value_from_env: Some("X".into()), value_from_file: None, prefix: String::new() }], "fetch_headers[0].name = \"a b\""),
+        ("fetch header with two values", |c| p0(c).fetch_headers = vec![FetchHeader { name: "authorization".into(), value_from_env: Some("X".into()), value_from_file: Some(missing()), prefix: String::new() }], "set exactly one of value_from_env, value_from_file"),
+        ("unknown issuer placeholder", |c| p0(c).issuer = "https://login/{tenant}/v2.0".into(), "the only supported placeholder is {tenantid}"),
+        ("public_key_env not set", |c| { let p = p0(c); p.jwks_uri = None; p.public_key_env = Some("JWKS_SIDECAR_TEST_NO_SUCH_VARIABLE".into()); }, "providers[0].public_key_env = \"JWKS_SIDECAR_TEST_NO_SUCH_VARIABLE\": that environment variable is not set"),
+        ("inline key that is not a key", |c| { let p = p0(c); p.jwks_uri = None; p.public_key_pem = Some("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()); }, "providers[0] (a): the public key holds no usable signing key"),
+        ("invalid rule", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_regex: Some("([".into()), ..MatchConfig::default() }, ..RuleConfig::default() }], "rules[0].match.path_regex"),
+    ];
+    assert!(
+        plan::compile(valid(), None).is_ok(),
+        "the base config is valid"
+    );
+    let mut failures = Vec::new();
+    for (name, break_it, want) in cases {
+        let mut c = valid();
+        break_it(&mut c);
+        match plan::compile(c, Some(std::path::Path::new("sidecar.toml"))) {
+            Ok(_) => failures.push(format!("{name}: accepted")),
+            Err(e) => {
+                let text = e.to_string();
+                // One problem per "  - " line (a regex error continues on further lines).
+                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("  - ")).collect();
+                if !lines.iter().any(|l| l.contains(want)) {
+                    failures.push(format!("{name}: no problem containing {want:?} in\n{text}"));
+                } else if !lines.iter().all(|l| l.starts_with("  - sidecar.toml: ")) {
+                    failures.push(format!("{name}: a problem does not name the file:\n{text}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let mut c = valid();
+    c.proxy.max_header_bytes = 1;
+    c.providers[0].audiences.clear();
+    c.providers[0].max_keys = 0;
+    let text = plan::compile(c, None).expect_err("invalid").to_string();
+    assert_eq!(text.lines().count(), 4, "{text}");
+}
