@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,13 +21,55 @@ pub struct Admin {
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    crate::response::no_store(status, content_type, body)
+}
+
+/// 200 once every provider has had keys (latched), else 503 naming those without.
+fn readyz(auth: &crate::auth::Authenticator) -> Response<Full<Bytes>> {
+    let not_ready: Vec<&str> = auth
+        .providers()
+        .iter()
+        .filter(|p| !p.keys.ready())
+        .map(|p| p.name.as_str())
+        .collect();
+    if not_ready.is_empty() {
+        respond(
+            StatusCode::OK,
+            "application/json",
+            json!({"ready": true}).to_string(),
+        )
+    } else {
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            json!({"ready": false, "providers_without_keys": not_ready}).to_string(),
+        )
+    }
+}
+
+/// Per-provider readiness, kids and mirror status.
+fn providers(auth: &crate::auth::Authenticator) -> Response<Full<Bytes>> {
+    let list: Vec<_> = auth
+        .providers()
+        .iter()
+        .map(|p| {
+            let status = p.keys.status();
+            let current = p.keys.current();
+            json!({
+                "name": p.name,
+                "issuer": p.issuer,
+                "ready": p.keys.ready(),
+                "keys": current.as_ref().map(|s| s.len()).unwrap_or(0),
+                "kids": current.as_ref().map(|s| s.keys().iter().filter_map(|k| k.kid.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+                "status": status,
+            })
+        })
+        .collect();
+    respond(
+        StatusCode::OK,
+        "application/json",
+        json!({ "providers": list }).to_string(),
+    )
 }
 
 impl Admin {
@@ -50,50 +91,8 @@ impl Admin {
                 self.metrics.render(),
             ),
             "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/readyz" => {
-                let not_ready: Vec<&str> = auth
-                    .providers()
-                    .iter()
-                    .filter(|p| !p.keys.ready())
-                    .map(|p| p.name.as_str())
-                    .collect();
-                if not_ready.is_empty() {
-                    respond(
-                        StatusCode::OK,
-                        "application/json",
-                        json!({"ready": true}).to_string(),
-                    )
-                } else {
-                    respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "application/json",
-                        json!({"ready": false, "providers_without_keys": not_ready}).to_string(),
-                    )
-                }
-            }
-            "/providers" => {
-                let list: Vec<_> = auth
-                    .providers()
-                    .iter()
-                    .map(|p| {
-                        let status = p.keys.status();
-                        let current = p.keys.current();
-                        json!({
-                            "name": p.name,
-                            "issuer": p.issuer,
-                            "ready": p.keys.ready(),
-                            "keys": current.as_ref().map(|s| s.len()).unwrap_or(0),
-                            "kids": current.as_ref().map(|s| s.keys().iter().filter_map(|k| k.kid.clone()).collect::<Vec<_>>()).unwrap_or_default(),
-                            "status": status,
-                        })
-                    })
-                    .collect();
-                respond(
-                    StatusCode::OK,
-                    "application/json",
-                    json!({ "providers": list }).to_string(),
-                )
-            }
+            "/readyz" => readyz(auth),
+            "/providers" => providers(auth),
             path => {
                 if let Some(name) = path.strip_prefix("/jwks/") {
                     if let Some(p) = auth.providers().iter().find(|p| p.name == name) {

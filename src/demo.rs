@@ -112,15 +112,6 @@ impl FakeIdp {
     }
 }
 
-fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
 async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let fail = st.fail_status.load(Ordering::SeqCst);
     let path = req.uri().path().to_string();
@@ -132,7 +123,7 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
         }
     }
     if fail != 0 {
-        return full(
+        return crate::response::local(
             StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "text/plain",
             "failing on purpose\n",
@@ -146,7 +137,7 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
                 "jwks_uri": format!("{}/jwks.json", st.issuer),
                 "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
             });
-            full(StatusCode::OK, "application/json", doc.to_string())
+            crate::response::local(StatusCode::OK, "application/json", doc.to_string())
         }
         "/jwks.json" => {
             let required = st.required_header.lock().ok().and_then(|r| r.clone());
@@ -156,7 +147,7 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
                     .get(name.as_str())
                     .and_then(|v| v.to_str().ok());
                 if got != Some(value.as_str()) {
-                    return full(
+                    return crate::response::local(
                         StatusCode::UNAUTHORIZED,
                         "text/plain",
                         "missing credentials\n",
@@ -175,7 +166,7 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
             let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
             let body =
                 raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
-            let mut r = full(StatusCode::OK, "application/json", body);
+            let mut r = crate::response::local(StatusCode::OK, "application/json", body);
             if let Ok(h) = st.jwks_headers.lock() {
                 for (k, v) in h.iter() {
                     if let (Ok(k), Ok(v)) = (
@@ -199,16 +190,20 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
                 .collect();
             let key = st.signing.lock().ok().and_then(|s| s.first().cloned());
             let Some(key) = key else {
-                return full(StatusCode::NOT_FOUND, "text/plain", "no signing key\n");
+                return crate::response::local(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no signing key\n",
+                );
             };
             let ttl: i64 = q.get("ttl").and_then(|t| t.parse().ok()).unwrap_or(3600);
             let sub = q.get("sub").cloned().unwrap_or_else(|| "demo-user".into());
             let now = crate::auth::now_unix() as i64;
             let claims = json!({"iss": st.issuer, "sub": sub, "aud": "demo-api", "iat": now,
                 "exp": now + ttl, "email": format!("{sub}@example.com"), "scope": "read write"});
-            full(StatusCode::OK, "text/plain", key.mint(&claims) + "\n")
+            crate::response::local(StatusCode::OK, "text/plain", key.mint(&claims) + "\n")
         }
-        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => crate::response::local(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
@@ -257,7 +252,8 @@ async fn echo_handle(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             }
         });
-        let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "text/plain", Bytes::new());
+        let mut r =
+            crate::response::local(StatusCode::SWITCHING_PROTOCOLS, "text/plain", Bytes::new());
         r.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
@@ -292,7 +288,7 @@ async fn echo_handle(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
     }
     let doc = json!({"method": method, "path": path, "headers": headers, "body_bytes": body_bytes});
-    full(StatusCode::OK, "application/json", doc.to_string())
+    crate::response::local(StatusCode::OK, "application/json", doc.to_string())
 }
 
 fn serve_plain<F, Fut>(listener: TcpListener, handler: F)
@@ -326,22 +322,9 @@ async fn bind_or_any(port: u16) -> u16 {
     }
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(port: u16) -> Result<(), String> {
-    crate::install_crypto_provider();
-    let key = Arc::new(SigningKey::generate(Alg::RS256, "demo-rs256"));
-    let idp = FakeIdp::start(&[&key], 0)
-        .await
-        .map_err(|e| format!("demo issuer: {e}"))?;
-    if let Ok(mut s) = idp.state.signing.lock() {
-        s.push(key.clone());
-    }
-    let echo = EchoUpstream::start()
-        .await
-        .map_err(|e| format!("echo upstream: {e}"))?;
-    let proxy_port = bind_or_any(port).await;
-    let admin_port = bind_or_any(9901).await;
-    let toml = format!(
+/// The demo's configuration: the proxy and admin on loopback, one provider by discovery.
+fn demo_config(proxy_port: u16, admin_port: u16, upstream: &str, issuer: &str) -> String {
+    format!(
         r#"
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
@@ -363,27 +346,11 @@ sub = "x-jwt-sub"
 email = "x-jwt-email"
 scope = "x-jwt-scope"
 "#,
-        upstream = echo.url(),
-        issuer = idp.issuer(),
-    );
-    let plan = crate::plan::from_toml_str(&toml).map_err(|e| e.to_string())?;
-    crate::telemetry::init(&plan.config.log);
-    let running = crate::start_with(plan, None, Default::default()).await?;
-    if tokio::time::timeout(Duration::from_secs(5), running.keys_ready())
-        .await
-        .is_err()
-    {
-        tracing::warn!("the demo identity provider's keys did not load within 5 s");
-    }
-    let now = crate::auth::now_unix();
-    let good = key.mint(
-        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
-        "iat": now, "exp": now + 3600, "email": "demo-user@example.com", "scope": "read write"}),
-    );
-    let expired = key.mint(
-        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
-        "iat": now - 7200, "exp": now - 3600}),
-    );
+    )
+}
+
+/// The copy-paste instructions printed at start.
+fn print_instructions(running: &crate::Running, echo: &str, iss: &str, good: &str, expired: &str) {
     let p = running.proxy_addr;
     let a = running
         .admin_addr
@@ -426,9 +393,44 @@ curl -s http://{a}/metrics | grep -E '^jwks_sidecar_(requests_total|jwks_keys)'
 # A fresh token any time:
 curl -s '{iss}/token?sub=alice'
 "#,
-        echo = echo.url(),
-        iss = idp.issuer(),
     );
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(port: u16) -> Result<(), String> {
+    crate::install_crypto_provider();
+    let key = Arc::new(SigningKey::generate(Alg::RS256, "demo-rs256"));
+    let idp = FakeIdp::start(&[&key], 0)
+        .await
+        .map_err(|e| format!("demo issuer: {e}"))?;
+    if let Ok(mut s) = idp.state.signing.lock() {
+        s.push(key.clone());
+    }
+    let echo = EchoUpstream::start()
+        .await
+        .map_err(|e| format!("echo upstream: {e}"))?;
+    let proxy_port = bind_or_any(port).await;
+    let admin_port = bind_or_any(9901).await;
+    let toml = demo_config(proxy_port, admin_port, &echo.url(), &idp.issuer());
+    let plan = crate::plan::from_toml_str(&toml).map_err(|e| e.to_string())?;
+    crate::telemetry::init(&plan.config.log);
+    let running = crate::start_with(plan, None, Default::default()).await?;
+    if tokio::time::timeout(Duration::from_secs(5), running.keys_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the demo identity provider's keys did not load within 5 s");
+    }
+    let now = crate::auth::now_unix();
+    let good = key.mint(
+        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
+        "iat": now, "exp": now + 3600, "email": "demo-user@example.com", "scope": "read write"}),
+    );
+    let expired = key.mint(
+        &json!({"iss": idp.issuer(), "sub": "demo-user", "aud": "demo-api",
+        "iat": now - 7200, "exp": now - 3600}),
+    );
+    print_instructions(&running, &echo.url(), &idp.issuer(), &good, &expired);
     crate::wait_for_signal().await;
     running.shutdown();
     running.wait().await;

@@ -59,11 +59,17 @@ async fn load_keys(
     Ok(n)
 }
 
-/// Explains one request; returns the report.
-pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String> {
-    let config = &plan.config;
-    crate::install_crypto_provider();
-    let mut out = String::new();
+/// A request as given on the command line.
+struct Parsed<'a> {
+    method: &'a str,
+    target: &'a str,
+    raw_path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    host: Option<String>,
+}
+
+fn parse_request(req: &ExplainRequest) -> Result<Parsed<'_>, String> {
     let (method, target) = req
         .request
         .trim()
@@ -84,21 +90,39 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    Ok(Parsed {
+        method,
+        target,
+        raw_path,
+        query,
+        headers,
+        host,
+    })
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(plan, metrics));
-    let _ = writeln!(out, "request: {method} {target}");
-    let _ = writeln!(
-        out,
-        "\nkeys ({}):",
-        if req.offline.is_some() {
-            "offline file"
-        } else {
-            "fetched now"
-        }
-    );
+/// Explains one request; returns the report.
+pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String> {
+    crate::install_crypto_provider();
+    let r = parse_request(req)?;
+    let mut out = String::new();
+    let auth = Arc::new(Authenticator::new(plan, Arc::new(Metrics::new())));
+    let _ = writeln!(out, "request: {} {}", r.method, r.target);
+    explain_keys(&mut out, plan, &auth, req.offline.as_deref()).await;
+    let policy = Policy::new(plan, auth.clone());
+    explain_route(&mut out, &policy, &r);
+    explain_decision(&mut out, &policy, &r).await;
+    Ok(out)
+}
+
+async fn explain_keys(out: &mut String, plan: &Plan, auth: &Authenticator, offline: Option<&Path>) {
+    let from = if offline.is_some() {
+        "offline file"
+    } else {
+        "fetched now"
+    };
+    let _ = writeln!(out, "\nkeys ({from}):");
     for (p, pp) in auth.providers().iter().zip(&plan.providers) {
-        match load_keys(&p.keys, pp, req.offline.as_deref()).await {
+        match load_keys(&p.keys, pp, offline).await {
             Ok(n) => {
                 let kids: Vec<String> = p
                     .keys
@@ -112,54 +136,57 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
             }
         }
     }
-    let policy = Policy::new(plan, auth.clone());
+}
 
+/// The path, the rule that matches it, and (when the rule needs one) the token.
+fn explain_route(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
     let _ = writeln!(out, "\npath:");
-    let normalized = match crate::path::normalize_with(&raw_path, &config.proxy.path_options()) {
+    let path = match crate::path::normalize_with(&r.raw_path, &policy.path_options) {
         Ok(p) => {
-            let _ = writeln!(out, "  {raw_path:?} normalises to {p:?}");
-            Some(p)
+            let _ = writeln!(out, "  {:?} normalises to {p:?}", r.raw_path);
+            p
         }
-        Err(r) => {
-            let _ = writeln!(out, "  {raw_path:?} is refused: {}", r.description());
-            None
+        Err(e) => {
+            let _ = writeln!(out, "  {:?} is refused: {}", r.raw_path, e.description());
+            return;
         }
     };
-
-    if let Some(path) = &normalized {
-        let _ = writeln!(out, "\nrules:");
-        let (rule, trace) = policy.rules.find_explained(method, host.as_deref(), path);
-        for t in &trace {
-            match &t.skipped {
-                Some(why) => {
-                    let _ = writeln!(out, "  skip   {}: {why}", t.name);
-                }
-                None => {
-                    let _ = writeln!(out, "  MATCH  {}", t.name);
-                }
+    let _ = writeln!(out, "\nrules:");
+    let (rule, trace) = policy
+        .rules
+        .find_explained(r.method, r.host.as_deref(), &path);
+    for t in &trace {
+        match &t.skipped {
+            Some(why) => {
+                let _ = writeln!(out, "  skip   {}: {why}", t.name);
+            }
+            None => {
+                let _ = writeln!(out, "  MATCH  {}", t.name);
             }
         }
-        let access = match &rule.access {
-            Access::Public => "public: no token needed".to_string(),
-            Access::Deny => "deny".to_string(),
-            Access::Anonymous(_) => "anonymous allowed: a token is verified if present".to_string(),
-            Access::Authenticated(_) => "a valid token is required".to_string(),
-        };
-        let _ = writeln!(out, "  -> {access}");
-
-        if !matches!(rule.access, Access::Public | Access::Deny) {
-            explain_token(&mut out, &auth, &headers, query.as_deref(), rule);
-        }
     }
+    let access = match &rule.access {
+        Access::Public => "public: no token needed",
+        Access::Deny => "deny",
+        Access::Anonymous(_) => "anonymous allowed: a token is verified if present",
+        Access::Authenticated(_) => "a valid token is required",
+    };
+    let _ = writeln!(out, "  -> {access}");
+    if !matches!(rule.access, Access::Public | Access::Deny) {
+        explain_token(out, &policy.auth, &r.headers, r.query.as_deref(), rule);
+    }
+}
 
-    let spoofed = policy.spoofed_header_names("explain", &headers);
+/// The verdict of `Policy::decide` itself, and what the app or the client would see.
+async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
+    let spoofed = policy.spoofed_header_names("explain", &r.headers);
     let decision = policy
         .decide(
-            method,
-            host.as_deref(),
-            &raw_path,
-            query.as_deref(),
-            &headers,
+            r.method,
+            r.host.as_deref(),
+            &r.raw_path,
+            r.query.as_deref(),
+            &r.headers,
         )
         .await;
     let _ = writeln!(
@@ -182,19 +209,16 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
                     names.join(", ")
                 );
             }
-            match v {
-                Some(v) => {
-                    for (k, val) in policy.identity_headers(v) {
-                        let _ = writeln!(
-                            out,
-                            "  header {k}: {}",
-                            crate::policy::truncate(val.to_str().unwrap_or("?"), 120)
-                        );
-                    }
-                }
-                None => {
-                    let _ = writeln!(out, "  no identity headers (public or anonymous)");
-                }
+            let Some(v) = v else {
+                let _ = writeln!(out, "  no identity headers (public or anonymous)");
+                return;
+            };
+            for (k, val) in policy.identity_headers(v) {
+                let _ = writeln!(
+                    out,
+                    "  header {k}: {}",
+                    crate::policy::truncate(val.to_str().unwrap_or("?"), 120)
+                );
             }
         }
         Err(f) => {
@@ -205,7 +229,6 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
             let _ = writeln!(out, "  body: {}", f.reject.body());
         }
     }
-    Ok(out)
 }
 
 fn explain_token(

@@ -1,16 +1,25 @@
 //! jwks-sidecar: a JWT-verifying reverse proxy with a live JWKS mirror.
 //!
-//! Module map:
-//! - `config`: layered configuration (defaults < TOML < env < CLI) and validation.
-//! - `error`: `Reject`, the refusal reasons, and their HTTP shape (RFC 6750).
-//! - `auth`: the pipeline shared by every listener: `extract`, `provider`, `verify`, `claims`.
-//! - `jwks`: per-provider key mirrors, fetching (`fetch`) and refreshing (`refresh`).
+//! Module map (every module, one line each):
+//! - `config`: the configuration types, layered loading, and the problems of the values.
+//! - `plan`: the one compile step: `Config` -> `Plan` (key settings, rules) or problems.
+//! - `jose`: the algorithm table, JWK/PEM/SPKI/x509 keys, JWS parsing and signatures, trace.
+//! - `jwks`: per-provider key stores and the mirror task (sources, freshness, persistence).
+//! - `auth`: token extraction, provider choice, claim checks, claim headers, token cache.
+//! - `rules`: route rules compiled for matching.
+//! - `policy`: `decide`, the one function that turns a request into allow or deny.
 //! - `path`: path normalisation used for matching and forwarding.
-//! - `proxy`, `upstream`: the inline reverse proxy.
-//! - `server`: accept loops, TLS, graceful drain.
-//! - `admin`: metrics, health, readiness, provider status.
+//! - `error`: `Reject`, the refusal reasons, and their HTTP shape (RFC 6750).
+//! - `server`: accept, connection limits, TLS, workers and graceful drain for every listener.
+//! - `response`: the one helper for answers made locally.
+//! - `proxy`, `upstream`: the inline reverse proxy and its upstream client.
+//! - `authz`: the decision service for gateways (HTTP conventions and gRPC Check).
+//! - `admin`: metrics, health, readiness, provider status, the mirrored JWKS.
+//! - `reload`: the live policy and the mirrors it keeps across reloads.
+//! - `check`, `explain`: the `check` and `explain` commands.
 //! - `metrics`: every collector.
-//! - `testkit`, `demo`: key generation and token minting for tests and the built-in demo.
+//! - `telemetry`: structured logs (JSON or text) and the access log.
+//! - `testkit`, `demo`: key generation and token minting; the built-in demo and its IdP.
 //!
 //! `start()` wires listeners and background tasks and returns their bound addresses, which
 //! is what the integration tests use; `run()` adds signal handling for the binary.
@@ -33,6 +42,7 @@ pub mod plan;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod response;
 pub mod rules;
 pub mod server;
 pub mod telemetry;
@@ -139,81 +149,65 @@ pub async fn start_on(
     install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
     let runtime = reload::Runtime::new(&plan, file, cli, metrics.clone()).await?;
     let config = plan.config;
     let policy = runtime.policy.clone();
     let auth = policy.load().auth.clone();
+    let mut listeners = Listeners {
+        opts: server::ServeOptions::from_config(
+            "proxy",
+            &config.proxy,
+            metrics.clone(),
+            workers.clone(),
+        ),
+        shutdown: shutdown_rx.clone(),
+        tasks: Vec::new(),
+    };
 
     let tls = match &config.proxy.tls {
         Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
         None => None,
     };
-    let upstream = upstream::Upstream::new(
-        &config.proxy.upstream,
-        config.proxy.upstream_connect_timeout,
-        config.proxy.upstream_timeout,
-        config.proxy.max_upstream_header_bytes,
-        workers.count(),
-    )?;
     let proxy = Arc::new(proxy::Proxy {
         policy: policy.clone(),
-        upstream,
+        upstream: upstream::Upstream::new(
+            &config.proxy.upstream,
+            config.proxy.upstream_connect_timeout,
+            config.proxy.upstream_timeout,
+            config.proxy.max_upstream_header_bytes,
+            workers.count(),
+        )?,
         scheme: if tls.is_some() { "https" } else { "http" },
         max_header_bytes: config.proxy.max_header_bytes,
     });
-    let listener = TcpListener::bind(config.proxy.listen)
-        .await
-        .map_err(|e| format!("proxy.listen {}: {e}", config.proxy.listen))?;
-    let proxy_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let opts = server::ServeOptions::from_config("proxy", &config.proxy, metrics.clone(), workers);
-    tasks.push(tokio::spawn(server::serve(
-        listener,
-        tls,
-        move |peer, req| proxy.clone().handle(peer, req),
-        shutdown_rx.clone(),
-        opts.clone(),
-    )));
-
+    let proxy_addr = listeners
+        .http(
+            "proxy",
+            "proxy.listen",
+            config.proxy.listen,
+            tls,
+            move |peer, req| proxy.clone().handle(peer, req),
+        )
+        .await?;
     let mut authz_addr = None;
     if let Some(addr) = config.authz.listen {
         let service = Arc::new(authz::http::AuthzHttp {
             policy: policy.clone(),
             paths: config.authz.clone(),
         });
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("authz.listen {addr}: {e}"))?;
-        authz_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            None,
-            move |_peer, req| service.clone().handle(req),
-            shutdown_rx.clone(),
-            server::ServeOptions {
-                name: "authz_http",
-                ..opts.clone()
-            },
-        )));
+        let handler = move |_peer, req| service.clone().handle(req);
+        authz_addr = Some(
+            listeners
+                .http("authz_http", "authz.listen", addr, None, handler)
+                .await?,
+        );
     }
     let mut authz_grpc_addr = None;
     if let Some(addr) = config.authz.grpc_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("authz.grpc_listen {addr}: {e}"))?;
-        authz_grpc_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
         let service = authz::grpc::AuthzGrpc {
             policy: policy.clone(),
         };
-        tasks.push(tokio::spawn(authz::grpc::serve(
-            listener,
-            service,
-            shutdown_rx.clone(),
-            server::ServeOptions {
-                name: "authz_grpc",
-                ..opts.clone()
-            },
-        )));
+        authz_grpc_addr = Some(listeners.grpc(addr, service).await?);
     }
     let mut admin_addr = None;
     if let Some(addr) = config.admin.listen {
@@ -221,25 +215,18 @@ pub async fn start_on(
             policy: policy.clone(),
             metrics: metrics.clone(),
         });
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("admin.listen {addr}: {e}"))?;
-        admin_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            None,
-            move |_peer, req| admin.clone().handle(req),
-            shutdown_rx.clone(),
-            server::ServeOptions {
-                name: "admin",
-                ..opts
-            },
-        )));
+        let handler = move |_peer, req| admin.clone().handle(req);
+        admin_addr = Some(
+            listeners
+                .http("admin", "admin.listen", addr, None, handler)
+                .await?,
+        );
     }
+    let mut tasks = listeners.tasks;
     tasks.push(tokio::spawn(runtime.clone().watch(
         config.reload.interval,
         config.reload.watch,
-        shutdown_rx.clone(),
+        shutdown_rx,
     )));
     tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, authz = ?authz_addr, authz_grpc = ?authz_grpc_addr,
         upstream = %config.proxy.upstream, providers = config.providers.len(), "jwks-sidecar started");
@@ -254,6 +241,77 @@ pub async fn start_on(
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Binds listeners and spawns their serving tasks, all with the same limits, metrics,
+/// workers and shutdown signal (only the name differs).
+struct Listeners {
+    opts: server::ServeOptions,
+    shutdown: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    async fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("{key} {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok((listener, bound))
+    }
+
+    fn opts(&self, name: &'static str) -> server::ServeOptions {
+        server::ServeOptions {
+            name,
+            ..self.opts.clone()
+        }
+    }
+
+    /// An HTTP listener (HTTP/1.1 and HTTP/2, optional TLS) serving `handler`.
+    async fn http<H, Fut, B>(
+        &mut self,
+        name: &'static str,
+        key: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: H,
+    ) -> Result<SocketAddr, String>
+    where
+        H: Fn(SocketAddr, http::Request<hyper::body::Incoming>) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (listener, bound) = Self::bind(key, addr).await?;
+        self.tasks.push(tokio::spawn(server::serve(
+            listener,
+            tls,
+            handler,
+            self.shutdown.clone(),
+            self.opts(name),
+        )));
+        Ok(bound)
+    }
+
+    /// The gRPC `Authorization/Check` listener.
+    async fn grpc(
+        &mut self,
+        addr: SocketAddr,
+        service: authz::grpc::AuthzGrpc,
+    ) -> Result<SocketAddr, String> {
+        let (listener, bound) = Self::bind("authz.grpc_listen", addr).await?;
+        self.tasks.push(tokio::spawn(authz::grpc::serve(
+            listener,
+            service,
+            self.shutdown.clone(),
+            self.opts("authz_grpc"),
+        )));
+        Ok(bound)
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use crate::error::Reject;
 use crate::policy::Policy;
-use crate::upstream::{json_body, remove_hop_by_hop, upgrade_request, Upstream, UpstreamError};
+use crate::upstream::{remove_hop_by_hop, upgrade_request, Upstream, UpstreamError};
 
 /// Response body: the upstream's streamed body, or a small local one.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -83,14 +83,8 @@ pub fn local_response(
     body: String,
     headers: &[(HeaderName, HeaderValue)],
 ) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(json_body(body));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = crate::response::no_store(status, "application/json", body);
     for (k, v) in headers {
         resp.headers_mut().insert(k.clone(), v.clone());
     }
@@ -121,6 +115,32 @@ pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
     )
 }
 
+/// 431 for a request head (with its target) over `max_header_bytes`, counted.
+fn head_too_large(metrics: &crate::metrics::Metrics, rid: HeaderValue) -> Response<ProxyBody> {
+    metrics
+        .connection_errors_total
+        .with_label_values(&["proxy", "too_large"])
+        .inc();
+    let mut resp = local_response(
+        431,
+        r#"{"error":"invalid_request","reason":"headers_too_large"}"#.into(),
+        &[],
+    );
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+    resp.map(Either::Right)
+}
+
+/// Sets the verified identity headers (overwriting any client copy) and drops
+/// `Authorization` unless it is to be forwarded.
+fn add_identity(policy: &Policy, headers: &mut http::HeaderMap, v: &crate::auth::Verified) {
+    for (name, value) in policy.identity_headers(v) {
+        headers.insert(name, value);
+    }
+    if !policy.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
 impl Proxy {
     /// Handles one request end to end.
     pub async fn handle(
@@ -136,17 +156,7 @@ impl Proxy {
         let method = req.method().clone();
 
         if crate::upstream::head_size(req.headers()) + uri_len(req.uri()) > self.max_header_bytes {
-            metrics
-                .connection_errors_total
-                .with_label_values(&["proxy", "too_large"])
-                .inc();
-            let mut resp = local_response(
-                431,
-                r#"{"error":"invalid_request","reason":"headers_too_large"}"#.into(),
-                &[],
-            );
-            resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
-            return resp.map(Either::Right);
+            return head_too_large(&metrics, rid);
         }
         for n in policy.spoofed_header_names("proxy", req.headers()) {
             req.headers_mut().remove(n);
@@ -198,12 +208,7 @@ impl Proxy {
             }
         };
         if let Some(v) = &verified {
-            for (name, value) in policy.identity_headers(v) {
-                req.headers_mut().insert(name, value);
-            }
-            if !policy.forward_authorization {
-                req.headers_mut().remove(header::AUTHORIZATION);
-            }
+            add_identity(&policy, req.headers_mut(), v);
         }
         let normalized = decision.path.as_deref().unwrap_or("/");
         let resp = self

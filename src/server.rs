@@ -294,6 +294,58 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, St
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// One accepted connection, start to end: the TLS handshake (bounded by the header read
+/// timeout), then HTTP/1.1 or HTTP/2 with upgrades, watched for graceful shutdown. Holds the
+/// connection's `slot` until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn serve_conn<H, Fut, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    handler: H,
+    opts: ServeOptions,
+    _slot: ConnSlot,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = opts.name;
+    let service = hyper::service::service_fn(move |req| {
+        let fut = handler(peer, req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let result = match tls {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream));
+            let tls_stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+    };
+    if let Err(e) = result {
+        count_error(&opts, error_kind(e.as_ref()));
+        tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` becomes true, then drains.
 pub async fn serve<H, Fut, B>(
     listener: TcpListener,
@@ -347,48 +399,12 @@ pub async fn serve<H, Fut, B>(
         let handler = handler.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let name = opts.name;
         let conn_opts = opts.clone();
         let tls = tls.clone();
-        spawn_conn(stream, &opts, move |stream| async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let fut = handler(peer, req);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        count_error(&conn_opts, error_kind(e.as_ref()));
-                        tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
-                    }
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        conn_opts.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
-                    let tls_stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        count_error(&conn_opts, error_kind(e.as_ref()));
-                        tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
-                    }
-                }
-            }
+        spawn_conn(stream, &opts, move |stream| {
+            serve_conn(
+                stream, peer, tls, builder, watcher, handler, conn_opts, slot,
+            )
         });
     }
     drop(listener);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -278,9 +277,4 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     } else {
         None
     }
-}
-
-/// A small JSON body.
-pub fn json_body(text: String) -> http_body_util::Full<Bytes> {
-    http_body_util::Full::new(Bytes::from(text))
 }

@@ -53,6 +53,88 @@ fn to_pb(v: &Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
+/// The allow answer: identity headers set, every identity spelling removed, and the provider
+/// and claims as dynamic metadata.
+fn allow_response(
+    policy: &Policy,
+    verified: Option<&crate::auth::Verified>,
+    spoofed: &[http::HeaderName],
+) -> CheckResponse {
+    let mut resp = CheckResponse::default();
+    let mut ok = OkHttpResponseBuilder::new();
+    let identity = verified
+        .map(|v| policy.identity_headers(v))
+        .unwrap_or_default();
+    // Every spelling of every identity header, whether or not the check request carried the
+    // client's copy; headers set below overwrite the client's copies (removing them as well
+    // would drop the verified value).
+    for n in policy.headers_to_remove(spoofed, &identity) {
+        ok.remove_header(n.as_str());
+    }
+    if let Some(v) = verified {
+        for (k, val) in identity {
+            ok.add_header(
+                k.as_str(),
+                val.to_str().unwrap_or(""),
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                false,
+            );
+        }
+        let mut fields = HashMap::new();
+        fields.insert(
+            "provider".to_string(),
+            to_pb(&Value::String(v.provider.name.clone())),
+        );
+        fields.insert(
+            "claims".to_string(),
+            to_pb(&Value::Object(v.info.claims.clone())),
+        );
+        let mut md = HashMap::new();
+        md.insert(
+            "jwks_sidecar".to_string(),
+            PbValue {
+                kind: Some(Kind::StructValue(Struct { fields })),
+            },
+        );
+        resp.set_dynamic_metadata(Some(Struct { fields: md }));
+    }
+    let ok: OkHttpResponse = ok.build();
+    resp.set_status(tonic::Status::ok("allowed"));
+    resp.set_http_response(ok);
+    resp
+}
+
+/// The deny answer: the status, `WWW-Authenticate` and the JSON body the client gets.
+fn deny_response(policy: &Policy, reject: &crate::error::Reject) -> CheckResponse {
+    let mut resp = CheckResponse::default();
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(status_code(reject.status()));
+    for (k, v) in crate::proxy::reject_headers(reject, &policy.realm) {
+        denied.add_header(
+            k.as_str(),
+            v.to_str().unwrap_or(""),
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+            false,
+        );
+    }
+    denied.add_header(
+        "content-type",
+        "application/json",
+        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+        false,
+    );
+    denied.set_body(reject.body());
+    let denied: DeniedHttpResponse = denied.build();
+    let code = if reject.status() == 401 {
+        tonic::Code::Unauthenticated
+    } else {
+        tonic::Code::PermissionDenied
+    };
+    resp.set_status(tonic::Status::new(code, reject.reason()));
+    resp.set_http_response(denied);
+    resp
+}
+
 fn header_map(req: &CheckRequest) -> (HeaderMap, String, String, String) {
     let mut headers = HeaderMap::new();
     let Some(http) = req
@@ -130,82 +212,10 @@ impl Authorization for AuthzGrpc {
                 },
             };
         let spoofed = policy.spoofed_header_names("authz_grpc", &headers);
-        let mut resp = CheckResponse::default();
-        let status = match &decision.outcome {
-            Ok(verified) => {
-                let mut ok = OkHttpResponseBuilder::new();
-                let identity = verified
-                    .as_ref()
-                    .map(|v| policy.identity_headers(v))
-                    .unwrap_or_default();
-                // Every spelling of every identity header, whether or not the check request
-                // carried the client's copy; headers set below overwrite the client's copies
-                // (removing them as well would drop the verified value).
-                for n in policy.headers_to_remove(&spoofed, &identity) {
-                    ok.remove_header(n.as_str());
-                }
-                if let Some(v) = verified {
-                    for (k, val) in identity {
-                        ok.add_header(
-                            k.as_str(),
-                            val.to_str().unwrap_or(""),
-                            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                            false,
-                        );
-                    }
-                    let mut fields = HashMap::new();
-                    fields.insert(
-                        "provider".to_string(),
-                        to_pb(&Value::String(v.provider.name.clone())),
-                    );
-                    fields.insert(
-                        "claims".to_string(),
-                        to_pb(&Value::Object(v.info.claims.clone())),
-                    );
-                    let mut md = HashMap::new();
-                    md.insert(
-                        "jwks_sidecar".to_string(),
-                        PbValue {
-                            kind: Some(Kind::StructValue(Struct { fields })),
-                        },
-                    );
-                    resp.set_dynamic_metadata(Some(Struct { fields: md }));
-                }
-                let ok: OkHttpResponse = ok.build();
-                resp.set_status(tonic::Status::ok("allowed"));
-                resp.set_http_response(ok);
-                200
-            }
-            Err(f) => {
-                let mut denied = DeniedHttpResponseBuilder::new();
-                denied.set_http_status(status_code(f.reject.status()));
-                for (k, v) in crate::proxy::reject_headers(&f.reject, &policy.realm) {
-                    denied.add_header(
-                        k.as_str(),
-                        v.to_str().unwrap_or(""),
-                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                        false,
-                    );
-                }
-                denied.add_header(
-                    "content-type",
-                    "application/json",
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-                denied.set_body(f.reject.body());
-                let denied: DeniedHttpResponse = denied.build();
-                let code = if f.reject.status() == 401 {
-                    tonic::Code::Unauthenticated
-                } else {
-                    tonic::Code::PermissionDenied
-                };
-                resp.set_status(tonic::Status::new(code, f.reject.reason()));
-                resp.set_http_response(denied);
-                f.reject.status()
-            }
+        let (resp, status) = match &decision.outcome {
+            Ok(verified) => (allow_response(&policy, verified.as_ref(), &spoofed), 200),
+            Err(f) => (deny_response(&policy, &f.reject), f.reject.status()),
         };
-
         policy.record(
             "authz_grpc",
             &decision,

@@ -104,6 +104,36 @@ pub fn split_target(target: &str) -> Option<(String, Option<String>)> {
     Some((path.to_string(), pq.query().map(str::to_string)))
 }
 
+/// The allow answer: 200 with the identity headers, and for Envoy the removal list.
+fn allow_response(
+    policy: &Policy,
+    conv: Convention,
+    verified: Option<&crate::auth::Verified>,
+    spoofed: &[HeaderName],
+) -> Response<Full<Bytes>> {
+    let mut headers = verified
+        .map(|v| policy.identity_headers(v))
+        .unwrap_or_default();
+    // Every spelling of every identity header goes on the removal list, whether or not Envoy
+    // showed us the client's copy (its `allowed_headers` may list only `authorization`); the
+    // headers set here overwrite the client's copies.
+    if conv == Convention::Envoy {
+        let names = policy.headers_to_remove(spoofed, &headers);
+        if !names.is_empty() {
+            let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+            if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
+                headers.push((REMOVE.clone(), v));
+            }
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::OK;
+    for (k, v) in headers {
+        r.headers_mut().insert(k, v);
+    }
+    r
+}
+
 impl AuthzHttp {
     fn convention(&self, path: &str) -> Option<Convention> {
         if path == self.paths.nginx_path {
@@ -158,30 +188,7 @@ impl AuthzHttp {
         };
         let spoofed = policy.spoofed_header_names("authz_http", req.headers());
         let mut resp = match &decision.outcome {
-            Ok(verified) => {
-                let mut headers = Vec::new();
-                if let Some(v) = verified {
-                    headers = policy.identity_headers(v);
-                }
-                // Every spelling of every identity header goes on the removal list, whether
-                // or not Envoy showed us the client's copy (its `allowed_headers` may list
-                // only `authorization`); the headers set here overwrite the client's copies.
-                if conv == Convention::Envoy {
-                    let names = policy.headers_to_remove(&spoofed, &headers);
-                    if !names.is_empty() {
-                        let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
-                        if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
-                            headers.push((REMOVE.clone(), v));
-                        }
-                    }
-                }
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::OK;
-                for (k, v) in headers {
-                    r.headers_mut().insert(k, v);
-                }
-                r
-            }
+            Ok(verified) => allow_response(&policy, conv, verified.as_ref(), &spoofed),
             // Envoy's http_service treats any 5xx from the authorizer as a failure of the
             // authorizer, which `failure_mode_allow: true` turns into an allow: the Envoy
             // endpoint answers "no keys" with 403 (reason no_keys, Retry-After) instead.

@@ -94,6 +94,10 @@ struct MirrorState {
     stale_since: Option<SystemTime>,
 }
 
+/// A successful fetch: its metric label, how long it is fresh, and the parsed set with the
+/// keys skipped (none for a 304).
+type Fetched = (&'static str, Duration, Option<(KeySet, Vec<SkippedKey>)>);
+
 /// Everything one mirror task needs.
 pub struct Mirror<S: Source> {
     /// The provider's key store (shared with the request path).
@@ -203,92 +207,14 @@ impl<S: Source> Mirror<S> {
             .jwks_fetch_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
-        let outcome = match fetched {
-            Ok(SourceResponse::NotModified { headers }) => {
-                let fresh = freshness(&headers, &self.settings);
-                match self.keys.current() {
-                    Some(_) => Ok(("not_modified", fresh, None)),
-                    None => {
-                        // A 304 without a set to keep: ask again without validators.
-                        st.validators = Validators::default();
-                        Err(FetchError::Parse(
-                            "304 Not Modified but no key set is held".into(),
-                        ))
-                    }
-                }
-            }
-            Ok(SourceResponse::Document { body, headers }) => {
-                match KeySet::parse(&body, &self.keys.policy) {
-                    Ok((set, skipped)) if !set.is_empty() => {
-                        st.validators = Validators {
-                            etag: headers.get(http::header::ETAG).cloned(),
-                            last_modified: headers.get(http::header::LAST_MODIFIED).cloned(),
-                        };
-                        Ok((
-                            "ok",
-                            freshness(&headers, &self.settings),
-                            Some((set, skipped)),
-                        ))
-                    }
-                    Ok((_, skipped)) => {
-                        for s in &skipped {
-                            self.metrics
-                                .jwks_skipped_keys_total
-                                .with_label_values(&[name, s.reason])
-                                .inc();
-                        }
-                        Err(FetchError::Parse(format!(
-                            "no usable signing key ({} skipped: {})",
-                            skipped.len(),
-                            skip_summary(&skipped)
-                        )))
-                    }
-                    Err(e) => Err(FetchError::Parse(e.0)),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
+        match fetched.and_then(|response| self.read_response(response, st)) {
             Ok((label, fresh, parsed)) => {
                 let fresh_until = Instant::now() + fresh;
                 st.fresh_until = Some(fresh_until);
                 st.failures = 0;
-                if let Some((set, skipped)) = parsed {
-                    for s in &skipped {
-                        self.metrics
-                            .jwks_skipped_keys_total
-                            .with_label_values(&[name, s.reason])
-                            .inc();
-                    }
-                    let current = self.keys.current();
-                    let (merged, added, removed) = merge_keys(
-                        current.as_deref(),
-                        &set,
-                        &mut st.absent,
-                        self.settings.key_removal_confirmations,
-                    );
-                    if current.is_some() {
-                        self.metrics
-                            .jwks_key_changes_total
-                            .with_label_values(&[name, "added"])
-                            .inc_by(added.len() as u64);
-                        self.metrics
-                            .jwks_key_changes_total
-                            .with_label_values(&[name, "removed"])
-                            .inc_by(removed.len() as u64);
-                        if !added.is_empty() || !removed.is_empty() {
-                            tracing::info!(provider = name, added = ?added, removed = ?removed, "key set changed");
-                        }
-                    }
-                    tracing::debug!(
-                        provider = name,
-                        keys = merged.len(),
-                        skipped = skipped.len(),
-                        "JWKS loaded"
-                    );
-                    self.install(merged, st);
-                } else {
-                    self.install_unchanged(st);
+                match parsed {
+                    Some((set, skipped)) => self.take_fetched(set, &skipped, st),
+                    None => self.install_unchanged(st),
                 }
                 if let (Some(path), Some(set)) = (&self.persist_path, self.keys.current()) {
                     if let Err(e) = persist(path, &self.keys, &set, fresh_until) {
@@ -322,6 +248,91 @@ impl<S: Source> Mirror<S> {
                 Err(e)
             }
         }
+    }
+
+    /// What a response means: the fetch label, the freshness, and a parsed set (none for a
+    /// 304). A document without a usable key is a failure (the last good set is kept).
+    fn read_response(
+        &self,
+        response: SourceResponse,
+        st: &mut MirrorState,
+    ) -> Result<Fetched, FetchError> {
+        match response {
+            SourceResponse::NotModified { headers } => {
+                let fresh = freshness(&headers, &self.settings);
+                if self.keys.current().is_some() {
+                    return Ok(("not_modified", fresh, None));
+                }
+                // A 304 without a set to keep: ask again without validators.
+                st.validators = Validators::default();
+                Err(FetchError::Parse(
+                    "304 Not Modified but no key set is held".into(),
+                ))
+            }
+            SourceResponse::Document { body, headers } => {
+                match KeySet::parse(&body, &self.keys.policy) {
+                    Ok((set, skipped)) if !set.is_empty() => {
+                        st.validators = Validators {
+                            etag: headers.get(http::header::ETAG).cloned(),
+                            last_modified: headers.get(http::header::LAST_MODIFIED).cloned(),
+                        };
+                        let fresh = freshness(&headers, &self.settings);
+                        Ok(("ok", fresh, Some((set, skipped))))
+                    }
+                    Ok((_, skipped)) => {
+                        self.count_skipped(&skipped);
+                        Err(FetchError::Parse(format!(
+                            "no usable signing key ({} skipped: {})",
+                            skipped.len(),
+                            skip_summary(&skipped)
+                        )))
+                    }
+                    Err(e) => Err(FetchError::Parse(e.0)),
+                }
+            }
+        }
+    }
+
+    fn count_skipped(&self, skipped: &[SkippedKey]) {
+        for s in skipped {
+            self.metrics
+                .jwks_skipped_keys_total
+                .with_label_values(&[&self.keys.name, s.reason])
+                .inc();
+        }
+    }
+
+    /// Merges a fetched set into the current one (rotation bookkeeping) and installs it.
+    fn take_fetched(&self, set: KeySet, skipped: &[SkippedKey], st: &mut MirrorState) {
+        let name = self.keys.name.as_str();
+        self.count_skipped(skipped);
+        let current = self.keys.current();
+        let (merged, added, removed) = merge_keys(
+            current.as_deref(),
+            &set,
+            &mut st.absent,
+            self.settings.key_removal_confirmations,
+        );
+        if current.is_some() {
+            self.metrics
+                .jwks_key_changes_total
+                .with_label_values(&[name, "added"])
+                .inc_by(added.len() as u64);
+            self.metrics
+                .jwks_key_changes_total
+                .with_label_values(&[name, "removed"])
+                .inc_by(removed.len() as u64);
+            if !added.is_empty() || !removed.is_empty() {
+                tracing::info!(provider = name, added = ?added, removed = ?removed, "key set changed");
+            }
+        }
+        tracing::debug!(
+            provider = name,
+            keys = merged.len(),
+            skipped = skipped.len(),
+            "JWKS loaded"
+        );
+        self.install(merged, st);
     }
 
     /// Clears the stale state after a successful fetch.
