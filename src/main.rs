@@ -56,6 +56,16 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Serve the fake identity provider alone (for test suites): discovery, JWKS, token
+    /// minting and a control API on 127.0.0.1; prints its issuer as one JSON line.
+    Idp {
+        /// Port (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// One signing key per algorithm given (repeatable; default ES256).
+        #[arg(long = "alg")]
+        algs: Vec<String>,
+    },
     /// Explain the decision on one request (rule, provider, every check), without serving.
     Explain {
         /// The request line, e.g. "GET /admin/users?page=2".
@@ -180,6 +190,16 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Demo { port }) => runtime.block_on(jwks_sidecar::demo::run(port)),
+        Some(Command::Idp { port, algs }) => algs
+            .iter()
+            .map(|a| {
+                jwks_sidecar::jose::Alg::parse(a).ok_or(format!(
+                    "--alg {a:?}: choose from {}",
+                    jwks_sidecar::jose::Alg::names()
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|algs| runtime.block_on(jwks_sidecar::demo::serve_standalone(port, &algs))),
         Some(Command::Healthcheck { url }) => {
             runtime.block_on(jwks_sidecar::check::healthcheck(&url))
         }

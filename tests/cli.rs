@@ -472,3 +472,68 @@ fn spawn_with_grpc(
         .spawn()
         .expect("spawn")
 }
+
+/// `jwks-sidecar idp`, the fake IdP the Python and Node suites run: its first stdout line
+/// names the issuer; a token it mints is accepted by a sidecar mirroring its JWKS; after a
+/// rotation (old key unpublished) a token of the new key is accepted through the unknown-kid
+/// refetch; told to fail, its JWKS answers 503 while the control API still answers.
+#[tokio::test]
+async fn idp_subcommand_mints_rotates_and_fails() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["idp", "--alg", "EdDSA"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn idp");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the idp prints its issuer")
+    .expect("read");
+    let info: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    let issuer = info["issuer"].as_str().expect("issuer").to_string();
+    assert_eq!(info["kids"], serde_json::json!(["eddsa-1"]));
+    let echo = jwks_sidecar::demo::EchoUpstream::start().await.expect("echo");
+    let sidecar = start_toml(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[providers]]\nname = \"idp\"\nissuer = \"{issuer}\"\njwks_uri = \"{issuer}/jwks.json\"\naudiences = [\"api\"]\nkid_miss_min_interval = \"1s\"\n",
+        echo.url()
+    ))
+    .await;
+    wait_keys_ready(&sidecar).await;
+    let mint = |issuer: String| async move {
+        let now = jwks_sidecar::testkit::now();
+        let body = serde_json::json!({"claims": {"iss": issuer, "aud": "api", "sub": "u", "exp": now + 300}});
+        let (s, _, token) = request(
+            "POST",
+            &format!("{issuer}/token"),
+            &[],
+            body.to_string().into(),
+        )
+        .await;
+        assert_eq!(s, 200, "{token}");
+        token
+    };
+    let url = format!("http://{}/api", sidecar.proxy_addr);
+    let (s, _, body) = get_with_token(&url, &mint(issuer.clone()).await).await;
+    assert_eq!(s, 200, "{body}");
+    let control = |path: &str, body: &'static str| {
+        let url = format!("{issuer}/control/{path}");
+        async move { request("POST", &url, &[], body.into()).await }
+    };
+    let (s, _, stats) = control("rotate", r#"{"alg": "ES256", "keep_old": false}"#).await;
+    assert_eq!(s, 200, "{stats}");
+    assert!(stats.contains("es256-2") && !stats.contains("eddsa-1"), "{stats}");
+    let (s, _, body) = get_with_token(&url, &mint(issuer.clone()).await).await;
+    assert_eq!(s, 200, "new key through the unknown-kid refetch: {body}");
+    let (s, _, _) = control("fail", r#"{"status": 503}"#).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = get(&format!("{issuer}/jwks.json"), &[]).await;
+    assert_eq!(s, 503);
+    sidecar.shutdown();
+    sidecar.wait().await;
+}

@@ -1,0 +1,393 @@
+//! The fake identity provider every suite uses: discovery, a JWKS (counting fetches, able to
+//! fail, stall, require credentials or serve raw text), and token minting with keys made at
+//! start. In-process tests drive it through `FakeIdp`; `jwks-sidecar idp` serves it alone
+//! with an HTTP control API for the Python and Node suites:
+//!
+//! - `GET /.well-known/openid-configuration`, `GET /jwks.json`
+//! - `GET /token?sub=&ttl=`: a demo token; `POST /token {"claims": {..}, "header": {..},
+//!   "kid": ".."}`: exactly these claims, signed by the key `kid` (default: the newest), the
+//!   header members merged over `{"alg", "kid", "typ": "JWT"}`
+//! - `POST /control/rotate {"alg": "ES256", "kid": "..", "keep_old": true}`: a new key, first
+//!   in the JWKS and the signing default; without `keep_old` the old keys are unpublished
+//! - `POST /control/fail {"status": 503}` (0 restores), `POST /control/delay {"ms": 1000}`,
+//!   `POST /control/jwks_headers {"cache-control": "max-age=60"}`
+//! - `GET /control/stats`: `{"jwks_fetches": n, "discovery_fetches": n, "kids": [..]}`
+//!
+//! Control endpoints answer even while the IdP is told to fail.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use super::serve_plain;
+use crate::jose::Alg;
+use crate::response::local;
+use crate::testkit::{jwks, SigningKey};
+
+/// Shared state of a fake IdP; tests mutate it to rotate keys or break the IdP.
+pub struct IdpState {
+    /// The issuer URL (`http://127.0.0.1:PORT`).
+    pub issuer: String,
+    /// The JWKS served at `/jwks.json`.
+    pub jwks: Mutex<Value>,
+    /// Count of `/jwks.json` requests.
+    pub jwks_fetches: AtomicUsize,
+    /// Count of discovery requests.
+    pub discovery_fetches: AtomicUsize,
+    /// When non-zero, every request gets this status.
+    pub fail_status: AtomicU16,
+    /// Extra response headers for `/jwks.json` (e.g. Cache-Control).
+    pub jwks_headers: Mutex<Vec<(String, String)>>,
+    /// Delay before answering `/jwks.json`.
+    pub delay: Mutex<Duration>,
+    /// Keys used by `/token` (demo only).
+    pub signing: Mutex<Vec<Arc<SigningKey>>>,
+    /// When set, `/jwks.json` serves this text instead of `jwks` (PEM documents).
+    pub raw_body: Mutex<Option<String>>,
+    /// When set, `/jwks.json` answers 401 unless this header has this value.
+    pub required_header: Mutex<Option<(String, String)>>,
+    /// Every `If-None-Match` value received.
+    pub if_none_match: Mutex<Vec<String>>,
+}
+
+/// A fake OpenID provider on loopback.
+pub struct FakeIdp {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Mutable state.
+    pub state: Arc<IdpState>,
+}
+
+impl FakeIdp {
+    /// Starts serving `keys` on 127.0.0.1 (port 0 unless given).
+    pub async fn start(keys: &[&SigningKey], port: u16) -> std::io::Result<FakeIdp> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(IdpState {
+            issuer: format!("http://{addr}"),
+            jwks: Mutex::new(jwks(keys)),
+            jwks_fetches: AtomicUsize::new(0),
+            discovery_fetches: AtomicUsize::new(0),
+            fail_status: AtomicU16::new(0),
+            jwks_headers: Mutex::new(Vec::new()),
+            delay: Mutex::new(Duration::ZERO),
+            signing: Mutex::new(Vec::new()),
+            raw_body: Mutex::new(None),
+            required_header: Mutex::new(None),
+            if_none_match: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        serve_plain(listener, move |req| idp_handle(st.clone(), req));
+        Ok(FakeIdp { addr, state })
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> String {
+        self.state.issuer.clone()
+    }
+
+    /// The JWKS URL.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks.json", self.state.issuer)
+    }
+
+    /// Replaces the served key set.
+    pub fn set_keys(&self, keys: &[&SigningKey]) {
+        self.set_jwks(jwks(keys));
+    }
+
+    /// Replaces the served document verbatim.
+    pub fn set_jwks(&self, doc: Value) {
+        if let Ok(mut j) = self.state.jwks.lock() {
+            *j = doc;
+        }
+    }
+
+    /// Number of JWKS fetches so far.
+    pub fn fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Makes every request fail with `status` (0 restores service).
+    pub fn fail_with(&self, status: u16) {
+        self.state.fail_status.store(status, Ordering::SeqCst);
+    }
+}
+
+async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let fail = st.fail_status.load(Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    if path.starts_with("/control/") {
+        return control(&st, req).await;
+    }
+    if path == "/token" && req.method() == Method::POST {
+        return mint(&st, req).await;
+    }
+    if path == "/jwks.json" {
+        st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+        let delay = st.delay.lock().map(|d| *d).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    if fail != 0 {
+        return local(
+            StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "text/plain",
+            "failing on purpose\n",
+        );
+    }
+    match path.as_str() {
+        "/.well-known/openid-configuration" => {
+            st.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            let doc = json!({
+                "issuer": st.issuer,
+                "jwks_uri": format!("{}/jwks.json", st.issuer),
+                "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+            });
+            local(StatusCode::OK, "application/json", doc.to_string())
+        }
+        "/jwks.json" => {
+            let required = st.required_header.lock().ok().and_then(|r| r.clone());
+            if let Some((name, value)) = required {
+                let got = req
+                    .headers()
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok());
+                if got != Some(value.as_str()) {
+                    return local(
+                        StatusCode::UNAUTHORIZED,
+                        "text/plain",
+                        "missing credentials\n",
+                    );
+                }
+            }
+            if let Some(v) = req
+                .headers()
+                .get(http::header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+            {
+                if let Ok(mut seen) = st.if_none_match.lock() {
+                    seen.push(v.to_string());
+                }
+            }
+            let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
+            let body =
+                raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
+            let mut r = local(StatusCode::OK, "application/json", body);
+            if let Ok(h) = st.jwks_headers.lock() {
+                for (k, v) in h.iter() {
+                    if let (Ok(k), Ok(v)) = (
+                        http::HeaderName::try_from(k.as_str()),
+                        http::HeaderValue::from_str(v),
+                    ) {
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+            }
+            r
+        }
+        "/token" => {
+            let q: BTreeMap<String, String> = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let key = st.signing.lock().ok().and_then(|s| s.first().cloned());
+            let Some(key) = key else {
+                return local(StatusCode::NOT_FOUND, "text/plain", "no signing key\n");
+            };
+            let ttl: i64 = q.get("ttl").and_then(|t| t.parse().ok()).unwrap_or(3600);
+            let sub = q.get("sub").cloned().unwrap_or_else(|| "demo-user".into());
+            let now = crate::auth::now_unix() as i64;
+            let claims = json!({"iss": st.issuer, "sub": sub, "aud": "demo-api", "iat": now,
+                "exp": now + ttl, "email": format!("{sub}@example.com"), "scope": "read write"});
+            local(StatusCode::OK, "text/plain", key.mint(&claims) + "\n")
+        }
+        _ => local(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// The JSON body of a control or mint request (at most 64 KiB).
+async fn json_body(req: Request<Incoming>) -> Result<Value, Response<Full<Bytes>>> {
+    let bad = |m: String| local(StatusCode::BAD_REQUEST, "text/plain", m + "\n");
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| bad(format!("body: {e}")))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("body is not JSON: {e}")))
+}
+
+fn json_ok(v: Value) -> Response<Full<Bytes>> {
+    local(StatusCode::OK, "application/json", v.to_string())
+}
+
+/// `POST /token`: the given claims, signed by the key `kid` (default: the newest).
+async fn mint(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let keys = st.signing.lock().map(|s| s.clone()).unwrap_or_default();
+    let key = match body.get("kid").and_then(Value::as_str) {
+        Some(kid) => keys.iter().find(|k| k.kid == kid),
+        None => keys.first(),
+    };
+    let Some(key) = key else {
+        return local(StatusCode::NOT_FOUND, "text/plain", "no such signing key\n");
+    };
+    let mut header = json!({"alg": key.alg.name(), "kid": key.kid, "typ": "JWT"});
+    if let (Some(h), Some(extra)) = (
+        header.as_object_mut(),
+        body.get("header").and_then(Value::as_object),
+    ) {
+        for (k, v) in extra {
+            if v.is_null() {
+                h.remove(k);
+            } else {
+                h.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let claims = body.get("claims").cloned().unwrap_or(json!({}));
+    local(
+        StatusCode::OK,
+        "text/plain",
+        key.mint_with_header(&header, &claims),
+    )
+}
+
+/// The control API (see the module documentation).
+async fn control(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/control/stats" {
+        return json_ok(stats(st));
+    }
+    let body = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match path.as_str() {
+        "/control/rotate" => {
+            let alg = body
+                .get("alg")
+                .and_then(Value::as_str)
+                .and_then(Alg::parse)
+                .unwrap_or(Alg::ES256);
+            let n = st.signing.lock().map(|s| s.len()).unwrap_or(0) + 1;
+            let kid = body.get("kid").and_then(Value::as_str).map_or_else(
+                || format!("{}-{n}", alg.name().to_ascii_lowercase()),
+                str::to_string,
+            );
+            let keep_old = body
+                .get("keep_old")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            let key = Arc::new(SigningKey::generate(alg, &kid));
+            if let Ok(mut s) = st.signing.lock() {
+                if !keep_old {
+                    s.clear();
+                }
+                s.insert(0, key);
+                let refs: Vec<&SigningKey> = s.iter().map(|k| k.as_ref()).collect();
+                if let Ok(mut j) = st.jwks.lock() {
+                    *j = jwks(&refs);
+                }
+            }
+            json_ok(stats(st))
+        }
+        "/control/fail" => {
+            let status = body.get("status").and_then(Value::as_u64).unwrap_or(0);
+            st.fail_status
+                .store(status.min(999) as u16, Ordering::SeqCst);
+            json_ok(stats(st))
+        }
+        "/control/delay" => {
+            let ms = body.get("ms").and_then(Value::as_u64).unwrap_or(0);
+            if let Ok(mut d) = st.delay.lock() {
+                *d = Duration::from_millis(ms);
+            }
+            json_ok(stats(st))
+        }
+        "/control/jwks_headers" => {
+            let headers = body
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Ok(mut h) = st.jwks_headers.lock() {
+                *h = headers;
+            }
+            json_ok(stats(st))
+        }
+        _ => local(StatusCode::NOT_FOUND, "text/plain", "no such control\n"),
+    }
+}
+
+fn stats(st: &IdpState) -> Value {
+    let kids: Vec<String> = st
+        .signing
+        .lock()
+        .map(|s| s.iter().map(|k| k.kid.clone()).collect())
+        .unwrap_or_default();
+    json!({
+        "jwks_fetches": st.jwks_fetches.load(Ordering::SeqCst),
+        "discovery_fetches": st.discovery_fetches.load(Ordering::SeqCst),
+        "kids": kids,
+    })
+}
+
+/// `jwks-sidecar idp`: serves the fake IdP on 127.0.0.1:`port` (0: any) with one key per
+/// `algs` entry (kids `<alg>-<n>`), prints `{"issuer", "jwks_uri", "kids"}` as one JSON line
+/// on stdout once listening, and runs until SIGTERM or SIGINT.
+pub async fn serve_standalone(port: u16, algs: &[Alg]) -> Result<(), String> {
+    crate::install_crypto_provider();
+    let algs = if algs.is_empty() {
+        &[Alg::ES256][..]
+    } else {
+        algs
+    };
+    let keys: Vec<Arc<SigningKey>> = algs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let kid = format!("{}-{}", a.name().to_ascii_lowercase(), i + 1);
+            Arc::new(SigningKey::generate(*a, &kid))
+        })
+        .collect();
+    let refs: Vec<&SigningKey> = keys.iter().map(|k| k.as_ref()).collect();
+    let idp = FakeIdp::start(&refs, port)
+        .await
+        .map_err(|e| format!("idp: 127.0.0.1:{port}: {e}"))?;
+    let kids: Vec<String> = keys.iter().map(|k| k.kid.clone()).collect();
+    if let Ok(mut s) = idp.state.signing.lock() {
+        *s = keys;
+    }
+    println!(
+        "{}",
+        json!({"issuer": idp.issuer(), "jwks_uri": idp.jwks_uri(), "kids": kids})
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    crate::wait_for_signal().await;
+    Ok(())
+}
