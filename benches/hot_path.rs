@@ -25,7 +25,7 @@ fn setup(keys: &[&SigningKey], cache: bool) -> Authenticator {
         toml_inline(&doc)
     );
     let plan = jwks_sidecar::plan::from_toml_str(&toml).expect("config");
-    let auth = Authenticator::new(&plan, Arc::new(Metrics::new()));
+    let auth = plan.authenticator(Arc::new(Metrics::new()));
     let (set, _) = KeySet::from_document(&doc, &auth.providers()[0].keys.policy).expect("keys");
     auth.providers()[0].keys.store(set);
     auth

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Real-gateway integration tests for jwks-sidecar's [authz] decision service.
 
-Starts, all on 127.0.0.1 with ports picked at run time: a fake identity provider (an EC P-256
-key made per run, /jwks.json, tokens minted here), an echo app that answers with the request
-headers it received, jwks-sidecar with the [authz] listeners, and in front of the echo app each
-real gateway with jwks-sidecar as its authorizer: Envoy (ext_authz over HTTP and over gRPC),
-nginx (auth_request), Traefik (ForwardAuth) and Caddy (forward_auth).
+Starts, all on 127.0.0.1 with ports picked at run time: the project's fake identity provider
+(`jwks-sidecar idp`: an ES256 key made per run, /jwks.json, tokens minted on request), an echo
+app that answers with the request headers it received, jwks-sidecar with the [authz] listeners,
+and in front of the echo app each real gateway with jwks-sidecar as its authorizer: Envoy
+(ext_authz over HTTP and over gRPC), nginx (auth_request), Traefik (ForwardAuth) and Caddy
+(forward_auth).
 
 The gateway configurations are the files in this directory that the README's
 "Use it with your gateway" section shows verbatim (checked here too); they are rendered by
@@ -40,10 +41,6 @@ import tempfile
 import threading
 import time
 import uuid
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -147,10 +144,6 @@ SMUGGLE_HEADERS = [
 # ---------------------------------------------------------------- small helpers
 
 
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -195,46 +188,71 @@ def which(tool):
 
 
 class IdP:
-    """An issuer with one ES256 key, serving /jwks.json; mints tokens by hand."""
+    """The project's fake identity provider, `jwks-sidecar idp` (one for every suite, so the
+    tokens here are signed like everywhere else): one ES256 key, /jwks.json, tokens minted by
+    POST /token. It runs under Procs like the gateways, so it is always stopped and its output
+    is in the failure log."""
 
-    def __init__(self):
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.kid = "gw-" + uuid.uuid4().hex[:8]
-        nums = self.key.public_key().public_numbers()
-        jwk = {
-            "kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
-            "x": b64u(nums.x.to_bytes(32, "big")), "y": b64u(nums.y.to_bytes(32, "big")),
-        }
-        body = json.dumps({"keys": [jwk]}).encode()
+    def __init__(self, procs, binary, timeout=10.0):
+        self.procs = procs
+        p = procs.start("idp", [binary, "idp", "--alg", "ES256"])
+        info = self._issuer_line(p, timeout)
+        self.issuer = info["issuer"]
+        self.jwks_uri = info["jwks_uri"]
+        kids = info.get("kids") or []
+        if len(kids) != 1:
+            raise RuntimeError(f"expected one signing key (--alg ES256), got kids {kids!r}")
+        self.kid = kids[0]
+        self.port = int(self.issuer.rsplit(":", 1)[1])
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?")[0] == "/jwks.json":
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                else:
-                    self.send_error(404)
+    def _issuer_line(self, p, timeout):
+        """The JSON line the IdP prints on stdout once listening. Its stdout goes to the log file
+        (with stderr, so a complete line that is not that JSON object is skipped); read it until
+        the deadline, and fail at once if the IdP exits first."""
+        path = self.procs.log_path("idp")
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(path, "rb") as f:
+                text = f.read().decode(errors="replace")
+            for line in text.splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break  # still being written
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and "issuer" in doc and "jwks_uri" in doc:
+                    return doc
+            if p.poll() is not None:
+                raise RuntimeError(f"exited with {p.returncode} before printing its issuer line")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no issuer line on stdout within {timeout:.0f}s")
+            time.sleep(0.05)
 
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def post(self, path, doc, timeout=10.0):
+        """POST a JSON body to the IdP; the response body, or an error unless 200."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("POST", path, body=json.dumps(doc), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"POST {path}: {resp.status} {body.strip()[:200]}")
+        return body
 
     def sign(self, claims, kid=None, issuer=None):
-        header = {"alg": "ES256", "typ": "JWT", "kid": kid or self.kid}
+        """A token with the default claims updated with `claims`, signed by the one key. The IdP
+        adds no claims of its own, so the defaults are set here; `kid` only renames the key in
+        the header (header {"alg": "ES256", "typ": "JWT", "kid": kid or the key's kid})."""
         now = int(time.time())
         payload = {"iss": issuer or self.issuer, "aud": "api", "iat": now, "nbf": now - 5, "exp": now + 600}
         payload.update(claims)
-        signing_input = f"{b64u(json.dumps(header).encode())}.{b64u(json.dumps(payload).encode())}"
-        der = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
-        r, s = decode_dss_signature(der)
-        return f"{signing_input}.{b64u(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        req = {"claims": payload, "kid": self.kid}
+        if kid:
+            req["header"] = {"kid": kid}
+        return self.post("/token", req)
 
 
 class Echo:
@@ -281,8 +299,11 @@ class Procs:
         self.workdir = workdir
         self.procs = {}
 
+    def log_path(self, name):
+        return os.path.join(self.workdir, f"{name}.log")
+
     def start(self, name, argv, env=None, cwd=None):
-        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
+        log = open(self.log_path(name), "wb")
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=env, cwd=cwd or self.workdir)
         self.procs[name] = p
@@ -304,9 +325,8 @@ class Procs:
             self.stop(name)
 
     def log_tail(self, name, n=15):
-        path = os.path.join(self.workdir, f"{name}.log")
         try:
-            with open(path, "rb") as f:
+            with open(self.log_path(name), "rb") as f:
                 lines = f.read().decode(errors="replace").splitlines()
             return "\n".join("      | " + line[:300] for line in lines[-n:])
         except OSError:
@@ -484,7 +504,7 @@ level = "warn"
 [[providers]]
 name = "idp"
 issuer = "{idp.issuer}"
-jwks_uri = "{idp.issuer}/jwks.json"
+jwks_uri = "{idp.jwks_uri}"
 audiences = ["api"]
 required_scopes = ["orders:read"]
 [providers.claim_headers]
@@ -709,26 +729,41 @@ def run(args, res, procs, workdir):
             text = f.read().rstrip("\n")
         res.check(f"docs: README contains {shown} verbatim", text in readme)
 
-    idp = IdP()
+    # The same binary serves the fake IdP: check it before starting either.
+    if not os.access(args.sidecar, os.X_OK):
+        res.check("jwks-sidecar binary exists", False, args.sidecar)
+        return
+
+    print(f"-- fake IdP: {args.sidecar} idp --alg ES256")
+    try:
+        idp = IdP(procs, args.sidecar)
+    except (OSError, RuntimeError, ValueError) as e:
+        res.check("idp: jwks-sidecar idp starts and prints its issuer", False, str(e))
+        print(procs.log_tail("idp"))
+        return
+    res.check("idp: jwks-sidecar idp starts and prints its issuer", True, f"{idp.issuer}, kid {idp.kid}")
+
     echo = Echo()
     ports = {k: free_port() for k in ("proxy", "admin", "authz_http", "authz_grpc")}
     dead_port = free_port()
     cfg = write(os.path.join(workdir, "sidecar.toml"), sidecar_config(idp, ports, echo.port, dead_port))
 
-    tokens = {
-        "valid": idp.sign({"sub": "alice", "scope": "orders:read"}),
-        "noscope": idp.sign({"sub": "alice"}),
-        "expired": idp.sign({"sub": "alice", "scope": "orders:read", "exp": int(time.time()) - 3600}),
-        "garbage": "not.a.token",
-        "nokeys": idp.sign({"sub": "alice", "scope": "orders:read"}, issuer=f"http://127.0.0.1:{dead_port}/down"),
-    }
+    try:
+        tokens = {
+            "valid": idp.sign({"sub": "alice", "scope": "orders:read"}),
+            "noscope": idp.sign({"sub": "alice"}),
+            "expired": idp.sign({"sub": "alice", "scope": "orders:read", "exp": int(time.time()) - 3600}),
+            "garbage": "not.a.token",
+            "nokeys": idp.sign({"sub": "alice", "scope": "orders:read"}, issuer=f"http://127.0.0.1:{dead_port}/down"),
+        }
+    except (OSError, http.client.HTTPException, RuntimeError) as e:
+        res.check("idp: mints the test tokens (POST /token)", False, str(e))
+        print(procs.log_tail("idp"))
+        return
     v = tokens["valid"]
     tokens["tampered"] = v[:-4] + ("AAAA" if not v.endswith("AAAA") else "BBBB")
 
     print(f"-- jwks-sidecar {args.sidecar} (authz http {ports['authz_http']}, grpc {ports['authz_grpc']})")
-    if not os.access(args.sidecar, os.X_OK):
-        res.check("jwks-sidecar binary exists", False, args.sidecar)
-        return
     procs.start("sidecar", [args.sidecar, "--config", cfg])
 
     def sidecar_ready():
@@ -843,8 +878,9 @@ def main():
     finally:
         procs.stop_all()
         if res.failed:
-            for name in ("sidecar", *GATEWAYS):
-                if name != "sidecar" and not any(f.startswith(name + ":") for f in res.failures):
+            # The IdP's and the sidecar's logs matter to every check; a gateway's to its own.
+            for name in ("idp", "sidecar", *GATEWAYS):
+                if name not in ("idp", "sidecar") and not any(f.startswith(name + ":") for f in res.failures):
                     continue
                 tail = procs.log_tail(name, 8)
                 if tail:

@@ -3,6 +3,7 @@
 //! `/providers` (per-provider freshness) and `/jwks/{provider}` (the mirrored public keys).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -82,7 +83,7 @@ impl Admin {
                 "GET only\n".into(),
             );
         }
-        let policy = self.policy.load();
+        let policy = self.policy.load_full();
         let auth = &policy.auth;
         match req.uri().path() {
             "/metrics" => respond(
@@ -91,7 +92,25 @@ impl Admin {
                 self.metrics.render(),
             ),
             "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/readyz" => readyz(auth),
+            "/readyz" => {
+                // `?wait=N` (seconds, at most 30): answer as soon as the latch is set, or at
+                // the deadline, so a test or a start-up script awaits readiness in one request.
+                let wait = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("wait=")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::ZERO, |s| Duration::from_secs(s.min(30)));
+                if !wait.is_zero() {
+                    let all = async {
+                        for p in auth.providers() {
+                            p.keys.wait_ready().await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(wait, all).await;
+                }
+                readyz(auth)
+            }
             "/providers" => providers(auth),
             path => {
                 if let Some(name) = path.strip_prefix("/jwks/") {

@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-use crate::auth::Authenticator;
 use crate::jwks::source::{fetch_key_set, fetcher_for, ConfiguredSource};
 use crate::metrics::Metrics;
 use crate::plan::Plan;
@@ -12,7 +11,7 @@ use crate::plan::Plan;
 pub async fn check(plan: &Plan) -> Result<String, String> {
     crate::install_crypto_provider();
     let metrics = std::sync::Arc::new(Metrics::new());
-    let auth = Authenticator::new(plan, metrics);
+    let auth = plan.authenticator(metrics);
     let fetcher = crate::jwks::fetch::Fetcher::new();
     let mut report = String::new();
     let mut failed = Vec::new();

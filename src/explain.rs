@@ -105,7 +105,7 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
     crate::install_crypto_provider();
     let r = parse_request(req)?;
     let mut out = String::new();
-    let auth = Arc::new(Authenticator::new(plan, Arc::new(Metrics::new())));
+    let auth = Arc::new(plan.authenticator(Arc::new(Metrics::new())));
     let _ = writeln!(out, "request: {} {}", r.method, r.target);
     explain_keys(&mut out, plan, &auth, req.offline.as_deref()).await;
     let policy = Policy::new(plan, auth.clone());
@@ -217,7 +217,7 @@ async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
                 let _ = writeln!(
                     out,
                     "  header {k}: {}",
-                    crate::policy::truncate(val.to_str().unwrap_or("?"), 120)
+                    crate::telemetry::truncate(val.to_str().unwrap_or("?"), 120)
                 );
             }
         }

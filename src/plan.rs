@@ -4,16 +4,21 @@
 //! what a config means; reload compares two plans' key settings to decide which mirrors to
 //! keep.
 //!
-//! Dependency direction: `plan` depends on `config`, `jose`, `jwks` and `rules`; none of
-//! them depends on `plan`, and `config` depends on none of them.
+//! Dependency direction: `plan` depends on `config`, `jose`, `jwks`, `rules` and `auth`
+//! (it builds the `Authenticator`); none of them depends on `plan`, and `config` depends on
+//! none of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{Authenticator, Provider};
 use crate::config::{self, CliOverrides, Config, ConfigError, ProviderConfig};
 use crate::jose::Alg;
-use crate::jwks::{FetchSettings, KeySet, KeySettings, KeySource, MirrorSettings, ParsePolicy};
+use crate::jwks::{
+    FetchSettings, KeySet, KeySettings, KeySource, MirrorSettings, ParsePolicy, ProviderKeys,
+};
+use crate::metrics::Metrics;
 use crate::rules::Rules;
 
 /// A config compiled for the runtime.
@@ -32,6 +37,31 @@ pub struct ProviderPlan {
     pub config: ProviderConfig,
     /// Everything its key mirror depends on.
     pub keys: KeySettings,
+}
+
+impl Plan {
+    /// The authentication pipeline of this plan, each provider with a new, empty mirror.
+    pub fn authenticator(&self, metrics: Arc<Metrics>) -> Authenticator {
+        self.authenticator_with(metrics, |p| Arc::new(ProviderKeys::new(&p.keys)))
+    }
+
+    /// Like `authenticator`, taking each provider's key mirror from `keys` (reload keeps
+    /// the mirrors whose key settings did not change).
+    pub fn authenticator_with(
+        &self,
+        metrics: Arc<Metrics>,
+        keys: impl Fn(&ProviderPlan) -> Arc<ProviderKeys>,
+    ) -> Authenticator {
+        let providers = self
+            .providers
+            .iter()
+            .map(|p| {
+                let algorithms = p.keys.parse.algorithms.clone();
+                Arc::new(Provider::new(&p.config, algorithms, &metrics, keys(p)))
+            })
+            .collect();
+        Authenticator::new(&self.config, providers, metrics)
+    }
 }
 
 impl std::fmt::Debug for Plan {
@@ -181,4 +211,68 @@ fn key_settings(p: &ProviderConfig, cache_dir: Option<&Path>) -> Result<KeySetti
 /// Where a provider's set would be persisted (for tests and operators).
 pub fn persist_path(cache_dir: &Path, provider: &str) -> PathBuf {
     cache_dir.join(format!("{provider}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ProviderConfig {
+        ProviderConfig {
+            name: "p".into(),
+            issuer: "https://p.example".into(),
+            jwks_uri: Some("https://p.example/jwks.json".into()),
+            audiences: vec!["api".into()],
+            ..ProviderConfig::default()
+        }
+    }
+
+    fn settings(p: &ProviderConfig, cache_dir: Option<&Path>) -> KeySettings {
+        key_settings(p, cache_dir).expect("compiles")
+    }
+
+    /// Reload keeps a mirror exactly when its `KeySettings` are equal: claim rules must not
+    /// restart it, anything the mirror uses must.
+    #[test]
+    fn key_settings_change_with_key_fields_only() {
+        let b = base();
+        let same: Vec<fn(&mut ProviderConfig)> = vec![
+            |p| p.audiences = vec!["other".into()],
+            |p| p.leeway = Duration::from_secs(1),
+            |p| p.required_scopes = vec!["x".into()],
+            |p| {
+                p.claim_headers.insert("sub".into(), "x-sub".into());
+            },
+            |p| p.max_token_lifetime = Some(Duration::from_secs(60)),
+            |p| p.tenant_claim = "tenant".into(),
+        ];
+        for (i, change) in same.iter().enumerate() {
+            let mut p = base();
+            change(&mut p);
+            assert_eq!(settings(&p, None), settings(&b, None), "claim change {i}");
+        }
+        let different: Vec<fn(&mut ProviderConfig)> = vec![
+            |p| p.jwks_uri = Some("https://p.example/other.json".into()),
+            |p| p.algorithms = vec!["ES256".into()],
+            |p| p.max_keys = 3,
+            |p| p.refresh_interval = Duration::from_secs(30),
+            |p| p.max_stale = Duration::from_secs(30),
+            |p| p.kid_miss_wait = Duration::from_secs(1),
+            |p| p.fetch_timeout = Duration::from_secs(1),
+            |p| p.max_jwks_bytes = 1000,
+            |p| p.allow_insecure_http = true,
+            |p| p.issuer = "https://q.example".into(),
+            |p| p.name = "q".into(),
+        ];
+        for (i, change) in different.iter().enumerate() {
+            let mut p = base();
+            change(&mut p);
+            assert_ne!(settings(&p, None), settings(&b, None), "key change {i}");
+        }
+        assert_ne!(
+            settings(&b, Some(Path::new("/var/cache/a"))),
+            settings(&b, None),
+            "cache_dir"
+        );
+    }
 }

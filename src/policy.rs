@@ -261,22 +261,10 @@ impl Policy {
             decision = d.decision(),
             reason = d.reason(),
             provider = d.provider().unwrap_or(""),
-            kid = truncate(d.kid().unwrap_or(""), 64),
+            kid = crate::telemetry::truncate(d.kid().unwrap_or(""), 64),
             status,
             latency_us = started.elapsed().as_micros() as u64,
             "request"
         );
     }
-}
-
-/// At most `max` bytes of an untrusted string, cut on a character boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

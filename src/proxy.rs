@@ -191,29 +191,21 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         remove_hop_by_hop(req.headers_mut());
-        let verified = match &decision.outcome {
-            Ok(v) => v.clone(),
+        let resp = match &decision.outcome {
             Err(f) => {
                 let mut resp = reject_response(&f.reject, &policy.realm);
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
-                policy.record(
-                    "proxy",
-                    &decision,
-                    method.as_str(),
-                    resp.status().as_u16(),
-                    &rid_text,
-                    started,
-                );
-                return resp.map(Either::Right);
+                resp.map(Either::Right)
+            }
+            Ok(verified) => {
+                if let Some(v) = verified {
+                    add_identity(&policy, req.headers_mut(), v);
+                }
+                let normalized = decision.path.as_deref().unwrap_or("/");
+                self.forward(req, peer, normalized, upgrade, original_host, rid, &metrics)
+                    .await
             }
         };
-        if let Some(v) = &verified {
-            add_identity(&policy, req.headers_mut(), v);
-        }
-        let normalized = decision.path.as_deref().unwrap_or("/");
-        let resp = self
-            .forward(req, peer, normalized, upgrade, original_host, rid, &metrics)
-            .await;
         policy.record(
             "proxy",
             &decision,

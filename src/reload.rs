@@ -17,7 +17,6 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::Authenticator;
 use crate::config::{CliOverrides, Config};
 use crate::jwks::fetch::Fetcher;
 use crate::jwks::refresh::Mirror;
@@ -64,7 +63,7 @@ impl Runtime {
         cli: CliOverrides,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Runtime>, String> {
-        let placeholder = Policy::new(plan, Arc::new(Authenticator::new(plan, metrics.clone())));
+        let placeholder = Policy::new(plan, Arc::new(plan.authenticator(metrics.clone())));
         let rt = Arc::new(Runtime {
             metrics,
             policy: Arc::new(ArcSwap::from_pointee(placeholder)),
@@ -142,7 +141,7 @@ impl Runtime {
                 }
             }
         }
-        let auth = Arc::new(Authenticator::with_keys(plan, self.metrics.clone(), |p| {
+        let auth = Arc::new(plan.authenticator_with(self.metrics.clone(), |p| {
             keep.get(&p.keys.name)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(ProviderKeys::new(&p.keys)))

@@ -498,7 +498,9 @@ async fn idp_subcommand_mints_rotates_and_fails() {
     let info: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
     let issuer = info["issuer"].as_str().expect("issuer").to_string();
     assert_eq!(info["kids"], serde_json::json!(["eddsa-1"]));
-    let echo = jwks_sidecar::demo::EchoUpstream::start().await.expect("echo");
+    let echo = jwks_sidecar::demo::EchoUpstream::start()
+        .await
+        .expect("echo");
     let sidecar = start_toml(&format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[providers]]\nname = \"idp\"\nissuer = \"{issuer}\"\njwks_uri = \"{issuer}/jwks.json\"\naudiences = [\"api\"]\nkid_miss_min_interval = \"1s\"\n",
         echo.url()
@@ -527,7 +529,10 @@ async fn idp_subcommand_mints_rotates_and_fails() {
     };
     let (s, _, stats) = control("rotate", r#"{"alg": "ES256", "keep_old": false}"#).await;
     assert_eq!(s, 200, "{stats}");
-    assert!(stats.contains("es256-2") && !stats.contains("eddsa-1"), "{stats}");
+    assert!(
+        stats.contains("es256-2") && !stats.contains("eddsa-1"),
+        "{stats}"
+    );
     let (s, _, body) = get_with_token(&url, &mint(issuer.clone()).await).await;
     assert_eq!(s, 200, "new key through the unknown-kid refetch: {body}");
     let (s, _, _) = control("fail", r#"{"status": 503}"#).await;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
-use jwks_sidecar::auth::Authenticator;
 use jwks_sidecar::config::{Config, MatchConfig, ProviderConfig, RequireConfig, RuleConfig};
 use jwks_sidecar::jose::Alg;
 use jwks_sidecar::jwks::KeySet;
@@ -88,7 +87,7 @@ fn fixture() -> Fixture {
         ..Config::default()
     };
     let plan = jwks_sidecar::plan::compile(config, None).expect("fixture config compiles");
-    let auth = Arc::new(Authenticator::new(&plan, Arc::new(Metrics::new())));
+    let auth = Arc::new(plan.authenticator(Arc::new(Metrics::new())));
     let a = SigningKey::generate(Alg::ES256, "ka");
     let b = SigningKey::generate(Alg::EdDSA, "kb");
     for (p, key) in auth.providers().iter().zip([&a, &b]) {

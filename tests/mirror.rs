@@ -101,7 +101,7 @@ async fn setup(idp: &Arc<MemIdp>, provider_extra: &str, persist: Option<PathBuf>
     );
     let plan = jwks_sidecar::plan::from_toml_str(&toml).expect("config");
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(&plan, metrics.clone()));
+    let auth = Arc::new(plan.authenticator(metrics.clone()));
     let mut settings = plan.providers[0].keys.mirror.clone();
     settings.jitter = 0.0;
     let mirror = Mirror {

@@ -152,7 +152,7 @@ fn authenticator() -> Arc<jwks_sidecar::auth::Authenticator> {
             "[[providers]]\nname = \"p\"\nissuer = \"https://i\"\njwks = { keys = [] }\naudiences = [\"a\"]\n",
         )
         .expect("config");
-        Arc::new(jwks_sidecar::auth::Authenticator::new(&plan, Arc::new(jwks_sidecar::metrics::Metrics::new())))
+        Arc::new(plan.authenticator(Arc::new(jwks_sidecar::metrics::Metrics::new())))
     })
     .clone()
 }

@@ -157,187 +157,227 @@ match = { path_prefix = "/api" }
 require = { providers = ["okta", "auth0"] }
 "#;
 
+/// (case, method, path, token, extra headers, status, subject or reason when checked)
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<String>,
+    &'a [(&'a str, &'a str)],
+    u16,
+    Option<&'a str>,
+);
+
 #[tokio::test]
 async fn every_rule_form_and_first_match_precedence() {
     let e = env().await;
     let s = start(&e.toml(RULES, "")).await;
     let admin = e.okta(json!({"scope": "read admin", "org": {"role": "owner"}}));
-    // admin: provider, scope and claim one-of; methods.
-    assert_eq!(
-        status(&s, "GET", "/admin/users", Some(&admin), &[]).await,
-        (200, "alice".into())
-    );
-    assert_eq!(
-        status(&s, "POST", "/admin/users", Some(&admin), &[])
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        status(
-            &s,
+    let internal: &[(&str, &str)] = &[("host", "svc.internal.example:8443")];
+    let spoof: &[(&str, &str)] = &[("x-jwt-sub", "evil")];
+    let rows: Vec<Row> = vec![
+        (
+            "admin: provider, scope and claim one-of",
             "GET",
             "/admin/users",
-            Some(&e.okta(json!({"scope": "admin", "org": {"role": "viewer"}}))),
-            &[]
-        )
-        .await,
-        (403, "insufficient_scope".into())
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(admin.clone()),
+            &[],
+            200,
+            Some("alice"),
+        ),
+        (
+            "admin: listed method",
+            "POST",
+            "/admin/users",
+            Some(admin.clone()),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "admin: claim not one of",
             "GET",
             "/admin/users",
-            Some(&e.okta(json!({"org": {"role": "owner"}}))),
-            &[]
-        )
-        .await
-        .0,
-        403
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(json!({"scope": "admin", "org": {"role": "viewer"}}))),
+            &[],
+            403,
+            Some("insufficient_scope"),
+        ),
+        (
+            "admin: scope missing",
             "GET",
             "/admin/users",
-            Some(&e.auth0(json!({"scope": "admin", "org": {"role": "owner"}}))),
-            &[]
-        )
-        .await
-        .0,
-        403,
-        "wrong provider"
-    );
-    assert_eq!(
-        status(&s, "GET", "/admin/users", None, &[]).await,
-        (401, "missing_token".into()),
-        "authentication before authorization"
-    );
-    // DELETE on /admin matches no method there: falls to the default rule (any valid token).
-    assert_eq!(
-        status(&s, "DELETE", "/admin/users", Some(&e.auth0(json!({}))), &[])
-            .await
-            .0,
-        200
-    );
-    // webhooks: public, spoofed identity still stripped.
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(json!({"org": {"role": "owner"}}))),
+            &[],
+            403,
+            None,
+        ),
+        (
+            "admin: wrong provider",
+            "GET",
+            "/admin/users",
+            Some(e.auth0(json!({"scope": "admin", "org": {"role": "owner"}}))),
+            &[],
+            403,
+            None,
+        ),
+        (
+            "authentication before authorization",
+            "GET",
+            "/admin/users",
+            None,
+            &[],
+            401,
+            Some("missing_token"),
+        ),
+        (
+            "unlisted method falls to the default rule",
+            "DELETE",
+            "/admin/users",
+            Some(e.auth0(json!({}))),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "webhooks: public, spoofed identity stripped",
             "POST",
             "/webhooks/stripe",
             None,
-            &[("x-jwt-sub", "evil")]
-        )
-        .await,
-        (200, "anonymous".into())
-    );
-    // graphql: anonymous allowed; a token is verified if present.
-    assert_eq!(
-        status(&s, "POST", "/graphql", None, &[("x-jwt-sub", "evil")]).await,
-        (200, "anonymous".into())
-    );
-    assert_eq!(
-        status(&s, "POST", "/graphql", Some(&e.okta(json!({}))), &[]).await,
-        (200, "alice".into())
-    );
-    assert_eq!(
-        status(&s, "POST", "/graphql", Some("garbage.token.here"), &[])
-            .await
-            .0,
-        401,
-        "invalid token rejected"
-    );
-    assert_eq!(
-        status(&s, "POST", "/graphql/x", None, &[]).await.0,
-        401,
-        "exact path only"
-    );
-    // reports: regex (anchored) and any-of.
-    assert_eq!(
-        status(
-            &s,
+            spoof,
+            200,
+            Some("anonymous"),
+        ),
+        (
+            "graphql: anonymous allowed",
+            "POST",
+            "/graphql",
+            None,
+            spoof,
+            200,
+            Some("anonymous"),
+        ),
+        (
+            "graphql: a token present is verified",
+            "POST",
+            "/graphql",
+            Some(e.okta(json!({}))),
+            &[],
+            200,
+            Some("alice"),
+        ),
+        (
+            "graphql: an invalid token is refused",
+            "POST",
+            "/graphql",
+            Some("garbage.token.here".into()),
+            &[],
+            401,
+            None,
+        ),
+        (
+            "graphql: exact path only",
+            "POST",
+            "/graphql/x",
+            None,
+            &[],
+            401,
+            None,
+        ),
+        (
+            "reports: regex with a scope",
             "GET",
             "/reports/42",
-            Some(&e.okta(json!({"scope": "reports:read"}))),
-            &[]
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(json!({"scope": "reports:read"}))),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "reports: any-of by role",
             "GET",
             "/reports/42",
-            Some(&e.okta(json!({"roles": ["auditor", "x"]}))),
-            &[]
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(json!({"roles": ["auditor", "x"]}))),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "reports: neither",
             "GET",
             "/reports/42",
-            Some(&e.okta(json!({"roles": ["x"]}))),
-            &[]
-        )
-        .await
-        .0,
-        403
-    );
-    assert_eq!(
-        status(&s, "GET", "/reports/42/x", Some(&e.okta(json!({}))), &[])
-            .await
-            .0,
-        200,
-        "regex is anchored: falls through to default"
-    );
-    // host wildcard, audiences, claim equals/present, custom deny status.
-    let internal = [("host", "svc.internal.example:8443")];
-    let good = e.okta(json!({"aud": ["api", "admin-api"], "email_verified": true, "tenant": "t1"}));
-    assert_eq!(
-        status(&s, "GET", "/api/x", Some(&good), &internal).await.0,
-        200
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(json!({"roles": ["x"]}))),
+            &[],
+            403,
+            None,
+        ),
+        (
+            "regex is anchored: falls through to default",
+            "GET",
+            "/reports/42/x",
+            Some(e.okta(json!({}))),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "host wildcard, audiences, claim equals/present",
             "GET",
             "/api/x",
-            Some(&e.okta(json!({"email_verified": true, "tenant": "t1"}))),
-            &internal
-        )
-        .await,
-        (404, "rule_requirement".into())
-    );
-    assert_eq!(
-        status(
-            &s,
+            Some(e.okta(
+                json!({"aud": ["api", "admin-api"], "email_verified": true, "tenant": "t1"}),
+            )),
+            internal,
+            200,
+            None,
+        ),
+        (
+            "custom deny status",
             "GET",
             "/api/x",
-            Some(&e.okta(json!({"aud": "admin-api", "email_verified": "true", "tenant": "t"}))),
-            &internal
-        )
-        .await
-        .0,
-        404,
-        "equals is typed"
-    );
-    // Other hosts: the api rule (either provider).
-    assert_eq!(
-        status(&s, "GET", "/api/x", Some(&e.auth0(json!({}))), &[])
-            .await
-            .0,
-        200
-    );
-    // public_paths come first.
-    assert_eq!(status(&s, "GET", "/healthz", None, &[]).await.0, 200);
+            Some(e.okta(json!({"email_verified": true, "tenant": "t1"}))),
+            internal,
+            404,
+            Some("rule_requirement"),
+        ),
+        (
+            "equals is typed",
+            "GET",
+            "/api/x",
+            Some(e.okta(json!({"aud": "admin-api", "email_verified": "true", "tenant": "t"}))),
+            internal,
+            404,
+            None,
+        ),
+        (
+            "other hosts: the api rule (either provider)",
+            "GET",
+            "/api/x",
+            Some(e.auth0(json!({}))),
+            &[],
+            200,
+            None,
+        ),
+        (
+            "public_paths come first",
+            "GET",
+            "/healthz",
+            None,
+            &[],
+            200,
+            None,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, method, path, token, extra, want, detail) in rows {
+        let (got, what) = status(&s, method, path, token.as_deref(), extra).await;
+        if got != want || detail.is_some_and(|d| d != what) {
+            failures.push(format!(
+                "{case}: {method} {path} -> {got} {what}, want {want} {detail:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[tokio::test]

@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True  # no __pycache__ beside the imported e2e.py
 sys.path.insert(0, os.path.join(ROOT, "deploy", "tests"))
-from e2e import Idp  # noqa: E402  (the deployment suite's fake IdP: RSA keys, JWKS on 127.0.0.1)
+from e2e import Idp  # noqa: E402  (the deployment suite's handle on `jwks-sidecar idp`, on 127.0.0.1)
 
 IMAGE = os.environ.get("JWKS_IMAGE", "localhost/jwks-sidecar:dev")
 ECHO_IMAGE = os.environ.get("JWKS_ECHO_IMAGE", "localhost/jwks-echo:dev")

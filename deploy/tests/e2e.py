@@ -8,11 +8,12 @@
       Every alert of ALERTS_YAML is expected firing in at least one promtool test case and
       expected silent (exp_alerts: []) in at least one.
   e2e.py run BINARY [--out DIR]
-      A fake IdP (RSA keys, JWKS over http on 127.0.0.1), an echo app, the sidecar and a real
-      Prometheus (scrape and rule evaluation every second, deploy/prometheus/alerts.yaml as
-      is). Scenario: good, expired, tampered, unknown-kid, unknown-issuer, spoofed-header,
-      public-path, bad-path and no-token requests; a provider whose IdP never answers (503);
-      a key rotation; the app going away (502); then the IdP going down. Then:
+      The project's fake IdP (`BINARY idp`: JWKS over http on 127.0.0.1, tokens minted over
+      its API), an echo app, the sidecar and a real Prometheus (scrape and rule evaluation
+      every second, deploy/prometheus/alerts.yaml as is). Scenario: good, expired, tampered,
+      unknown-kid, unknown-issuer, spoofed-header, public-path, bad-path and no-token
+      requests; a provider whose IdP never answers (503); a key rotation; the app going away
+      (502); then the IdP going down. Then:
         - `promtool check metrics` passes on a real /metrics scrape;
         - every PromQL expression of deploy/grafana/jwks-sidecar.json returns data;
         - JwksSidecarJwksFetchFailing goes pending (or firing) for the provider whose IdP
@@ -25,7 +26,7 @@
           (reported as PENDING, so the check tightens by itself once the code uses it).
 Processes started here are stopped on exit.
 """
-import base64
+import atexit
 import json
 import os
 import re
@@ -63,6 +64,15 @@ def free_port():
 
 def http_get(url, headers=None, timeout=5):
     req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(url, doc, timeout=5):
+    req = urllib.request.Request(url, data=json.dumps(doc).encode(), headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -152,70 +162,92 @@ def cmd_rules_coverage(alerts_path, tests_path):
 
 
 # --- the run ---------------------------------------------------------------------------------------
-def b64u(data):
-    if isinstance(data, str):
-        data = data.encode()
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def int_b64u(n):
-    return b64u(n.to_bytes((n.bit_length() + 7) // 8, "big"))
-
-
 class Idp:
-    """A JWKS endpoint on 127.0.0.1 that can rotate keys and go down."""
+    """The project's fake IdP (`jwks-sidecar idp`, src/demo/idp.rs) as a child process on
+    127.0.0.1: a JWKS that can rotate keys and go down, and tokens minted by its POST /token,
+    so this suite carries no key generation or signing of its own (one fake IdP for every suite).
 
-    def __init__(self, port):
-        from cryptography.hazmat.primitives.asymmetric import rsa
+    Two keys: an RS256 one that signs, and an ES256 one that provider main (algorithms =
+    ["RS256"]) must skip, so jwks_skipped_keys_total has data for the dashboard.
+    deploy/image/test.py imports this class: Idp(port).start(), .port and .token(**claims)."""
 
-        self.port = port
-        self.keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
-        self.published = ["k1"]
-        self.server = None
-        self.requests = 0
+    def __init__(self, port=0, binary=None, log_path=None):
+        self.port = port  # 0: any free port, read back from the IdP's JSON line
+        self.binary = binary or os.environ.get("JWKS_SIDECAR_BIN") or os.path.join(ROOT, "target/debug/jwks-sidecar")
+        self.log_path = log_path
+        self.proc = None
+        self.issuer = self.jwks_uri = self.kid = None
 
-    def jwks(self):
-        keys = []
-        for kid in self.published:
-            pub = self.keys[kid].public_key().public_numbers()
-            keys.append({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": int_b64u(pub.n), "e": int_b64u(pub.e)})
-        # a symmetric key the sidecar must skip (jwks_skipped_keys_total)
-        keys.append({"kty": "oct", "kid": "shared-secret", "k": b64u(b"not-a-public-key")})
-        return json.dumps({"keys": keys}).encode()
+    def start(self, timeout=30):
+        if not os.access(self.binary, os.X_OK):
+            raise SystemExit(f"FAIL {self.binary} not found: the fake IdP is `jwks-sidecar idp` (cargo build, or set JWKS_SIDECAR_BIN)")
+        errf = open(self.log_path, "w+b") if self.log_path else tempfile.TemporaryFile()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JWKS_SIDECAR_") and k != "RUST_LOG"}
+        self.proc = p = subprocess.Popen(
+            [self.binary, "idp", "--port", str(self.port), "--alg", "RS256", "--alg", "ES256"],
+            stdout=subprocess.PIPE, stderr=errf, env=env)
+        procs.append(p)
+        # importers (deploy/image/test.py) do not call stop_all; the process must not outlive them
+        atexit.register(self.stop)
+        # readline blocks; a thread bounds the wait for the one JSON line printed once listening
+        line = []
+        reader = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
 
-    def start(self):
-        idp = self
+        def fail(why):
+            self.stop()
+            errf.seek(0)
+            raise SystemExit(f"FAIL the fake IdP ({self.binary} idp) {why}:\n{errf.read()[-2000:].decode(errors='replace')}")
 
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                idp.requests += 1
-                body = idp.jwks() if self.path == "/jwks.json" else b"{}"
-                self.send_response(200 if self.path == "/jwks.json" else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
+        if not line:
+            fail(f"printed no JSON line within {timeout}s")
+        if not line[0].strip():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
                 pass
-
-        self.server = serve(H, self.port)
+            fail(f"exited ({p.returncode}) before printing its JSON line")
+        try:
+            info = json.loads(line[0])
+            self.issuer, self.jwks_uri = info["issuer"], info["jwks_uri"]
+            self.port = urllib.parse.urlsplit(self.jwks_uri).port
+            # kids follow the --alg order: <alg>-<position>
+            self.kid = next(k for k in info["kids"] if k.startswith("rs256-"))
+        except (ValueError, KeyError, StopIteration) as e:
+            fail(f"printed an unexpected first line ({e!r}): {line[0][:200]!r}")
 
     def stop(self):
-        stop_server(self.server)
+        """Ends the process: its port then refuses connections, which is what "down" means here."""
+        p = self.proc
+        if p and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
-    def token(self, kid="k1", sign_kid=None, **claims):
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
+    def rotate(self, kid, keep_old=True):
+        """Publishes a new RS256 key `kid` (first in the JWKS); keep_old=False unpublishes the rest."""
+        status, body = http_post(f"{self.issuer}/control/rotate", {"alg": "RS256", "kid": kid, "keep_old": keep_old})
+        if status != 200:
+            raise SystemExit(f"FAIL the fake IdP refused to rotate in {kid} ({status}): {body[:200]!r}")
 
+    def token(self, kid=None, sign_kid=None, **claims):
+        """A token for provider main (alice, audience api, 10 minutes) with `claims` over those,
+        signed by key sign_kid (default: kid, else the first RS256 key) and naming kid (default:
+        the signing key's). Minted by the IdP process, so only while it is up."""
         now = int(time.time())
         payload = {"iss": "https://idp.test/", "aud": "api", "sub": "alice", "iat": now, "exp": now + 600}
         payload.update(claims)
-        head = b64u(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}))
-        body = b64u(json.dumps(payload))
-        sig = self.keys[sign_kid or kid if (sign_kid or kid) in self.keys else "k1"].sign(
-            f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{head}.{body}.{b64u(sig)}"
+        req = {"claims": payload, "kid": sign_kid or kid or self.kid}
+        if kid:
+            req["header"] = {"kid": kid}
+        status, body = http_post(f"{self.issuer}/token", req)
+        if status != 200:
+            raise SystemExit(f"FAIL the fake IdP did not mint a token ({status}): {body[:200]!r}")
+        return body.decode()
 
 
 def serve(handler, port):
@@ -316,8 +348,8 @@ def cmd_run(binary, out_dir):
         raise SystemExit("FAIL prometheus/promtool not installed")
     work = tempfile.mkdtemp(prefix="jwks-e2e-")
     out_dir = out_dir or work
-    ports = {k: free_port() for k in ("idp", "down", "echo", "proxy", "admin", "prom")}
-    idp = Idp(ports["idp"])
+    ports = {k: free_port() for k in ("down", "echo", "proxy", "admin", "prom")}
+    idp = Idp(binary=binary, log_path=os.path.join(out_dir, "idp.log"))
     idp.start()
     echo = serve(echo_handler(), ports["echo"])
     cfg = f"""
@@ -338,7 +370,7 @@ format = "json"
 [[providers]]
 name = "main"
 issuer = "https://idp.test/"
-jwks_uri = "http://127.0.0.1:{ports['idp']}/jwks.json"
+jwks_uri = "{idp.jwks_uri}"
 audiences = ["api"]
 algorithms = ["RS256"]
 refresh_interval = "2s"
@@ -412,6 +444,8 @@ fetch_timeout = "1s"
         return status, body
 
     good = idp.token()
+    # minted now: tokens come from the IdP process, and phase 4 stops it
+    down = idp.token(iss="https://down.test/")
     for _ in range(20):
         req("good token", 200, token=good)
     status, body = req("spoofed identity header", 200, token=good, headers={"X-JWT-Sub": "admin"})
@@ -424,17 +458,17 @@ fetch_timeout = "1s"
         req("unknown issuer", 401, token=idp.token(iss="https://other.test/"))
         req("public path", 200, path="/public/status")
     for _ in range(3):
-        req("unknown kid", 401, token=idp.token(kid="k9", sign_kid="k1"))
-        req("provider without keys", 503, token=idp.token(iss="https://down.test/"))
+        req("unknown kid", 401, token=idp.token(kid="k9", sign_kid=idp.kid))
+        req("provider without keys", 503, token=down)
         req("bad path", 400, path="/a/%2e%2e%2F..%2Fetc")
     req("claim with a control character", 200, token=idp.token(sub="bad\u0001value"))
     log("phase 1: good, spoofed, no-token, expired, tampered, unknown-issuer, unknown-kid, public, bad-path and no-keys requests sent")
 
-    idp.published = ["k1", "k2"]
+    idp.rotate("k2")
 
     def mirrored_kids(provider):
         # the kids the sidecar serves for provider, parsed: a substring test on the body would
-        # also match "k2" inside the base64 of k1's modulus and not wait at all
+        # also match "k2" inside the base64 of the first key's modulus and not wait at all
         status, body = http_get(admin + "/jwks/" + provider)
         return {k["kid"] for k in json.loads(body)["keys"]} if status == 200 else set()
 
@@ -458,7 +492,7 @@ fetch_timeout = "1s"
     def fetch_alert():
         # traffic goes on: cached keys still verify, the keyless provider still gets 503
         req("good token while the IdP is down (cached keys)", 200, token=good)
-        req("provider without keys", 503, token=idp.token(iss="https://down.test/"))
+        req("provider without keys", 503, token=down)
         return active("JwksSidecarJwksFetchFailing", "main")
 
     got = wait_for(fetch_alert, 120, "JwksSidecarJwksFetchFailing{provider=\"main\"} to go pending", interval=1)
@@ -531,7 +565,7 @@ fetch_timeout = "1s"
     if problems:
         for p in problems:
             print(f"FAIL {p}")
-        print(f"   logs: {out_dir}/sidecar.log, {out_dir}/prometheus.log")
+        print(f"   logs: {out_dir}/sidecar.log, {out_dir}/prometheus.log, {out_dir}/idp.log")
         raise SystemExit(1)
     log("e2e: all checks passed")
 

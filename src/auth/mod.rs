@@ -16,10 +16,10 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::ArrayClaimFormat;
+use crate::config::Config;
 use crate::error::Reject;
 use crate::jose::{jws, Check, Observer};
 use crate::metrics::Metrics;
-use crate::plan::{Plan, ProviderPlan};
 use claims::{render, ReservedHeaders};
 use extract::TokenSources;
 pub use provider::Provider;
@@ -95,25 +95,9 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the providers and header rules of a plan, each provider with an empty mirror.
-    pub fn new(plan: &Plan, metrics: Arc<Metrics>) -> Self {
-        Self::with_keys(plan, metrics, |p| {
-            Arc::new(crate::jwks::ProviderKeys::new(&p.keys))
-        })
-    }
-
-    /// Like `new`, taking each provider's key mirror from `keys` (reload keeps mirrors).
-    pub fn with_keys(
-        plan: &Plan,
-        metrics: Arc<Metrics>,
-        keys: impl Fn(&ProviderPlan) -> Arc<crate::jwks::ProviderKeys>,
-    ) -> Self {
-        let config = &plan.config;
-        let providers: Vec<Arc<Provider>> = plan
-            .providers
-            .iter()
-            .map(|p| Arc::new(Provider::new(p, &metrics, keys(p))))
-            .collect();
+    /// The authentication pipeline over compiled `providers` (see `Plan::authenticator`),
+    /// with the token sources and header rules of `config`.
+    pub fn new(config: &Config, providers: Vec<Arc<Provider>>, metrics: Arc<Metrics>) -> Self {
         let by_issuer = providers
             .iter()
             .filter(|p| !p.issuer.contains("{tenantid}"))
@@ -195,7 +179,7 @@ impl Authenticator {
         let kid = parsed.header.kid.clone();
         obs.step(Check::Parse, true, || {
             let h = &parsed.header;
-            let kid = h.kid.as_deref().map(|k| crate::policy::truncate(k, 64));
+            let kid = h.kid.as_deref().map(|k| crate::telemetry::truncate(k, 64));
             format!("parse: alg={} kid={kid:?} typ={:?}", h.alg, h.typ)
         });
         let iss = jws::peek_issuer(&parsed);

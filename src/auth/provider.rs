@@ -9,9 +9,9 @@ use prometheus::IntCounter;
 
 use super::claims::ClaimPath;
 use super::verify::{normalize_typ, ClaimPolicy};
+use crate::config::ProviderConfig;
 use crate::jwks::ProviderKeys;
 use crate::metrics::Metrics;
-use crate::plan::ProviderPlan;
 
 /// One configured issuer, ready for the request path.
 pub struct Provider {
@@ -45,9 +45,14 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// Compiles a provider of a plan around its key mirror `keys`.
-    pub fn new(plan: &ProviderPlan, metrics: &Metrics, keys: Arc<ProviderKeys>) -> Provider {
-        let cfg = &plan.config;
+    /// Compiles a provider's config around its key mirror `keys`; `algorithms` is its
+    /// compiled allow-list.
+    pub fn new(
+        cfg: &ProviderConfig,
+        algorithms: Vec<Alg>,
+        metrics: &Metrics,
+        keys: Arc<ProviderKeys>,
+    ) -> Provider {
         Provider {
             name: cfg.name.clone(),
             issuer: cfg.issuer.clone(),
@@ -70,7 +75,7 @@ impl Provider {
                         .map(|h| (ClaimPath::new(claim), h))
                 })
                 .collect(),
-            algorithms: plan.keys.parse.algorithms.clone(),
+            algorithms,
             keys,
             tenant_claim: cfg.tenant_claim.clone(),
             allowed_tenants: cfg.allowed_tenants.clone(),

@@ -273,18 +273,10 @@ pub fn scopes(claims: &Map<String, Value>) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jose::jws::parse;
+    use crate::jose::jws::{parse, tok};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use serde_json::json;
-
-    fn tok(header: Value, claims: Value) -> String {
-        format!(
-            "{}.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        )
-    }
 
     fn policy() -> ClaimPolicy {
         ClaimPolicy {

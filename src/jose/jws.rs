@@ -183,18 +183,21 @@ pub fn verify_signature<'k>(
     })
 }
 
+/// A token with this header and claims and a junk signature (unit tests of parsing and claim
+/// checks, where the signature is not looked at).
+#[cfg(test)]
+pub(crate) fn tok(header: Value, claims: Value) -> String {
+    format!(
+        "{}.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn tok(header: Value, claims: Value) -> String {
-        format!(
-            "{}.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        )
-    }
 
     #[test]
     fn malformed_tokens_are_rejected_not_panicking() {

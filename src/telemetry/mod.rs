@@ -195,6 +195,18 @@ impl<'a> MakeWriter<'a> for BatchedStderr {
     }
 }
 
+/// At most `max` bytes of an untrusted string, cut on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,17 +30,7 @@ pub fn key(alg: Alg) -> Arc<SigningKey> {
 }
 
 /// Every algorithm the verifier supports.
-pub const ALL_ALGS: [Alg; 9] = [
-    Alg::RS256,
-    Alg::RS384,
-    Alg::RS512,
-    Alg::PS256,
-    Alg::PS384,
-    Alg::PS512,
-    Alg::ES256,
-    Alg::ES384,
-    Alg::EdDSA,
-];
+pub const ALL_ALGS: [Alg; 9] = Alg::ALL;
 
 pub struct Harness {
     pub idp: FakeIdp,
@@ -197,20 +187,33 @@ pub fn free_addr() -> std::net::SocketAddr {
         .expect("addr")
 }
 
-/// Waits (up to [`DEADLINE`]) until `listening` accepts connections and `admin` answers
-/// `/readyz` with 200 (a sidecar started as a child process); false at the deadline.
+/// Waits (up to [`DEADLINE`]) until `listening` and `admin` accept connections (a child
+/// process starting), then awaits the readiness latch with one `/readyz?wait=` request;
+/// false at the deadline.
 pub async fn wait_ready(listening: std::net::SocketAddr, admin: std::net::SocketAddr) -> bool {
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         if tokio::net::TcpStream::connect(listening).await.is_ok()
             && tokio::net::TcpStream::connect(admin).await.is_ok()
-            && get(&format!("http://{admin}/readyz"), &[]).await.0 == 200
         {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each request waits at most 15 s (below `get`'s own 20 s limit).
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let url = format!("http://{admin}/readyz?wait={}", left.as_secs().clamp(1, 15));
+        if get(&url, &[]).await.0 == 200 {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
     }
-    false
 }
 
 /// How long a test waits for something that should happen in milliseconds: generous, for a
