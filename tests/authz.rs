@@ -32,16 +32,16 @@ impl Authz {
 async fn start(provider_extra: &str) -> Authz {
     let idp = FakeIdp::start(&[&key(Alg::ES256)], 0).await.expect("idp");
     let echo = EchoUpstream::start().await.expect("echo");
-    let extra = "[authz]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n";
-    let toml = base_toml(
+    let mut c = config(&base_toml(
         &idp.jwks_uri(),
         &idp.issuer(),
         &echo.url(),
         "",
         provider_extra,
-    )
-    .replace("[admin]", &format!("{extra}[admin]"));
-    let sidecar = start_toml(&toml).await;
+    ));
+    c.authz.listen = Some(loopback());
+    c.authz.grpc_listen = Some(loopback());
+    let sidecar = start_config(c).await;
     wait_keys_ready(&sidecar).await;
     Authz {
         idp,
@@ -223,15 +223,15 @@ async fn scope_is_403_and_no_keys_is_503_on_the_authz_listener() {
         .contains("insufficient_scope"));
     let down = FakeIdp::start(&[&key(Alg::ES256)], 0).await.expect("idp");
     down.fail_with(500);
-    let toml = base_toml(
+    let mut c = config(&base_toml(
         &down.jwks_uri(),
         &down.issuer(),
         "http://127.0.0.1:9",
         "",
         "",
-    )
-    .replace("[admin]", "[authz]\nlisten = \"127.0.0.1:0\"\n[admin]");
-    let sidecar = start_toml(&toml).await;
+    ));
+    c.authz.listen = Some(loopback());
+    let sidecar = start_config(c).await;
     let t = key(Alg::ES256).mint(
         &json!({"iss": down.issuer(), "aud": "api", "exp": jwks_sidecar::testkit::now() + 60}),
     );

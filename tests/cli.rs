@@ -100,16 +100,12 @@ async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let (proxy, admin) = (free_addr(), free_addr());
     let text = |rules: &str| {
-        base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
-            .replace(
-                "listen = \"127.0.0.1:0\"\nupstream",
-                &format!("listen = \"{proxy}\"\nupstream"),
-            )
-            .replace(
-                "[admin]\nlisten = \"127.0.0.1:0\"",
-                &format!("[admin]\nlisten = \"{admin}\"\n[reload]\nwatch = false"),
-            )
-            + rules
+        let base = base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "");
+        let mut c = config(&format!("{base}{rules}"));
+        c.proxy.listen = proxy;
+        c.admin.listen = Some(admin);
+        c.reload.watch = false;
+        to_toml(&c)
     };
     let file = write_config("sighup.toml", &text(""));
     let mut child = tokio::process::Command::new(BIN)
@@ -414,11 +410,17 @@ async fn open_grpc_stream_does_not_block_shutdown() {
     for workers in ["1", "2"] {
         let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
         let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
-        let file = write_config(
-            &format!("grpc-drain-{workers}.toml"),
-            &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "")
-                .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
-        );
+        let file = write_config(&format!("grpc-drain-{workers}.toml"), &{
+            let mut c = config(&base_toml(
+                &idp.jwks_uri(),
+                &idp.issuer(),
+                &echo.url(),
+                "",
+                "",
+            ));
+            c.proxy.shutdown_grace = Duration::from_secs(1);
+            to_toml(&c)
+        });
         let mut child = spawn_with_grpc(&file, workers, proxy, admin, grpc);
         assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
         let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))

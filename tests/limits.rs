@@ -290,22 +290,17 @@ async fn ten_thousand_idle_connections_against_the_binary() {
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = dir.join("c.toml");
-    let text = base_toml(
+    let mut c = config(&base_toml(
         &idp.jwks_uri(),
         &idp.issuer(),
         &echo.url(),
         "header_read_timeout = \"60s\"\nmax_connections = 20000",
         "",
-    )
-    .replace(
-        "listen = \"127.0.0.1:0\"\nupstream",
-        &format!("listen = \"{proxy}\"\nupstream"),
-    )
-    .replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        &format!("[admin]\nlisten = \"{admin}\""),
-    );
-    std::fs::write(&cfg, text + "[log]\nlevel = \"error\"\n").expect("write");
+    ));
+    c.proxy.listen = proxy;
+    c.admin.listen = Some(admin);
+    c.log.level = "error".into();
+    std::fs::write(&cfg, to_toml(&c)).expect("write");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwks-sidecar"))
         .args(["--config"])
         .arg(&cfg)

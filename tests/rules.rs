@@ -539,8 +539,23 @@ async fn reload_valid_invalid_and_unchanged_providers_keep_their_keys() {
     assert_eq!(m.matches("jwks_sidecar_config_info{").count(), 1, "{m}");
     // A new provider is fetched before it is used; a removed one stops.
     let c = FakeIdp::start(&[&key(Alg::RS256)], 0).await.expect("idp c");
-    let with_c = e.toml("", "").replace("[[providers]]\nname = \"auth0\"", &format!("[[providers]]\nname = \"gitlab\"\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"api\"]\n[[providers]]\nname = \"auth0\"", c.issuer(), c.jwks_uri()));
-    write(&file, &with_c);
+    let mut with_c = config(&e.toml("", ""));
+    let auth0 = with_c
+        .providers
+        .iter()
+        .position(|p| p.name == "auth0")
+        .expect("auth0 provider");
+    with_c.providers.insert(
+        auth0,
+        jwks_sidecar::config::ProviderConfig {
+            name: "gitlab".into(),
+            issuer: c.issuer(),
+            jwks_uri: Some(c.jwks_uri()),
+            audiences: vec!["api".into()],
+            ..Default::default()
+        },
+    );
+    write(&file, &to_toml(&with_c));
     let tc = key(Alg::RS256)
         .mint(&json!({"iss": c.issuer(), "sub": "carol", "aud": "api", "exp": now() + 600}));
     eventually("the new provider's tokens are accepted", async || {

@@ -12,6 +12,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use jwks_sidecar::config::Config;
 use jwks_sidecar::demo::{EchoUpstream, FakeIdp};
 use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::SigningKey;
@@ -115,6 +116,29 @@ roles = "x-jwt-roles"
     )
 }
 
+/// A config read from TOML text (not yet compiled), to be changed field by field.
+pub fn config(toml: &str) -> Config {
+    jwks_sidecar::config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"))
+}
+
+/// The TOML text of a typed config (for a sidecar run as a child process).
+pub fn to_toml(c: &Config) -> String {
+    toml::to_string(c).unwrap_or_else(|e| panic!("config as TOML: {e}"))
+}
+
+/// `toml` with the proxy and admin listeners on the given addresses (child processes).
+pub fn toml_at(toml: &str, proxy: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
+    let mut c = config(toml);
+    c.proxy.listen = proxy;
+    c.admin.listen = Some(admin);
+    to_toml(&c)
+}
+
+/// Starts a sidecar in-process from a typed config.
+pub async fn start_config(c: Config) -> Running {
+    jwks_sidecar::start(c).await.expect("sidecar starts")
+}
+
 pub async fn start_toml(toml: &str) -> Running {
     let cfg = jwks_sidecar::config::from_toml_str(toml)
         .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
@@ -177,6 +201,11 @@ pub fn reason(body: &str) -> String {
         .ok()
         .and_then(|v| v["reason"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("<no reason in {body:?}>"))
+}
+
+/// 127.0.0.1 port 0: a listener bound in-process gets a free port.
+pub fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A loopback address that was free a moment ago (for a child process to bind).
