@@ -121,20 +121,20 @@ where
 
 /// An open connection's share of the limits: its permit and the open-connections gauge,
 /// both released when the connection ends however it ends.
-pub(crate) struct ConnSlot {
+struct ConnSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     gauge: Option<prometheus::IntGauge>,
 }
 
-/// A listener's connection cap and open-connections gauge, shared by every serving path.
-pub(crate) struct ConnLimit {
+/// A listener's connection cap and open-connections gauge.
+struct ConnLimit {
     limit: Arc<tokio::sync::Semaphore>,
     gauge: Option<prometheus::IntGauge>,
     opts: ServeOptions,
 }
 
 impl ConnLimit {
-    pub(crate) fn new(opts: &ServeOptions) -> Self {
+    fn new(opts: &ServeOptions) -> Self {
         ConnLimit {
             limit: Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1))),
             gauge: opts
@@ -147,7 +147,7 @@ impl ConnLimit {
 
     /// A slot for the next connection: at the cap, counts it and waits (the kernel backlog
     /// holds new clients) until a connection ends; `None` when `shutdown` flips first.
-    pub(crate) async fn acquire(&self, shutdown: &mut watch::Receiver<bool>) -> Option<ConnSlot> {
+    async fn acquire(&self, shutdown: &mut watch::Receiver<bool>) -> Option<ConnSlot> {
         let permit = match self.limit.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -178,7 +178,7 @@ impl ConnLimit {
 
     /// A failed `accept` (EMFILE and the like): counted, logged, and a short back-off instead
     /// of spinning.
-    pub(crate) async fn accept_failed(&self, e: &std::io::Error) {
+    async fn accept_failed(&self, e: &std::io::Error) {
         count_error(&self.opts, "accept");
         tracing::warn!(listener = self.opts.name, error = %e, "accept failed");
         tokio::time::sleep(Duration::from_millis(50)).await;

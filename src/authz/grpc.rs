@@ -9,10 +9,8 @@
 //! `failure_mode_allow` cannot turn it into an allow.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
@@ -25,7 +23,7 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::policy::Policy;
@@ -228,206 +226,41 @@ impl Authorization for AuthzGrpc {
     }
 }
 
-/// Serves Check and the health service until `shutdown` flips. Every connection worker
-/// (see [`crate::server::set_workers`]), or the current runtime without workers, runs its own
-/// gRPC server, fed round-robin by the accept loop here, so Checks scale with the workers
-/// like the HTTP listeners do. After `shutdown` the servers drain for at most `grace`: a
-/// client holding a stream open (a health `Watch` never ends by itself) cannot hold up the
-/// exit. The listener has the same connection cap, open-connections gauge and error
-/// counters as the HTTP listeners (`opts`, named `authz_grpc`).
+/// Serves `Authorization/Check` and `grpc.health.v1` on `listener` until `shutdown`, through
+/// the same accept loop as every HTTP listener (`server::serve`: connection cap, gauges,
+/// error counters, workers, HTTP/2 limits and keep-alive, drain bounded by `shutdown_grace`).
+/// gRPC is HTTP/2 with prior knowledge, which that loop already serves; tonic's `Routes` is
+/// the request handler.
 pub async fn serve(
     listener: TcpListener,
     service: AuthzGrpc,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     opts: crate::server::ServeOptions,
 ) {
-    let grace = opts.grace;
-    let limit = crate::server::ConnLimit::new(&opts);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AuthorizationServer<AuthzGrpc>>()
         .await;
-    let runtimes = match opts.workers.handles() {
-        [] => vec![tokio::runtime::Handle::current()],
-        workers => workers.to_vec(),
-    };
-    let mut queues = Vec::with_capacity(runtimes.len());
-    let mut servers = Vec::with_capacity(runtimes.len());
-    for runtime in &runtimes {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        queues.push(tx);
-        servers.push(runtime.spawn(serve_incoming(
-            Handed(rx),
-            health.clone(),
-            service.clone(),
-            shutdown.clone(),
-            opts.clone(),
-        )));
-    }
-    // The connection is dropped (closed); counted like the HTTP listeners' hand-off failures.
-    let handoff_failed = |e: &dyn std::fmt::Display| {
-        if let Some(m) = &opts.metrics {
-            m.connection_errors_total
-                .with_label_values(&["authz_grpc", "io"])
-                .inc();
-        }
-        tracing::warn!(listener = "authz_grpc", error = %e, "cannot hand a connection to its gRPC server; closed");
-    };
-    let mut next = 0usize;
-    loop {
-        let Some(slot) = limit.acquire(&mut shutdown).await else {
-            break;
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                limit.accept_failed(&e).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let queue = &queues[next % queues.len()];
-        next = next.wrapping_add(1);
-        match stream.into_std() {
-            // Waits while that server has 64 connections not yet taken up (back-pressure),
-            // but never past shutdown: a stopping server no longer takes any up.
-            Ok(s) => tokio::select! {
-                sent = queue.send((s, slot)) => if sent.is_err() {
-                    handoff_failed(&"the server has stopped");
-                },
-                _ = shutdown.wait_for(|s| *s) => break,
-            },
-            Err(e) => handoff_failed(&e),
-        }
-    }
-    drop(listener); // stop accepting at once; the servers drain their connections
-    drop(queues);
-    let drained = tokio::time::timeout(grace, async {
-        for server in servers.iter_mut() {
-            let _ = server.await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        for server in &servers {
-            server.abort();
-        }
-        drain_timed_out();
-    }
-}
-
-fn drain_timed_out() {
-    tracing::warn!(
-        listener = "authz_grpc",
-        "gRPC connections still open after shutdown_grace; closing them"
-    );
-}
-
-/// Accepted connections handed to one server, as a tonic `incoming` stream: each socket is
-/// registered with the reactor of the runtime that polls the stream (that server's).
-struct Handed(tokio::sync::mpsc::Receiver<(std::net::TcpStream, crate::server::ConnSlot)>);
-
-impl futures_core::Stream for Handed {
-    type Item = std::io::Result<Counted>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|s| {
-            s.map(|(stream, slot)| {
-                TcpStream::from_std(stream).map(|inner| Counted { inner, _slot: slot })
-            })
-        })
-    }
-}
-
-/// A gRPC connection holding its share of the listener's limits (connection permit and
-/// open-connections gauge) until tonic drops it.
-struct Counted {
-    inner: TcpStream,
-    _slot: crate::server::ConnSlot,
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-async fn serve_incoming<I, IO, E, H>(
-    incoming: I,
-    health: tonic_health::pb::health_server::HealthServer<H>,
-    service: AuthzGrpc,
-    mut shutdown: watch::Receiver<bool>,
-    opts: crate::server::ServeOptions,
-) where
-    I: futures_core::Stream<Item = Result<IO, E>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    H: tonic_health::pb::health_server::Health,
-{
-    let result = tonic::transport::Server::builder()
-        .max_concurrent_streams(opts.max_h2_streams)
-        .http2_max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(AuthorizationServer::new(service))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "gRPC authz listener failed");
-    }
+        .prepare();
+    let handler = move |_peer, req: http::Request<hyper::body::Incoming>| {
+        let mut routes = routes.clone();
+        async move {
+            use tower_service::Service;
+            let ready = std::future::poll_fn(|cx| {
+                Service::<http::Request<hyper::body::Incoming>>::poll_ready(&mut routes, cx)
+            })
+            .await;
+            let result = match ready {
+                Ok(()) => routes.call(req).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    };
+    crate::server::serve(listener, None, handler, shutdown, opts).await;
 }
