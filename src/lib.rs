@@ -168,18 +168,12 @@ pub async fn start_on(
         Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
         None => None,
     };
-    let proxy = Arc::new(proxy::Proxy {
-        policy: policy.clone(),
-        upstream: upstream::Upstream::new(
-            &config.proxy.upstream,
-            config.proxy.upstream_connect_timeout,
-            config.proxy.upstream_timeout,
-            config.proxy.max_upstream_header_bytes,
-            workers.count(),
-        )?,
-        scheme: if tls.is_some() { "https" } else { "http" },
-        max_header_bytes: config.proxy.max_header_bytes,
-    });
+    let proxy = Arc::new(proxy::Proxy::new(
+        &config.proxy,
+        policy.clone(),
+        tls.is_some(),
+        workers.count(),
+    )?);
     let proxy_addr = listeners
         .http(
             "proxy",
@@ -189,39 +183,8 @@ pub async fn start_on(
             move |peer, req| proxy.clone().handle(peer, req),
         )
         .await?;
-    let mut authz_addr = None;
-    if let Some(addr) = config.authz.listen {
-        let service = Arc::new(authz::http::AuthzHttp {
-            policy: policy.clone(),
-            paths: config.authz.clone(),
-        });
-        let handler = move |_peer, req| service.clone().handle(req);
-        authz_addr = Some(
-            listeners
-                .http("authz_http", "authz.listen", addr, None, handler)
-                .await?,
-        );
-    }
-    let mut authz_grpc_addr = None;
-    if let Some(addr) = config.authz.grpc_listen {
-        let service = authz::grpc::AuthzGrpc {
-            policy: policy.clone(),
-        };
-        authz_grpc_addr = Some(listeners.grpc(addr, service).await?);
-    }
-    let mut admin_addr = None;
-    if let Some(addr) = config.admin.listen {
-        let admin = Arc::new(admin::Admin {
-            policy: policy.clone(),
-            metrics: metrics.clone(),
-        });
-        let handler = move |_peer, req| admin.clone().handle(req);
-        admin_addr = Some(
-            listeners
-                .http("admin", "admin.listen", addr, None, handler)
-                .await?,
-        );
-    }
+    let (authz_addr, authz_grpc_addr, admin_addr) =
+        listeners.optional(&config, &policy, &metrics).await?;
     let mut tasks = listeners.tasks;
     tasks.push(tokio::spawn(runtime.clone().watch(
         config.reload.interval,
@@ -265,6 +228,48 @@ impl Listeners {
             name,
             ..self.opts.clone()
         }
+    }
+
+    /// The listeners a config may leave out: the HTTP and gRPC decision services and admin.
+    #[allow(clippy::type_complexity)]
+    async fn optional(
+        &mut self,
+        config: &Config,
+        policy: &Arc<arc_swap::ArcSwap<policy::Policy>>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>), String> {
+        let mut authz_addr = None;
+        if let Some(addr) = config.authz.listen {
+            let service = Arc::new(authz::http::AuthzHttp {
+                policy: policy.clone(),
+                paths: config.authz.clone(),
+            });
+            let handler = move |_peer, req| service.clone().handle(req);
+            authz_addr = Some(
+                self.http("authz_http", "authz.listen", addr, None, handler)
+                    .await?,
+            );
+        }
+        let mut authz_grpc_addr = None;
+        if let Some(addr) = config.authz.grpc_listen {
+            let service = authz::grpc::AuthzGrpc {
+                policy: policy.clone(),
+            };
+            authz_grpc_addr = Some(self.grpc(addr, service).await?);
+        }
+        let mut admin_addr = None;
+        if let Some(addr) = config.admin.listen {
+            let admin = Arc::new(admin::Admin {
+                policy: policy.clone(),
+                metrics: metrics.clone(),
+            });
+            let handler = move |_peer, req| admin.clone().handle(req);
+            admin_addr = Some(
+                self.http("admin", "admin.listen", addr, None, handler)
+                    .await?,
+            );
+        }
+        Ok((authz_addr, authz_grpc_addr, admin_addr))
     }
 
     /// An HTTP listener (HTTP/1.1 and HTTP/2, optional TLS) serving `handler`.

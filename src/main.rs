@@ -153,80 +153,9 @@ fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The config decides the worker count, so read it before the runtime exists (the run
-    // path loads it again inside; loading is cheap and has no side effects).
-    let workers = match &cli.command {
-        None => load(&cli.run)
-            .map(|p| p.config.runtime.worker_threads)
-            .unwrap_or(0),
-        _ => 0,
-    };
-    // The main runtime is a current-thread one: with one worker it does everything (every
-    // task, timer and socket on one thread: no cross-thread wake-ups, no work stealing, no
-    // idle workers parking), the cheapest shape for a sidecar given one core. With more, it
-    // keeps the control plane (accept loops, key refresh, reload) and each accepted
-    // connection (proxy, admin, authz HTTP and gRPC) is served whole by one of N
-    // single-threaded workers.
-    let n = effective_workers(workers);
-    let mut worker_set = jwks_sidecar::server::Workers::default();
-    if n > 1 && cli.command.is_none() {
-        match start_workers(n) {
-            Ok(handles) => worker_set = jwks_sidecar::server::Workers::new(handles),
-            Err(e) => {
-                eprintln!("error: cannot start the worker threads: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match cli.command {
-        Some(Command::Demo { port }) => runtime.block_on(jwks_sidecar::demo::run(port)),
-        Some(Command::Idp { port, algs }) => algs
-            .iter()
-            .map(|a| {
-                jwks_sidecar::jose::Alg::parse(a).ok_or(format!(
-                    "--alg {a:?}: choose from {}",
-                    jwks_sidecar::jose::Alg::names()
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|algs| runtime.block_on(jwks_sidecar::demo::serve_standalone(port, &algs))),
-        Some(Command::Healthcheck { url }) => {
-            runtime.block_on(jwks_sidecar::check::healthcheck(&url))
-        }
-        Some(Command::Explain {
-            request,
-            headers,
-            offline,
-        }) => load(&cli.run).and_then(|plan| {
-            let req = jwks_sidecar::explain::ExplainRequest {
-                request,
-                headers,
-                offline,
-            };
-            runtime
-                .block_on(jwks_sidecar::explain::explain(&plan, &req))
-                .map(|report| print!("{report}"))
-        }),
-        Some(Command::Check) => load(&cli.run).and_then(|plan| {
-            runtime
-                .block_on(jwks_sidecar::check::check(&plan))
-                .map(|report| print!("{report}"))
-        }),
-        None => load(&cli.run).and_then(|plan| {
-            jwks_sidecar::telemetry::init(&plan.config.log);
-            let (file, cli) = sources(&cli.run);
-            runtime.block_on(jwks_sidecar::run(plan, file, cli, worker_set))
-        }),
+        None => serve(&cli.run),
+        Some(command) => current_thread().and_then(|rt| run_command(&rt, command, &cli.run)),
     };
     jwks_sidecar::telemetry::flush();
     match result {
@@ -234,6 +163,80 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", e.trim_end());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The main runtime: a current-thread one. With one worker it does everything (every task,
+/// timer and socket on one thread: no cross-thread wake-ups, no work stealing, no idle
+/// workers parking), the cheapest shape for a sidecar given one core. With more, it keeps
+/// the control plane (accept loops, key refresh, reload) and each accepted connection
+/// (proxy, admin, authz HTTP and gRPC) is served whole by one of N single-threaded workers.
+fn current_thread() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// The sidecar itself: the config (loaded and compiled once) decides the worker count.
+fn serve(args: &RunArgs) -> Result<(), String> {
+    let plan = load(args)?;
+    let n = effective_workers(plan.config.runtime.worker_threads);
+    let workers = if n > 1 {
+        let handles =
+            start_workers(n).map_err(|e| format!("cannot start the worker threads: {e}"))?;
+        jwks_sidecar::server::Workers::new(handles)
+    } else {
+        jwks_sidecar::server::Workers::default()
+    };
+    let runtime = current_thread()?;
+    jwks_sidecar::telemetry::init(&plan.config.log);
+    let (file, cli) = sources(args);
+    runtime.block_on(jwks_sidecar::run(plan, file, cli, workers))
+}
+
+/// The subcommands.
+fn run_command(
+    runtime: &tokio::runtime::Runtime,
+    command: Command,
+    args: &RunArgs,
+) -> Result<(), String> {
+    match command {
+        Command::Demo { port } => runtime.block_on(jwks_sidecar::demo::run(port)),
+        Command::Idp { port, algs } => {
+            let algs = algs
+                .iter()
+                .map(|a| {
+                    jwks_sidecar::jose::Alg::parse(a).ok_or(format!(
+                        "--alg {a:?}: choose from {}",
+                        jwks_sidecar::jose::Alg::names()
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            runtime.block_on(jwks_sidecar::demo::serve_standalone(port, &algs))
+        }
+        Command::Healthcheck { url } => runtime.block_on(jwks_sidecar::check::healthcheck(&url)),
+        Command::Explain {
+            request,
+            headers,
+            offline,
+        } => {
+            let plan = load(args)?;
+            let req = jwks_sidecar::explain::ExplainRequest {
+                request,
+                headers,
+                offline,
+            };
+            let report = runtime.block_on(jwks_sidecar::explain::explain(&plan, &req))?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Check => {
+            let plan = load(args)?;
+            let report = runtime.block_on(jwks_sidecar::check::check(&plan))?;
+            print!("{report}");
+            Ok(())
         }
     }
 }

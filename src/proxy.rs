@@ -142,6 +142,27 @@ fn add_identity(policy: &Policy, headers: &mut http::HeaderMap, v: &crate::auth:
 }
 
 impl Proxy {
+    /// The proxy of a `[proxy]` section: its upstream client (one pool per worker) and limits.
+    pub fn new(
+        config: &crate::config::ProxyConfig,
+        policy: Arc<ArcSwap<Policy>>,
+        tls: bool,
+        workers: usize,
+    ) -> Result<Self, String> {
+        Ok(Proxy {
+            policy,
+            upstream: Upstream::new(
+                &config.upstream,
+                config.upstream_connect_timeout,
+                config.upstream_timeout,
+                config.max_upstream_header_bytes,
+                workers,
+            )?,
+            scheme: if tls { "https" } else { "http" },
+            max_header_bytes: config.max_header_bytes,
+        })
+    }
+
     /// Handles one request end to end.
     pub async fn handle(
         self: Arc<Self>,

@@ -156,46 +156,7 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
             });
             local(StatusCode::OK, "application/json", doc.to_string())
         }
-        "/jwks.json" => {
-            let required = st.required_header.lock().ok().and_then(|r| r.clone());
-            if let Some((name, value)) = required {
-                let got = req
-                    .headers()
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok());
-                if got != Some(value.as_str()) {
-                    return local(
-                        StatusCode::UNAUTHORIZED,
-                        "text/plain",
-                        "missing credentials\n",
-                    );
-                }
-            }
-            if let Some(v) = req
-                .headers()
-                .get(http::header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-            {
-                if let Ok(mut seen) = st.if_none_match.lock() {
-                    seen.push(v.to_string());
-                }
-            }
-            let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
-            let body =
-                raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
-            let mut r = local(StatusCode::OK, "application/json", body);
-            if let Ok(h) = st.jwks_headers.lock() {
-                for (k, v) in h.iter() {
-                    if let (Ok(k), Ok(v)) = (
-                        http::HeaderName::try_from(k.as_str()),
-                        http::HeaderValue::from_str(v),
-                    ) {
-                        r.headers_mut().insert(k, v);
-                    }
-                }
-            }
-            r
-        }
+        "/jwks.json" => serve_jwks(&st, &req),
         "/token" => {
             let q: BTreeMap<String, String> = req
                 .uri()
@@ -218,6 +179,48 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
         }
         _ => local(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// `/jwks.json`: the key set (or the raw body set by a test), with the configured response
+/// headers; 401 without the required credential; `If-None-Match` values are recorded.
+fn serve_jwks(st: &IdpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let required = st.required_header.lock().ok().and_then(|r| r.clone());
+    if let Some((name, value)) = required {
+        let got = req
+            .headers()
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok());
+        if got != Some(value.as_str()) {
+            return local(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "missing credentials\n",
+            );
+        }
+    }
+    if let Some(v) = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Ok(mut seen) = st.if_none_match.lock() {
+            seen.push(v.to_string());
+        }
+    }
+    let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
+    let body = raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
+    let mut r = local(StatusCode::OK, "application/json", body);
+    if let Ok(h) = st.jwks_headers.lock() {
+        for (k, v) in h.iter() {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::try_from(k.as_str()),
+                http::HeaderValue::from_str(v),
+            ) {
+                r.headers_mut().insert(k, v);
+            }
+        }
+    }
+    r
 }
 
 /// The JSON body of a control or mint request (at most 64 KiB).
