@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # End-to-end test against a real OpenID Connect provider on loopback: the `oidc-provider`
-# npm package issues JWT access tokens (client_credentials), jwks-sidecar finds its keys by
-# OIDC discovery and verifies them in front of an echo app, then the provider rotates its
-# signing key. Everything listens on 127.0.0.1; keys and secrets are made per run.
+# npm package (e2e/oidc/provider.mjs) issues JWT access tokens (client_credentials),
+# jwks-sidecar finds its keys by OIDC discovery and verifies them in front of an echo app,
+# then the provider rotates its signing key. The driver is the Rust test
+# tests/oidc_provider.rs, `#[ignore]`d in a plain `cargo test` (it needs node and the npm
+# packages): this script installs them and runs it. Everything listens on 127.0.0.1; keys
+# and secrets are made per run.
 # Needs node >= 20 and npm; installs e2e/oidc's packages with `npm ci`. Under CI=true a
 # missing tool is a failure, elsewhere the suite is skipped with a message.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-E2E=$ROOT/e2e/oidc
-SIDECAR=${OIDC_E2E_SIDECAR:-$ROOT/target/debug/jwks-sidecar}
+E2E=$PWD/e2e/oidc
 
 missing() {
   if [ "${CI:-}" = "true" ]; then
@@ -30,36 +31,31 @@ if [ "$node_major" -lt 20 ]; then
 fi
 echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 
-echo "-- oidc-e2e: sidecar binary"
-if [ ! -x "$SIDECAR" ]; then
-  echo "oidc-e2e: FAIL: $SIDECAR not found; build it first (cargo build; scripts/test.sh does)" >&2
-  exit 1
-fi
-echo "$SIDECAR"
-
 echo "-- oidc-e2e: npm ci (e2e/oidc)"
 (cd "$E2E" && timeout 300 npm ci --no-audit --no-fund)
 
+echo "-- oidc-e2e: build (tests/oidc_provider.rs and the sidecar binary)"
+cargo test --test oidc_provider --no-run
+
 echo "-- oidc-e2e: run"
-# The driver ends what it starts and removes its temp dir; if it is itself killed, this trap
-# ends what it left (the pids it started, if they still run one of our programs).
+# The test ends what it starts (its children are killed when it ends, even by a panic) and
+# removes its temp dir. `timeout` signals its whole process group: cargo, the test, and the
+# provider and sidecar processes the test started.
 WORK=$(mktemp -d -t oidc-e2e-run.XXXXXX)
-PIDFILE=$WORK/pids
-: > "$PIDFILE"
-cleanup() {
-  local pid
-  while read -r pid; do
-    if [ -n "$pid" ] && grep -qaE 'jwks-sidecar|provider\.mjs' "/proc/$pid/cmdline" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done < "$PIDFILE"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'rm -rf "$WORK"' EXIT
 status=0
-TMPDIR=$WORK OIDC_E2E_SIDECAR=$SIDECAR OIDC_E2E_PIDFILE=$PIDFILE timeout -k 10 180 node "$E2E/run.mjs" || status=$?
+TMPDIR=$WORK timeout -k 10 180 cargo test --test oidc_provider -- --ignored --nocapture 2>&1 \
+  | tee "$WORK/log" || status=$?
 case $status in
-  124) echo "oidc-e2e: FAIL: the driver did not finish within 180 s" >&2 ;;
-  137) echo "oidc-e2e: FAIL: the driver was killed (timeout or SIGKILL)" >&2 ;;
+  124) echo "oidc-e2e: FAIL: the test did not finish within 180 s" >&2 ;;
+  137) echo "oidc-e2e: FAIL: the test was killed (timeout or SIGKILL)" >&2 ;;
 esac
+# The test prints "oidc-e2e: N passed, M failed" last; repeated here as the suite's last line.
+summary=$(grep -E '^oidc-e2e: [0-9]+ passed, [0-9]+ failed$' "$WORK/log" | tail -n 1 || true)
+if [ -z "$summary" ]; then
+  echo "oidc-e2e: FAIL: the test did not run to its summary line" >&2
+  [ "$status" -ne 0 ] || status=1
+else
+  echo "$summary"
+fi
 exit "$status"
