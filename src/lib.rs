@@ -150,16 +150,12 @@ pub async fn start_on(
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let runtime = reload::Runtime::new(&plan, file, cli, metrics.clone()).await?;
+    let serve = plan.serve.clone();
     let config = plan.config;
     let policy = runtime.policy.clone();
     let auth = policy.load().auth.clone();
     let mut listeners = Listeners {
-        opts: server::ServeOptions::from_config(
-            "proxy",
-            &config.proxy,
-            metrics.clone(),
-            workers.clone(),
-        ),
+        opts: server::ServeOptions::new("proxy", &serve, metrics.clone(), workers.clone()),
         shutdown: shutdown_rx.clone(),
         tasks: Vec::new(),
     };

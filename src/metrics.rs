@@ -85,152 +85,89 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The latency histograms: token verification, upstream, JWKS fetches.
+fn histograms(reg: &Registry) -> (Histogram, Histogram, HistogramVec) {
+    let histogram = |name: &str, help: &str| {
+        let h = Histogram::with_opts(
+            HistogramOpts::new(name, help)
+                .namespace(NS)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        reg.register(Box::new(h.clone())).expect("unique metric");
+        h
+    };
+    let verify_duration = histogram("verify_duration_seconds", "Time spent verifying a token.");
+    let upstream_duration = histogram(
+        "upstream_duration_seconds",
+        "Time from forwarding a request to the upstream's response headers.",
+    );
+    let jwks_fetch_duration = HistogramVec::new(
+        HistogramOpts::new("jwks_fetch_duration_seconds", "Duration of JWKS fetches.")
+            .namespace(NS)
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        &["provider"],
+    )
+    .expect("valid metric");
+    reg.register(Box::new(jwks_fetch_duration.clone()))
+        .expect("unique metric");
+    (verify_duration, upstream_duration, jwks_fetch_duration)
+}
+
+/// `build_info` (1, with the version) and `start_time_seconds`.
+fn process_info(reg: &Registry) -> (GaugeVec, Gauge) {
+    let start_time = Gauge::with_opts(
+        Opts::new(
+            "start_time_seconds",
+            "Start time of the process since the Unix epoch.",
+        )
+        .namespace(NS),
+    )
+    .expect("valid metric");
+    reg.register(Box::new(start_time.clone()))
+        .expect("unique metric");
+    start_time.set(crate::unix_now_f64());
+    let build_info = gauge(
+        reg,
+        "build_info",
+        "Build information; always 1.",
+        &["version"],
+    );
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
+    (build_info, start_time)
+}
+
 impl Metrics {
-    /// Builds and registers every collector.
+    /// Builds and registers every collector (one line each: name, help, labels).
+    #[rustfmt::skip]
     pub fn new() -> Self {
         let reg = Registry::new();
-        let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help)
-                    .namespace(NS)
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric");
-            reg.register(Box::new(h.clone())).expect("unique metric");
-            h
-        };
-        let verify_duration = histogram("verify_duration_seconds", "Time spent verifying a token.");
-        let upstream_duration = histogram(
-            "upstream_duration_seconds",
-            "Time from forwarding a request to the upstream's response headers.",
-        );
-        let jwks_fetch_duration = HistogramVec::new(
-            HistogramOpts::new("jwks_fetch_duration_seconds", "Duration of JWKS fetches.")
-                .namespace(NS)
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["provider"],
-        )
-        .expect("valid metric");
-        reg.register(Box::new(jwks_fetch_duration.clone()))
-            .expect("unique metric");
-        let start_time = Gauge::with_opts(
-            Opts::new(
-                "start_time_seconds",
-                "Start time of the process since the Unix epoch.",
-            )
-            .namespace(NS),
-        )
-        .expect("valid metric");
-        reg.register(Box::new(start_time.clone()))
-            .expect("unique metric");
-        start_time.set(crate::unix_now_f64());
-        let build_info = gauge(
-            &reg,
-            "build_info",
-            "Build information; always 1.",
-            &["version"],
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1.0);
-
+        let (verify_duration, upstream_duration, jwks_fetch_duration) = histograms(&reg);
+        let (build_info, start_time) = process_info(&reg);
         Metrics {
-            requests_total: counter(
-                &reg,
-                "requests_total",
-                "Requests decided, by listener, provider, decision and reason.",
-                &["listener", "provider", "decision", "reason"],
-            ),
-            verify_duration,
-            upstream_duration,
-            upstream_errors_total: counter(
-                &reg,
-                "upstream_errors_total",
-                "Upstream failures by kind (connect, timeout, error).",
-                &["kind"],
-            ),
-            jwks_fetch_total: counter(
-                &reg,
-                "jwks_fetch_total",
-                "JWKS fetches by provider and result.",
-                &["provider", "result"],
-            ),
-            jwks_fetch_duration,
-            jwks_keys: int_gauge(
-                &reg,
-                "jwks_keys",
-                "Usable keys in the local mirror.",
-                &["provider"],
-            ),
-            jwks_last_success: gauge(
-                &reg,
-                "jwks_last_success_timestamp_seconds",
-                "Unix time of the last successful JWKS fetch.",
-                &["provider"],
-            ),
-            jwks_stale: int_gauge(
-                &reg,
-                "jwks_stale",
-                "1 while the provider's keys are past their freshness and served stale.",
-                &["provider"],
-            ),
-            jwks_key_changes_total: counter(
-                &reg,
-                "jwks_key_changes_total",
-                "Keys added to or removed from the mirror.",
-                &["provider", "change"],
-            ),
-            jwks_kid_miss_total: counter(
-                &reg,
-                "jwks_kid_miss_total",
-                "Tokens whose kid was not in the mirror, by outcome.",
-                &["provider", "result"],
-            ),
-            key_lookups_total: counter(
-                &reg,
-                "key_lookups_total",
-                "Key lookups by kid.",
-                &["provider", "result"],
-            ),
-            jwks_skipped_keys_total: counter(
-                &reg,
-                "jwks_skipped_keys_total",
-                "JWKs ignored while parsing a key set, by reason.",
-                &["provider", "reason"],
-            ),
-            token_cache_total: counter(
-                &reg,
-                "token_cache_total",
-                "Verified-token cache lookups.",
-                &["result"],
-            ),
-            claim_headers_dropped_total: counter(
-                &reg,
-                "claim_headers_dropped_total",
-                "Claim values not forwarded as headers, by reason.",
-                &["provider", "reason"],
-            ),
-            spoofed_headers_removed_total: counter(
-                &reg,
-                "spoofed_headers_removed_total",
-                "Inbound identity headers removed before forwarding.",
-                &["listener"],
-            ),
-                        connections: int_gauge(&reg, "connections", "Open client connections.", &["listener"]),
+            requests_total: counter(&reg, "requests_total", "Requests decided, by listener, provider, decision and reason.", &["listener", "provider", "decision", "reason"]),
+            upstream_errors_total: counter(&reg, "upstream_errors_total", "Upstream failures by kind (connect, timeout, error).", &["kind"]),
+            jwks_fetch_total: counter(&reg, "jwks_fetch_total", "JWKS fetches by provider and result.", &["provider", "result"]),
+            jwks_keys: int_gauge(&reg, "jwks_keys", "Usable keys in the local mirror.", &["provider"]),
+            jwks_last_success: gauge(&reg, "jwks_last_success_timestamp_seconds", "Unix time of the last successful JWKS fetch.", &["provider"]),
+            jwks_stale: int_gauge(&reg, "jwks_stale", "1 while the provider's keys are past their freshness and served stale.", &["provider"]),
+            jwks_key_changes_total: counter(&reg, "jwks_key_changes_total", "Keys added to or removed from the mirror.", &["provider", "change"]),
+            jwks_kid_miss_total: counter(&reg, "jwks_kid_miss_total", "Tokens whose kid was not in the mirror, by outcome.", &["provider", "result"]),
+            key_lookups_total: counter(&reg, "key_lookups_total", "Key lookups by kid.", &["provider", "result"]),
+            jwks_skipped_keys_total: counter(&reg, "jwks_skipped_keys_total", "JWKs ignored while parsing a key set, by reason.", &["provider", "reason"]),
+            token_cache_total: counter(&reg, "token_cache_total", "Verified-token cache lookups.", &["result"]),
+            claim_headers_dropped_total: counter(&reg, "claim_headers_dropped_total", "Claim values not forwarded as headers, by reason.", &["provider", "reason"]),
+            spoofed_headers_removed_total: counter(&reg, "spoofed_headers_removed_total", "Inbound identity headers removed before forwarding.", &["listener"]),
+            connections: int_gauge(&reg, "connections", "Open client connections.", &["listener"]),
             connection_limit_reached_total: counter(&reg, "connection_limit_reached_total", "Times accepting paused because max_connections was reached.", &["listener"]),
             connection_errors_total: counter(&reg, "connection_errors_total", "Client connections closed on an error, by kind (header_timeout, too_large, parse, io, tls), and failed accept calls (accept).", &["listener", "kind"]),
-            config_reloads_total: counter(
-                &reg,
-                "config_reloads_total",
-                "Config reloads by result (ok, error).",
-                &["result"],
-            ),
-            config_info: int_gauge(
-                &reg,
-                "config_info",
-                "1 for the hash of the live config.",
-                &["hash"],
-            ),
+            config_reloads_total: counter(&reg, "config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
+            config_info: int_gauge(&reg, "config_info", "1 for the hash of the live config.", &["hash"]),
+            verify_duration,
+            upstream_duration,
+            jwks_fetch_duration,
             build_info,
             start_time,
             registry: reg,

@@ -109,6 +109,12 @@ pub fn normalize_with(path: &str, opts: &PathOptions) -> Result<String, Reject> 
         return Err(Reject::BadPath);
     }
     // 2. Merge slashes and resolve dot-segments.
+    resolve_dots(&decoded)
+}
+
+/// Merges slashes and resolves dot segments of a decoded path (RFC 3986 5.2.4); a segment
+/// that is `.` or `..` once its `;` parameters are removed is refused.
+fn resolve_dots(decoded: &str) -> Result<String, Reject> {
     let mut out: Vec<&str> = Vec::new();
     let mut trailing = decoded.ends_with('/');
     for seg in decoded.split('/') {

@@ -20,6 +20,7 @@ use crate::jwks::{
 };
 use crate::metrics::Metrics;
 use crate::rules::Rules;
+use crate::server::ServeSettings;
 
 /// A config compiled for the runtime.
 pub struct Plan {
@@ -29,6 +30,8 @@ pub struct Plan {
     pub providers: Vec<ProviderPlan>,
     /// Route rules (public paths first).
     pub rules: Arc<Rules>,
+    /// The limits and timeouts every listener shares.
+    pub serve: ServeSettings,
 }
 
 /// One provider: its config (claim rules, headers) and its compiled key settings.
@@ -97,6 +100,7 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
     };
     match rules {
         Some(rules) if problems.is_empty() => Ok(Plan {
+            serve: ServeSettings::from_config(&config.proxy),
             config,
             providers,
             rules: Arc::new(rules),

@@ -216,22 +216,54 @@ pub struct ServeOptions {
     pub workers: Workers,
 }
 
-impl ServeOptions {
-    /// Settings from the `[proxy]` section, for a listener named `name`.
-    pub fn from_config(
-        name: &'static str,
-        p: &crate::config::ProxyConfig,
-        metrics: Arc<crate::metrics::Metrics>,
-        workers: Workers,
-    ) -> Self {
-        ServeOptions {
-            name,
+/// The limits and timeouts every listener shares, compiled once from `[proxy]` (see
+/// `plan::Plan::serve`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSettings {
+    /// Time allowed for a request's headers (HTTP/1) and for the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get after shutdown starts.
+    pub grace: Duration,
+    /// Open connections at most per listener.
+    pub max_connections: usize,
+    /// Largest HTTP/1 request head / HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// Most HTTP/1 request headers.
+    pub max_headers: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
+}
+
+impl ServeSettings {
+    /// The settings of a `[proxy]` section.
+    pub fn from_config(p: &crate::config::ProxyConfig) -> Self {
+        ServeSettings {
             header_read_timeout: p.header_read_timeout,
             grace: p.shutdown_grace,
             max_connections: p.max_connections,
             max_header_bytes: p.max_header_bytes,
             max_headers: p.max_headers,
             max_h2_streams: p.max_h2_streams,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Options for a listener named `name`.
+    pub fn new(
+        name: &'static str,
+        s: &ServeSettings,
+        metrics: Arc<crate::metrics::Metrics>,
+        workers: Workers,
+    ) -> Self {
+        ServeOptions {
+            name,
+            header_read_timeout: s.header_read_timeout,
+            grace: s.grace,
+            max_connections: s.max_connections,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            max_h2_streams: s.max_h2_streams,
             metrics: Some(metrics),
             workers,
         }
