@@ -1,5 +1,5 @@
 // A real OpenID Connect provider (the `oidc-provider` npm package) on 127.0.0.1, run as a
-// child process by the jwks-sidecar end-to-end test (tests/oidc_provider.rs), or by anything
+// child process by the jwks-sidecar end-to-end test (tests/oidc_provider/), or by anything
 // else that can write a line to its stdin and read one from its stdout.
 //
 //   node provider.mjs --port 0        (0: any free port; a fixed port to restart in place)

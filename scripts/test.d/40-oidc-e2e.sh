@@ -3,7 +3,7 @@
 # npm package (e2e/oidc/provider.mjs) issues JWT access tokens (client_credentials),
 # jwks-sidecar finds its keys by OIDC discovery and verifies them in front of an echo app,
 # then the provider rotates its signing key. The driver is the Rust test
-# tests/oidc_provider.rs, `#[ignore]`d in a plain `cargo test` (it needs node and the npm
+# tests/oidc_provider/, `#[ignore]`d in a plain `cargo test` (it needs node and the npm
 # packages): this script installs them and runs it. Everything listens on 127.0.0.1; keys
 # and secrets are made per run.
 # Needs node >= 20 and npm; installs e2e/oidc's packages with `npm ci`. Under CI=true a
@@ -34,7 +34,7 @@ echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 echo "-- oidc-e2e: npm ci (e2e/oidc)"
 (cd "$E2E" && timeout 300 npm ci --no-audit --no-fund)
 
-echo "-- oidc-e2e: build (tests/oidc_provider.rs and the sidecar binary)"
+echo "-- oidc-e2e: build (tests/oidc_provider/ and the sidecar binary)"
 cargo test --test oidc_provider --no-run
 
 echo "-- oidc-e2e: run"
