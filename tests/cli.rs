@@ -537,6 +537,27 @@ async fn idp_subcommand_mints_rotates_and_fails() {
     );
     let (s, _, body) = get_with_token(&url, &mint(issuer.clone()).await).await;
     assert_eq!(s, 200, "new key through the unknown-kid refetch: {body}");
+    // ETag and 304 (opt-in), unpublished keys that still sign, and a raw body in place of the
+    // key set: what the soak's failure schedule drives.
+    let jwks_url = format!("{issuer}/jwks.json");
+    control("etag", r#"{"enabled": true}"#).await;
+    let (_, h, _) = get(&jwks_url, &[]).await;
+    let tag = h["etag"].to_str().expect("etag").to_string();
+    let (s, _, _) = get(&jwks_url, &[("if-none-match", &tag)]).await;
+    assert_eq!(s, 304, "a matching If-None-Match");
+    control("rotate", r#"{"alg": "EdDSA", "kid": "k3"}"#).await;
+    let (_, _, stats) = control("unpublish", r#"{"kids": ["es256-2"]}"#).await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats");
+    assert_eq!(stats["published"], serde_json::json!(["k3"]), "{stats}");
+    assert_eq!(
+        stats["kids"],
+        serde_json::json!(["k3", "es256-2"]),
+        "{stats}"
+    );
+    control("raw_body", r#"{"size": 4096}"#).await;
+    let (s, _, body) = get(&jwks_url, &[]).await;
+    assert_eq!((s.as_u16(), body.len()), (200, 4096));
+    control("raw_body", "{}").await;
     let (s, _, _) = control("fail", r#"{"status": 503}"#).await;
     assert_eq!(s, 200);
     let (s, _, _) = get(&format!("{issuer}/jwks.json"), &[]).await;

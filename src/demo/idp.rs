@@ -9,15 +9,21 @@
 //!   header members merged over `{"alg", "kid", "typ": "JWT"}`
 //! - `POST /control/rotate {"alg": "ES256", "kid": "..", "keep_old": true}`: a new key, first
 //!   in the JWKS and the signing default; without `keep_old` the old keys are unpublished
+//! - `POST /control/unpublish {"kids": [..]}`: those keys leave the JWKS but still sign
+//!   (tokens of retired keys)
 //! - `POST /control/fail {"status": 503}` (0 restores), `POST /control/delay {"ms": 1000}`,
-//!   `POST /control/jwks_headers {"cache-control": "max-age=60"}`
-//! - `GET /control/stats`: `{"jwks_fetches": n, "discovery_fetches": n, "kids": [..]}`
+//!   `POST /control/jwks_headers {"cache-control": "max-age=60"}`, `POST /control/etag
+//!   {"enabled": true}` (an `ETag` on the JWKS and 304 to a matching `If-None-Match`),
+//!   `POST /control/raw_body {"body": ".."}` or `{"size": n}` (serve that text, or an
+//!   `n`-byte JSON array, instead of the key set; `{}` restores)
+//! - `GET /control/stats`: `{"jwks_fetches": n, "discovery_fetches": n, "kids": [..],
+//!   "published": [..]}`
 //!
 //! Control endpoints answer even while the IdP is told to fail.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +63,11 @@ pub struct IdpState {
     pub required_header: Mutex<Option<(String, String)>>,
     /// Every `If-None-Match` value received.
     pub if_none_match: Mutex<Vec<String>>,
+    /// Answer with an `ETag` (a hash of the body), and 304 to a matching `If-None-Match`.
+    pub etag: AtomicBool,
+    /// Kids of signing keys that are no longer published (they still sign, for tokens of
+    /// retired keys).
+    pub unpublished: Mutex<Vec<String>>,
 }
 
 /// A fake OpenID provider on loopback.
@@ -84,6 +95,8 @@ impl FakeIdp {
             raw_body: Mutex::new(None),
             required_header: Mutex::new(None),
             if_none_match: Mutex::new(Vec::new()),
+            etag: AtomicBool::new(false),
+            unpublished: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         serve_plain(listener, move |req| idp_handle(st.clone(), req));
@@ -209,7 +222,24 @@ fn serve_jwks(st: &IdpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let raw = st.raw_body.lock().ok().and_then(|r| r.clone());
     let body = raw.unwrap_or_else(|| st.jwks.lock().map(|j| j.to_string()).unwrap_or_default());
-    let mut r = local(StatusCode::OK, "application/json", body);
+    let etag = st.etag.load(Ordering::SeqCst).then(|| {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes());
+        let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    });
+    let matches = |tag: &String| {
+        req.headers()
+            .get(http::header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            == Some(tag.as_str())
+    };
+    let mut r = match &etag {
+        Some(tag) if matches(tag) => local(StatusCode::NOT_MODIFIED, "application/json", ""),
+        _ => local(StatusCode::OK, "application/json", body),
+    };
+    if let Some(tag) = etag.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        r.headers_mut().insert(http::header::ETAG, tag);
+    }
     if let Ok(h) = st.jwks_headers.lock() {
         for (k, v) in h.iter() {
             if let (Ok(k), Ok(v)) = (
@@ -308,10 +338,43 @@ async fn control(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>>
                     s.clear();
                 }
                 s.insert(0, key);
-                let refs: Vec<&SigningKey> = s.iter().map(|k| k.as_ref()).collect();
-                if let Ok(mut j) = st.jwks.lock() {
-                    *j = jwks(&refs);
-                }
+            }
+            publish(st);
+            json_ok(stats(st))
+        }
+        "/control/unpublish" => {
+            let kids = body
+                .get("kids")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Ok(mut u) = st.unpublished.lock() {
+                u.extend(kids.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            publish(st);
+            json_ok(stats(st))
+        }
+        "/control/etag" => {
+            let on = body.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+            st.etag.store(on, Ordering::SeqCst);
+            json_ok(stats(st))
+        }
+        "/control/raw_body" => {
+            // {"body": "text"} serves that text; {"size": n} a JSON array padded to n bytes;
+            // {} serves the key set again.
+            let raw = match (
+                body.get("body").and_then(Value::as_str),
+                body.get("size").and_then(Value::as_u64),
+            ) {
+                (Some(text), _) => Some(text.to_string()),
+                (None, Some(n)) => Some(format!(
+                    "[{}]",
+                    " ".repeat((n as usize).saturating_sub(2).min(64 << 20))
+                )),
+                _ => None,
+            };
+            if let Ok(mut r) = st.raw_body.lock() {
+                *r = raw;
             }
             json_ok(stats(st))
         }
@@ -346,16 +409,46 @@ async fn control(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
 }
 
+/// Rebuilds the served key set: every signing key that was not unpublished.
+fn publish(st: &IdpState) {
+    let unpublished = st.unpublished.lock().map(|u| u.clone()).unwrap_or_default();
+    if let Ok(s) = st.signing.lock() {
+        let refs: Vec<&SigningKey> = s
+            .iter()
+            .filter(|k| !unpublished.contains(&k.kid))
+            .map(|k| k.as_ref())
+            .collect();
+        if let Ok(mut j) = st.jwks.lock() {
+            *j = jwks(&refs);
+        }
+    }
+}
+
 fn stats(st: &IdpState) -> Value {
     let kids: Vec<String> = st
         .signing
         .lock()
         .map(|s| s.iter().map(|k| k.kid.clone()).collect())
         .unwrap_or_default();
+    let published: Vec<String> = st
+        .jwks
+        .lock()
+        .map(|j| {
+            j["keys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k["kid"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
     json!({
         "jwks_fetches": st.jwks_fetches.load(Ordering::SeqCst),
         "discovery_fetches": st.discovery_fetches.load(Ordering::SeqCst),
         "kids": kids,
+        "published": published,
     })
 }
 
