@@ -136,7 +136,9 @@ struct ConnLimit {
 impl ConnLimit {
     fn new(opts: &ServeOptions) -> Self {
         ConnLimit {
-            limit: Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1))),
+            limit: Arc::new(tokio::sync::Semaphore::new(
+                opts.limits.max_connections.max(1),
+            )),
             gauge: opts
                 .metrics
                 .as_ref()
@@ -158,7 +160,7 @@ impl ConnLimit {
                 }
                 tracing::warn!(
                     listener = self.opts.name,
-                    max = self.opts.max_connections,
+                    max = self.opts.limits.max_connections,
                     "connection limit reached; pausing accept"
                 );
                 tokio::select! {
@@ -198,18 +200,8 @@ impl Drop for ConnSlot {
 pub struct ServeOptions {
     /// Listener name for logs and metrics.
     pub name: &'static str,
-    /// Time allowed for a request's headers (HTTP/1) and for the TLS handshake.
-    pub header_read_timeout: Duration,
-    /// Time in-flight requests get after shutdown starts.
-    pub grace: Duration,
-    /// Open connections at most; accepting pauses at the cap.
-    pub max_connections: usize,
-    /// Largest HTTP/1 request head / HTTP/2 header list.
-    pub max_header_bytes: usize,
-    /// Most HTTP/1 request headers.
-    pub max_headers: usize,
-    /// Concurrent HTTP/2 streams per connection.
-    pub max_h2_streams: u32,
+    /// Limits and timeouts.
+    pub limits: ServeSettings,
     /// Connection metrics.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Where accepted connections are served.
@@ -224,7 +216,7 @@ pub struct ServeSettings {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after shutdown starts.
     pub grace: Duration,
-    /// Open connections at most per listener.
+    /// Open connections at most per listener; accepting pauses at the cap.
     pub max_connections: usize,
     /// Largest HTTP/1 request head / HTTP/2 header list.
     pub max_header_bytes: usize,
@@ -258,12 +250,7 @@ impl ServeOptions {
     ) -> Self {
         ServeOptions {
             name,
-            header_read_timeout: s.header_read_timeout,
-            grace: s.grace,
-            max_connections: s.max_connections,
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-            max_h2_streams: s.max_h2_streams,
+            limits: s.clone(),
             metrics: Some(metrics),
             workers,
         }
@@ -356,7 +343,8 @@ async fn serve_conn<H, Fut, B>(
             watcher.watch(conn.into_owned()).await
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream));
+            let handshake =
+                tokio::time::timeout(opts.limits.header_read_timeout, acceptor.accept(stream));
             let tls_stream = match handshake.await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -395,15 +383,15 @@ pub async fn serve<H, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers)
+        .header_read_timeout(opts.limits.header_read_timeout)
+        .max_buf_size(opts.limits.max_header_bytes.max(8192))
+        .max_headers(opts.limits.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(opts.max_h2_streams)
-        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(opts.limits.max_h2_streams)
+        .max_header_list_size(opts.limits.max_header_bytes.min(u32::MAX as usize) as u32)
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)));
@@ -442,11 +430,11 @@ pub async fn serve<H, Fut, B>(
     drop(listener);
     let open = graceful.count();
     if open > 0 {
-        tracing::info!(listener = opts.name, connections = open, grace = ?opts.grace, "draining connections");
+        tracing::info!(listener = opts.name, connections = open, grace = ?opts.limits.grace, "draining connections");
     }
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(opts.grace) => {
+        _ = tokio::time::sleep(opts.limits.grace) => {
             tracing::warn!(listener = opts.name, "grace period over; closing remaining connections");
         }
     }
