@@ -223,7 +223,7 @@ async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
         }
         Err(f) => {
             let _ = writeln!(out, "  status: {}", f.reject.status());
-            if let Some(w) = f.reject.www_authenticate(&policy.realm) {
+            if let Some(w) = policy.challenge(&f.reject, decision.scope.as_deref()) {
                 let _ = writeln!(out, "  WWW-Authenticate: {w}");
             }
             let _ = writeln!(out, "  body: {}", f.reject.body());

@@ -11,6 +11,7 @@
 //! - `path`: path normalisation used for matching and forwarding.
 //! - `error`: `Reject`, the refusal reasons, and their HTTP shape (RFC 6750).
 //! - `server`: accept, connection limits, TLS, workers and graceful drain for every listener.
+//! - `resource`: OAuth protected-resource metadata (RFC 9728).
 //! - `response`: the one helper for answers made locally.
 //! - `proxy`, `upstream`: the inline reverse proxy and its upstream client.
 //! - `authz`: the decision service for gateways (HTTP conventions and gRPC Check).
@@ -42,6 +43,7 @@ pub mod plan;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod resource;
 pub mod response;
 pub mod rules;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::jwks::{
     FetchSettings, KeySet, KeySettings, KeySource, MirrorSettings, ParsePolicy, ProviderKeys,
 };
 use crate::metrics::Metrics;
+use crate::resource::ResourceMetadata;
 use crate::rules::Rules;
 use crate::server::ServeSettings;
 
@@ -32,6 +33,8 @@ pub struct Plan {
     pub rules: Arc<Rules>,
     /// The limits and timeouts every listener shares.
     pub serve: ServeSettings,
+    /// Protected-resource metadata (RFC 9728), when `[resource]` names the resource.
+    pub resource: Option<Arc<ResourceMetadata>>,
 }
 
 /// One provider: its config (claim rules, headers) and its compiled key settings.
@@ -101,6 +104,7 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
     match rules {
         Some(rules) if problems.is_empty() => Ok(Plan {
             serve: ServeSettings::from_config(&config.proxy),
+            resource: ResourceMetadata::compile(&config).map(Arc::new),
             config,
             providers,
             rules: Arc::new(rules),

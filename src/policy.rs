@@ -22,6 +22,8 @@ pub struct Policy {
     pub rules: Arc<Rules>,
     /// `WWW-Authenticate` realm.
     pub realm: String,
+    /// Protected-resource metadata (RFC 9728), named by every 401's challenge.
+    pub resource: Option<Arc<crate::resource::ResourceMetadata>>,
     /// Optional payload header.
     pub payload_header: Option<HeaderName>,
     /// Keep `Authorization` when forwarding.
@@ -40,6 +42,8 @@ pub struct Decision {
     pub path: Option<String>,
     /// The rule that decided (absent when the path itself was refused).
     pub rule: Option<Arc<str>>,
+    /// The scopes that rule requires (for the `scope` of a challenge).
+    pub scope: Option<Arc<str>>,
     /// `Ok(Some)`: authenticated; `Ok(None)`: public; `Err`: refused.
     pub outcome: Result<Option<Verified>, Failure>,
 }
@@ -90,6 +94,7 @@ impl Policy {
         Policy {
             rules: plan.rules.clone(),
             realm: config.proxy.realm.clone(),
+            resource: plan.resource.clone(),
             payload_header: config
                 .proxy
                 .payload_header
@@ -115,6 +120,7 @@ impl Policy {
             return Decision {
                 path: None,
                 rule: None,
+                scope: None,
                 outcome: Err(Failure::from(Reject::HopByHopIdentity)),
             };
         }
@@ -124,6 +130,7 @@ impl Policy {
                 return Decision {
                     path: None,
                     rule: None,
+                    scope: None,
                     outcome: Err(Failure::from(reject)),
                 }
             }
@@ -157,8 +164,44 @@ impl Policy {
         Decision {
             path: Some(normalized),
             rule: Some(rule.name.clone()),
+            scope: rule.scope.clone(),
             outcome,
         }
+    }
+
+    /// The `WWW-Authenticate` challenge of a refusal: the RFC 6750 parameters, the `scope`
+    /// the matched rule needs (on 401 and 403), and on a 401 the `resource_metadata` URL
+    /// (RFC 9728 section 5.1) from which a client learns where to get a token.
+    pub fn challenge(&self, reject: &Reject, scope: Option<&str>) -> Option<String> {
+        let mut c = reject.www_authenticate(&self.realm)?;
+        let status = reject.status();
+        if let Some(s) = scope.filter(|_| status == 401 || status == 403) {
+            c.push_str(&format!(", scope=\"{s}\""));
+        }
+        if let Some(r) = self.resource.as_ref().filter(|_| status == 401) {
+            c.push_str(&format!(", resource_metadata=\"{}\"", r.url));
+        }
+        Some(c)
+    }
+
+    /// The headers of a refusal: `WWW-Authenticate` (see `challenge`), and `Retry-After`
+    /// on 503.
+    pub fn reject_headers(
+        &self,
+        reject: &Reject,
+        scope: Option<&str>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut extra = Vec::new();
+        if let Some(v) = self
+            .challenge(reject, scope)
+            .and_then(|s| HeaderValue::from_str(&s).ok())
+        {
+            extra.push((http::header::WWW_AUTHENTICATE, v));
+        }
+        if reject.status() == 503 {
+            extra.push((http::header::RETRY_AFTER, HeaderValue::from_static("5")));
+        }
+        extra
     }
 
     /// The headers the app should receive for a verified token: claim headers and the

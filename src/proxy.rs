@@ -91,28 +91,13 @@ pub fn local_response(
     resp
 }
 
-/// The headers of a refusal: `WWW-Authenticate`, and `Retry-After` on 503.
-pub fn reject_headers(reject: &Reject, realm: &str) -> Vec<(HeaderName, HeaderValue)> {
-    let mut extra = Vec::new();
-    if let Some(v) = reject
-        .www_authenticate(realm)
-        .and_then(|s| HeaderValue::from_str(&s).ok())
-    {
-        extra.push((header::WWW_AUTHENTICATE, v));
-    }
-    if reject.status() == 503 {
-        extra.push((header::RETRY_AFTER, HeaderValue::from_static("5")));
-    }
-    extra
-}
-
-/// The answer for a refusal: status, `WWW-Authenticate`, `Retry-After` on 503, JSON body.
-pub fn reject_response(reject: &Reject, realm: &str) -> Response<Full<Bytes>> {
-    local_response(
-        reject.status(),
-        reject.body(),
-        &reject_headers(reject, realm),
-    )
+/// The answer for a refusal: its status, `headers` (see `Policy::reject_headers`) and the
+/// JSON body.
+pub fn reject_response(
+    reject: &Reject,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Response<Full<Bytes>> {
+    local_response(reject.status(), reject.body(), headers)
 }
 
 /// 431 for a request head (with its target) over `max_header_bytes`, counted.
@@ -128,6 +113,23 @@ fn head_too_large(metrics: &crate::metrics::Metrics, rid: HeaderValue) -> Respon
     );
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     resp.map(Either::Right)
+}
+
+/// The protected-resource metadata document (RFC 9728), answered here without a token for
+/// `GET`/`HEAD` of its well-known paths when `[resource]` is configured.
+fn resource_metadata(policy: &Policy, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let r = policy.resource.as_ref()?;
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        || !r.serves(req.uri().path())
+    {
+        return None;
+    }
+    let mut resp = crate::response::local(StatusCode::OK, "application/json", r.document());
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Some(resp)
 }
 
 /// Sets the verified identity headers (overwriting any client copy) and drops
@@ -179,6 +181,9 @@ impl Proxy {
         if crate::upstream::head_size(req.headers()) + uri_len(req.uri()) > self.max_header_bytes {
             return head_too_large(&metrics, rid);
         }
+        if let Some(doc) = resource_metadata(&policy, &req) {
+            return doc.map(Either::Right);
+        }
         for n in policy.spoofed_header_names("proxy", req.headers()) {
             req.headers_mut().remove(n);
         }
@@ -214,7 +219,8 @@ impl Proxy {
         remove_hop_by_hop(req.headers_mut());
         let resp = match &decision.outcome {
             Err(f) => {
-                let mut resp = reject_response(&f.reject, &policy.realm);
+                let headers = policy.reject_headers(&f.reject, decision.scope.as_deref());
+                let mut resp = reject_response(&f.reject, &headers);
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
                 resp.map(Either::Right)
             }

@@ -56,6 +56,9 @@ pub struct Rule {
     pub access: Access,
     /// Status when requirements fail (None: 403 insufficient_scope).
     pub deny_status: Option<u16>,
+    /// The scopes its `require.scopes` lists, space-separated: the `scope` of its
+    /// `WWW-Authenticate` challenges (RFC 6750 section 3).
+    pub scope: Option<std::sync::Arc<str>>,
 }
 
 /// A compiled authorization requirement.
@@ -380,6 +383,7 @@ impl Rules {
                 },
                 access: Access::Public,
                 deny_status: None,
+                scope: None,
             });
         }
         for (i, r) in config.rules.iter().enumerate() {
@@ -398,6 +402,7 @@ impl Rules {
                 DefaultAction::Public => Access::Public,
             },
             deny_status: None,
+            scope: None,
         };
         if errs.is_empty() {
             Ok(Rules { rules, default })
@@ -520,11 +525,13 @@ fn compile_rule(r: &RuleConfig, i: usize, providers: &[String], errs: &mut Vec<S
     } else {
         Access::Authenticated(req)
     };
+    let scopes = r.require.as_ref().map(|q| q.scopes.join(" "));
     Rule {
         name: name.into(),
         matcher,
         access,
         deny_status: r.deny_status,
+        scope: scopes.filter(|s| !s.is_empty()).map(Into::into),
     }
 }
 

@@ -82,6 +82,9 @@ fn every_problem_is_reported_with_its_key() {
         ("unknown issuer placeholder", |c| p0(c).issuer = "https://login/{tenant}/v2.0".into(), "the only supported placeholder is {tenantid}"),
         ("public_key_env not set", |c| { let p = p0(c); p.jwks_uri = None; p.public_key_env = Some("JWKS_SIDECAR_TEST_NO_SUCH_VARIABLE".into()); }, "providers[0].public_key_env = \"JWKS_SIDECAR_TEST_NO_SUCH_VARIABLE\": that environment variable is not set"),
         ("inline key that is not a key", |c| { let p = p0(c); p.jwks_uri = None; p.public_key_pem = Some("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()); }, "providers[0] (a): the public key holds no usable signing key"),
+        ("resource not an absolute URL", |c| c.resource.resource = Some("api.example.com".into()), "resource.resource = \"api.example.com\": give an absolute https:// URL"),
+        ("resource with a fragment", |c| c.resource.resource = Some("https://api.example.com/#x".into()), "without query or fragment"),
+        ("resource options without the resource", |c| c.resource.scopes_supported = vec!["x".into()], "resource.resource is not set"),
         ("invalid rule", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_regex: Some("([".into()), ..MatchConfig::default() }, ..RuleConfig::default() }], "rules[0].match.path_regex"),
     ];
     assert!(

@@ -103,11 +103,15 @@ fn allow_response(
 }
 
 /// The deny answer: the status, `WWW-Authenticate` and the JSON body the client gets.
-fn deny_response(policy: &Policy, reject: &crate::error::Reject) -> CheckResponse {
+fn deny_response(
+    policy: &Policy,
+    reject: &crate::error::Reject,
+    scope: Option<&str>,
+) -> CheckResponse {
     let mut resp = CheckResponse::default();
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(status_code(reject.status()));
-    for (k, v) in crate::proxy::reject_headers(reject, &policy.realm) {
+    for (k, v) in policy.reject_headers(reject, scope) {
         denied.add_header(
             k.as_str(),
             v.to_str().unwrap_or(""),
@@ -206,13 +210,17 @@ impl Authorization for AuthzGrpc {
                 None => crate::policy::Decision {
                     path: None,
                     rule: None,
+                    scope: None,
                     outcome: Err(crate::error::Reject::BadPath.into()),
                 },
             };
         let spoofed = policy.spoofed_header_names("authz_grpc", &headers);
         let (resp, status) = match &decision.outcome {
             Ok(verified) => (allow_response(&policy, verified.as_ref(), &spoofed), 200),
-            Err(f) => (deny_response(&policy, &f.reject), f.reject.status()),
+            Err(f) => (
+                deny_response(&policy, &f.reject, decision.scope.as_deref()),
+                f.reject.status(),
+            ),
         };
         policy.record(
             "authz_grpc",

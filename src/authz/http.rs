@@ -183,6 +183,7 @@ impl AuthzHttp {
             None => Decision {
                 path: None,
                 rule: None,
+                scope: None,
                 outcome: Err(Reject::BadPath.into()),
             },
         };
@@ -193,11 +194,15 @@ impl AuthzHttp {
             // authorizer, which `failure_mode_allow: true` turns into an allow: the Envoy
             // endpoint answers "no keys" with 403 (reason no_keys, Retry-After) instead.
             Err(f) if conv == Convention::Envoy && f.reject.status() >= 500 => {
-                let mut r = reject_response(&f.reject, &policy.realm);
+                let headers = policy.reject_headers(&f.reject, decision.scope.as_deref());
+                let mut r = reject_response(&f.reject, &headers);
                 *r.status_mut() = StatusCode::FORBIDDEN;
                 r
             }
-            Err(f) => reject_response(&f.reject, &policy.realm),
+            Err(f) => reject_response(
+                &f.reject,
+                &policy.reject_headers(&f.reject, decision.scope.as_deref()),
+            ),
         };
 
         resp.headers_mut()

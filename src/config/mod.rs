@@ -54,6 +54,25 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// The async runtime.
     pub runtime: RuntimeConfig,
+    /// OAuth protected-resource metadata (RFC 9728).
+    pub resource: ResourceConfig,
+}
+
+/// `[resource]`: what this sidecar tells OAuth clients about the resource it protects (RFC
+/// 9728). Off while `resource` is unset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceConfig {
+    /// The resource identifier clients ask tokens for, e.g. `https://api.example.com`.
+    pub resource: Option<String>,
+    /// Authorization servers that issue tokens for it (default: every provider's issuer).
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may request.
+    pub scopes_supported: Vec<String>,
+    /// A human-readable name.
+    pub resource_name: Option<String>,
+    /// A URL of documentation for developers.
+    pub resource_documentation: Option<String>,
 }
 
 /// `[runtime]`

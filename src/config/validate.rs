@@ -17,7 +17,44 @@ pub fn problems(c: &Config, file: Option<&Path>) -> Vec<String> {
     proxy(&mut p, &src, &c.proxy);
     authz(&mut p, &src, &c.authz);
     providers(&mut p, &src, c);
+    resource(&mut p, &src, &c.resource);
     p
+}
+
+/// `[resource]`: absolute http(s) URLs (RFC 9728 section 1.2: no query, no fragment).
+fn resource(p: &mut Vec<String>, src: &str, r: &super::ResourceConfig) {
+    let urls = r
+        .resource
+        .iter()
+        .map(|u| ("resource.resource", u))
+        .chain(
+            r.resource_documentation
+                .iter()
+                .map(|u| ("resource.resource_documentation", u)),
+        )
+        .chain(
+            r.authorization_servers
+                .iter()
+                .map(|u| ("resource.authorization_servers", u)),
+        );
+    for (key, url) in urls {
+        let ok = http::Uri::try_from(url.as_str()).is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("https" | "http"))
+                && u.host().is_some()
+                && u.query().is_none()
+        }) && !url.contains('#');
+        if !ok {
+            p.push(format!("{src}{key} = {url:?}: give an absolute https:// URL without query or fragment, e.g. \"https://api.example.com\""));
+        }
+    }
+    if r.resource.is_none()
+        && (!r.authorization_servers.is_empty()
+            || !r.scopes_supported.is_empty()
+            || r.resource_name.is_some()
+            || r.resource_documentation.is_some())
+    {
+        p.push(format!("{src}resource.resource is not set: the other [resource] options describe it, so set it (e.g. resource = \"https://api.example.com\") or remove them"));
+    }
 }
 
 fn proxy(p: &mut Vec<String>, src: &str, proxy: &ProxyConfig) {
