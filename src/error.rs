@@ -43,6 +43,8 @@ pub enum Reject {
     BadType,
     /// Authenticated, but a required scope is missing (403).
     InsufficientScope,
+    /// The token's authentication is too weak or too old for the rule (RFC 9470 step-up).
+    InsufficientUserAuthentication,
     /// The provider has never had usable keys, or they went past `max_stale` (503).
     NoKeys,
     /// The request path cannot be normalised safely (400).
@@ -85,6 +87,7 @@ impl Reject {
                 Some("invalid_request")
             }
             Reject::InsufficientScope | Reject::RuleRequirement(_) => Some("insufficient_scope"),
+            Reject::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
@@ -111,6 +114,7 @@ impl Reject {
             Reject::BadAudience => "bad_audience",
             Reject::BadType => "bad_typ",
             Reject::InsufficientScope => "insufficient_scope",
+            Reject::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reject::NoKeys => "no_keys",
             Reject::BadPath => "bad_path",
             Reject::RuleRequirement(_) => "rule_requirement",
@@ -144,6 +148,9 @@ impl Reject {
             Reject::BadAudience => "token audience is not accepted",
             Reject::BadType => "token type is not accepted",
             Reject::InsufficientScope => "token lacks a required scope",
+            Reject::InsufficientUserAuthentication => {
+                "a stronger or more recent authentication is required"
+            }
             Reject::NoKeys => "signing keys for this issuer are not available yet",
             Reject::BadPath => "request path is not acceptable",
             Reject::RuleRequirement(_) => "token does not meet this route's requirements",

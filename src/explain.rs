@@ -223,7 +223,7 @@ async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
         }
         Err(f) => {
             let _ = writeln!(out, "  status: {}", f.reject.status());
-            if let Some(w) = policy.challenge(&f.reject, decision.scope.as_deref()) {
+            if let Some(w) = policy.challenge(&f.reject, decision.params()) {
                 let _ = writeln!(out, "  WWW-Authenticate: {w}");
             }
             let _ = writeln!(out, "  body: {}", f.reject.body());
@@ -262,7 +262,22 @@ fn explain_token(
         Access::Anonymous(r) | Access::Authenticated(r) => r.as_ref(),
         _ => None,
     };
-    if let (Some(req), Ok(v)) = (req, &verified) {
+    let Ok(v) = &verified else {
+        return;
+    };
+    if let Some(s) = &rule.step_up {
+        let claim = |n: &str| v.info.claims.get(n).cloned().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nstep-up ({}):\n  {} acr {} auth_time {} ({})",
+            rule.name,
+            mark(s.holds(&v.info.claims, now_unix())),
+            claim("acr"),
+            claim("auth_time"),
+            s.params
+        );
+    }
+    if let Some(req) = req {
         let mut lines = Vec::new();
         req.explain(v, &mut lines);
         let _ = writeln!(out, "\nrule requirements ({}):", rule.name);

@@ -44,11 +44,21 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// The scopes that rule requires (for the `scope` of a challenge).
     pub scope: Option<Arc<str>>,
+    /// That rule's step-up parameters (for an `insufficient_user_authentication` challenge).
+    pub step_up: Option<Arc<str>>,
     /// `Ok(Some)`: authenticated; `Ok(None)`: public; `Err`: refused.
     pub outcome: Result<Option<Verified>, Failure>,
 }
 
 impl Decision {
+    /// The matched rule's challenge parameters.
+    pub fn params(&self) -> ChallengeParams<'_> {
+        ChallengeParams {
+            scope: self.scope.as_deref(),
+            step_up: self.step_up.as_deref(),
+        }
+    }
+
     /// `allow` or `deny`.
     pub fn decision(&self) -> &'static str {
         if self.outcome.is_ok() {
@@ -86,6 +96,42 @@ impl Decision {
     }
 }
 
+/// The rule's checks on an authenticated token: step-up first (401, RFC 9470: a new token
+/// from a stronger or fresher login can also carry the scopes), then its requirement (403,
+/// or its `deny_status`).
+fn authorize(
+    rule: &crate::rules::Rule,
+    req: Option<&crate::rules::Requirement>,
+    v: Verified,
+) -> Result<Option<Verified>, Failure> {
+    let refuse = |reject| Failure {
+        reject,
+        provider: Some(v.provider.clone()),
+        kid: v.info.kid.clone(),
+    };
+    if let Some(s) = &rule.step_up {
+        if !s.holds(&v.info.claims, now_unix()) {
+            return Err(refuse(Reject::InsufficientUserAuthentication));
+        }
+    }
+    match req {
+        Some(r) if !r.check(&v) => Err(refuse(
+            rule.deny_status
+                .map_or(Reject::InsufficientScope, Reject::RuleRequirement),
+        )),
+        _ => Ok(Some(v)),
+    }
+}
+
+/// What a challenge adds to a refusal's RFC 6750 parameters, from the matched rule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChallengeParams<'a> {
+    /// The scopes the rule requires.
+    pub scope: Option<&'a str>,
+    /// Its step-up parameters (`acr_values`, `max_age`).
+    pub step_up: Option<&'a str>,
+}
+
 impl Policy {
     /// The decision part of a plan, around its authenticator.
     pub fn new(plan: &Plan, auth: Arc<Authenticator>) -> Self {
@@ -121,6 +167,7 @@ impl Policy {
                 path: None,
                 rule: None,
                 scope: None,
+                step_up: None,
                 outcome: Err(Failure::from(Reject::HopByHopIdentity)),
             };
         }
@@ -131,6 +178,7 @@ impl Policy {
                     path: None,
                     rule: None,
                     scope: None,
+                    step_up: None,
                     outcome: Err(Failure::from(reject)),
                 }
             }
@@ -143,16 +191,7 @@ impl Policy {
                 let anonymous_ok = matches!(rule.access, Access::Anonymous(_));
                 match self.auth.extract(headers, query) {
                     Ok(Some(token)) => match self.auth.authenticate(token, now_unix()).await {
-                        Ok(v) => match req {
-                            Some(r) if !r.check(&v) => Err(Failure {
-                                reject: rule
-                                    .deny_status
-                                    .map_or(Reject::InsufficientScope, Reject::RuleRequirement),
-                                provider: Some(v.provider.clone()),
-                                kid: v.info.kid.clone(),
-                            }),
-                            _ => Ok(Some(v)),
-                        },
+                        Ok(v) => authorize(rule, req.as_ref(), v),
                         Err(f) => Err(f),
                     },
                     Ok(None) if anonymous_ok => Ok(None),
@@ -165,6 +204,7 @@ impl Policy {
             path: Some(normalized),
             rule: Some(rule.name.clone()),
             scope: rule.scope.clone(),
+            step_up: rule.step_up.as_ref().map(|s| s.params.clone()),
             outcome,
         }
     }
@@ -172,10 +212,17 @@ impl Policy {
     /// The `WWW-Authenticate` challenge of a refusal: the RFC 6750 parameters, the `scope`
     /// the matched rule needs (on 401 and 403), and on a 401 the `resource_metadata` URL
     /// (RFC 9728 section 5.1) from which a client learns where to get a token.
-    pub fn challenge(&self, reject: &Reject, scope: Option<&str>) -> Option<String> {
+    pub fn challenge(&self, reject: &Reject, params: ChallengeParams<'_>) -> Option<String> {
         let mut c = reject.www_authenticate(&self.realm)?;
         let status = reject.status();
-        if let Some(s) = scope.filter(|_| status == 401 || status == 403) {
+        if let Some(s) = params
+            .step_up
+            .filter(|_| *reject == Reject::InsufficientUserAuthentication)
+        {
+            c.push_str(", ");
+            c.push_str(s);
+        }
+        if let Some(s) = params.scope.filter(|_| status == 401 || status == 403) {
             c.push_str(&format!(", scope=\"{s}\""));
         }
         if let Some(r) = self.resource.as_ref().filter(|_| status == 401) {
@@ -189,11 +236,11 @@ impl Policy {
     pub fn reject_headers(
         &self,
         reject: &Reject,
-        scope: Option<&str>,
+        params: ChallengeParams<'_>,
     ) -> Vec<(HeaderName, HeaderValue)> {
         let mut extra = Vec::new();
         if let Some(v) = self
-            .challenge(reject, scope)
+            .challenge(reject, params)
             .and_then(|s| HeaderValue::from_str(&s).ok())
         {
             extra.push((http::header::WWW_AUTHENTICATE, v));

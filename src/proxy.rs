@@ -219,7 +219,7 @@ impl Proxy {
         remove_hop_by_hop(req.headers_mut());
         let resp = match &decision.outcome {
             Err(f) => {
-                let headers = policy.reject_headers(&f.reject, decision.scope.as_deref());
+                let headers = policy.reject_headers(&f.reject, decision.params());
                 let mut resp = reject_response(&f.reject, &headers);
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
                 resp.map(Either::Right)

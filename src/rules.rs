@@ -59,6 +59,69 @@ pub struct Rule {
     /// The scopes its `require.scopes` lists, space-separated: the `scope` of its
     /// `WWW-Authenticate` challenges (RFC 6750 section 3).
     pub scope: Option<std::sync::Arc<str>>,
+    /// Step-up requirements (RFC 9470), checked before the others.
+    pub step_up: Option<StepUp>,
+}
+
+/// A rule's authentication-strength requirement (RFC 9470).
+#[derive(Debug, Clone)]
+pub struct StepUp {
+    /// Accepted `acr` values (empty: any).
+    pub acr: Vec<String>,
+    /// Longest time since `auth_time`, in seconds.
+    pub max_age: Option<u64>,
+    /// The challenge parameters: `acr_values="..."` and `max_age=N`.
+    pub params: std::sync::Arc<str>,
+}
+
+impl StepUp {
+    fn compile(r: &RequireConfig) -> Option<StepUp> {
+        if r.acr.is_empty() && r.max_age.is_none() {
+            return None;
+        }
+        let max_age = r.max_age.map(|d| d.as_secs());
+        let mut params = Vec::new();
+        if !r.acr.is_empty() {
+            params.push(format!("acr_values=\"{}\"", r.acr.join(" ")));
+        }
+        if let Some(m) = max_age {
+            params.push(format!("max_age={m}"));
+        }
+        Some(StepUp {
+            acr: r.acr.clone(),
+            max_age,
+            params: params.join(", ").into(),
+        })
+    }
+
+    /// Whether the verified claims meet it at time `now` (Unix seconds).
+    pub fn holds(&self, claims: &serde_json::Map<String, serde_json::Value>, now: u64) -> bool {
+        let acr_ok = self.acr.is_empty()
+            || claims
+                .get("acr")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|a| self.acr.iter().any(|x| x == a));
+        let age_ok = self.max_age.is_none_or(|max| {
+            claims
+                .get("auth_time")
+                .and_then(serde_json::Value::as_f64)
+                .is_some_and(|t| t.is_finite() && (now as f64) - t <= max as f64)
+        });
+        acr_ok && age_ok
+    }
+}
+
+/// Step-up options are only meaningful for the whole rule, not inside `any`/`all`.
+fn nested_step_up(r: &RequireConfig, at: &str, errs: &mut Vec<String>) {
+    for (kind, list) in [("any", &r.any), ("all", &r.all)] {
+        for (i, x) in list.iter().enumerate() {
+            let here = format!("{at}.{kind}[{i}]");
+            if !x.acr.is_empty() || x.max_age.is_some() {
+                errs.push(format!("{here}: acr and max_age apply to the whole rule; put them at the top level of require"));
+            }
+            nested_step_up(x, &here, errs);
+        }
+    }
 }
 
 /// A compiled authorization requirement.
@@ -384,6 +447,7 @@ impl Rules {
                 access: Access::Public,
                 deny_status: None,
                 scope: None,
+                step_up: None,
             });
         }
         for (i, r) in config.rules.iter().enumerate() {
@@ -403,6 +467,7 @@ impl Rules {
             },
             deny_status: None,
             scope: None,
+            step_up: None,
         };
         if errs.is_empty() {
             Ok(Rules { rules, default })
@@ -526,12 +591,16 @@ fn compile_rule(r: &RuleConfig, i: usize, providers: &[String], errs: &mut Vec<S
         Access::Authenticated(req)
     };
     let scopes = r.require.as_ref().map(|q| q.scopes.join(" "));
+    if let Some(q) = &r.require {
+        nested_step_up(q, &format!("{at}.require"), errs);
+    }
     Rule {
         name: name.into(),
         matcher,
         access,
         deny_status: r.deny_status,
         scope: scopes.filter(|s| !s.is_empty()).map(Into::into),
+        step_up: r.require.as_ref().and_then(StepUp::compile),
     }
 }
 

@@ -83,6 +83,15 @@ fn fixture() -> Fixture {
                 public: true,
                 ..rule("hooks", prefix("/hooks"))
             },
+            RuleConfig {
+                require: Some(RequireConfig {
+                    acr: vec!["urn:mfa".into(), "urn:hwk".into()],
+                    max_age: Some(std::time::Duration::from_secs(900)),
+                    scopes: vec!["pay".into()],
+                    ..Default::default()
+                }),
+                ..rule("transfer", prefix("/transfer"))
+            },
         ],
         ..Config::default()
     };
@@ -274,6 +283,48 @@ async fn decide_table() {
             headers: &[("authorization", "Bearer x.y.z")],
             want: ("deny", "multiple_tokens", 400),
         },
+        Case {
+            name: "step-up: acr and a fresh login",
+            path: "/transfer",
+            token: a(json!({"acr": "urn:mfa", "auth_time": now() - 60, "scope": "pay"})),
+            headers: &[],
+            want: ("allow", "ok", 200),
+        },
+        Case {
+            name: "step-up: acr not listed",
+            path: "/transfer",
+            token: a(json!({"acr": "urn:pwd", "auth_time": now() - 60, "scope": "pay"})),
+            headers: &[],
+            want: ("deny", "insufficient_user_authentication", 401),
+        },
+        Case {
+            name: "step-up: login too old",
+            path: "/transfer",
+            token: a(json!({"acr": "urn:hwk", "auth_time": now() - 1000, "scope": "pay"})),
+            headers: &[],
+            want: ("deny", "insufficient_user_authentication", 401),
+        },
+        Case {
+            name: "step-up: no auth_time",
+            path: "/transfer",
+            token: a(json!({"acr": "urn:mfa", "scope": "pay"})),
+            headers: &[],
+            want: ("deny", "insufficient_user_authentication", 401),
+        },
+        Case {
+            name: "step-up before scope: both missing",
+            path: "/transfer",
+            token: a(json!({})),
+            headers: &[],
+            want: ("deny", "insufficient_user_authentication", 401),
+        },
+        Case {
+            name: "step-up met, scope missing",
+            path: "/transfer",
+            token: a(json!({"acr": "urn:mfa", "auth_time": now()})),
+            headers: &[],
+            want: ("deny", "insufficient_scope", 403),
+        },
     ];
     let mut failures = Vec::new();
     for case in &cases {
@@ -322,4 +373,32 @@ async fn allowed_request_names_its_identity_headers() {
         .collect();
     assert_eq!(names, ["x-jwt-sub=user-1"]);
     assert_eq!(d.rule.as_deref(), Some("default_rule"));
+}
+
+#[tokio::test]
+async fn step_up_challenge_names_acr_values_max_age_and_scope() {
+    let f = fixture();
+    let token = f.a.mint(&claims(
+        "https://a.example",
+        "api",
+        json!({"acr": "urn:pwd"}),
+    ));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let d = f
+        .policy
+        .decide("POST", None, "/transfer", None, &headers)
+        .await;
+    let reject = &d.outcome.as_ref().expect_err("refused").reject;
+    assert_eq!(
+        f.policy.challenge(reject, d.params()).as_deref(),
+        Some(
+            "Bearer realm=\"jwks-sidecar\", error=\"insufficient_user_authentication\", \
+             error_description=\"a stronger or more recent authentication is required\", \
+             acr_values=\"urn:mfa urn:hwk\", max_age=900, scope=\"pay\""
+        )
+    );
 }

@@ -106,12 +106,12 @@ fn allow_response(
 fn deny_response(
     policy: &Policy,
     reject: &crate::error::Reject,
-    scope: Option<&str>,
+    params: crate::policy::ChallengeParams<'_>,
 ) -> CheckResponse {
     let mut resp = CheckResponse::default();
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(status_code(reject.status()));
-    for (k, v) in policy.reject_headers(reject, scope) {
+    for (k, v) in policy.reject_headers(reject, params) {
         denied.add_header(
             k.as_str(),
             v.to_str().unwrap_or(""),
@@ -211,6 +211,7 @@ impl Authorization for AuthzGrpc {
                     path: None,
                     rule: None,
                     scope: None,
+                    step_up: None,
                     outcome: Err(crate::error::Reject::BadPath.into()),
                 },
             };
@@ -218,7 +219,7 @@ impl Authorization for AuthzGrpc {
         let (resp, status) = match &decision.outcome {
             Ok(verified) => (allow_response(&policy, verified.as_ref(), &spoofed), 200),
             Err(f) => (
-                deny_response(&policy, &f.reject, decision.scope.as_deref()),
+                deny_response(&policy, &f.reject, decision.params()),
                 f.reject.status(),
             ),
         };

@@ -184,6 +184,7 @@ impl AuthzHttp {
                 path: None,
                 rule: None,
                 scope: None,
+                step_up: None,
                 outcome: Err(Reject::BadPath.into()),
             },
         };
@@ -194,14 +195,14 @@ impl AuthzHttp {
             // authorizer, which `failure_mode_allow: true` turns into an allow: the Envoy
             // endpoint answers "no keys" with 403 (reason no_keys, Retry-After) instead.
             Err(f) if conv == Convention::Envoy && f.reject.status() >= 500 => {
-                let headers = policy.reject_headers(&f.reject, decision.scope.as_deref());
+                let headers = policy.reject_headers(&f.reject, decision.params());
                 let mut r = reject_response(&f.reject, &headers);
                 *r.status_mut() = StatusCode::FORBIDDEN;
                 r
             }
             Err(f) => reject_response(
                 &f.reject,
-                &policy.reject_headers(&f.reject, decision.scope.as_deref()),
+                &policy.reject_headers(&f.reject, decision.params()),
             ),
         };
 

@@ -56,6 +56,12 @@ pub struct RequireConfig {
     pub any: Vec<RequireConfig>,
     /// All of these nested requirements hold.
     pub all: Vec<RequireConfig>,
+    /// Step-up (RFC 9470): the token's `acr` is one of these (top level of `require` only).
+    pub acr: Vec<String>,
+    /// Step-up (RFC 9470): the user authenticated at most this long ago (`auth_time`; top
+    /// level of `require` only).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// How a claim is matched.
