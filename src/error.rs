@@ -45,6 +45,8 @@ pub enum Reject {
     InsufficientScope,
     /// The token's authentication is too weak or too old for the rule (RFC 9470 step-up).
     InsufficientUserAuthentication,
+    /// A token meant for a client (an ID token) where an RFC 9068 access token is required.
+    IdToken,
     /// The provider has never had usable keys, or they went past `max_stale` (503).
     NoKeys,
     /// The request path cannot be normalised safely (400).
@@ -115,6 +117,7 @@ impl Reject {
             Reject::BadType => "bad_typ",
             Reject::InsufficientScope => "insufficient_scope",
             Reject::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reject::IdToken => "id_token",
             Reject::NoKeys => "no_keys",
             Reject::BadPath => "bad_path",
             Reject::RuleRequirement(_) => "rule_requirement",
@@ -151,6 +154,7 @@ impl Reject {
             Reject::InsufficientUserAuthentication => {
                 "a stronger or more recent authentication is required"
             }
+            Reject::IdToken => "an ID token (meant for a client) is not an access token",
             Reject::NoKeys => "signing keys for this issuer are not available yet",
             Reject::BadPath => "request path is not acceptable",
             Reject::RuleRequirement(_) => "token does not meet this route's requirements",

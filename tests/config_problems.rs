@@ -86,6 +86,7 @@ fn every_problem_is_reported_with_its_key() {
         ("resource with a fragment", |c| c.resource.resource = Some("https://api.example.com/#x".into()), "without query or fragment"),
         ("resource options without the resource", |c| c.resource.scopes_supported = vec!["x".into()], "resource.resource is not set"),
         ("step-up nested in any", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_prefix: Some("/a".into()), ..MatchConfig::default() }, require: Some(jwks_sidecar::config::RequireConfig { any: vec![jwks_sidecar::config::RequireConfig { acr: vec!["x".into()], ..Default::default() }], ..Default::default() }), ..RuleConfig::default() }], "rules[0].require.any[0]: acr and max_age apply to the whole rule"),
+        ("unknown profile", |c| p0(c).profile = Some("rfc7519".into()), "providers[0].profile = \"rfc7519\": the only profile is \"rfc9068\""),
         ("invalid rule", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_regex: Some("([".into()), ..MatchConfig::default() }, ..RuleConfig::default() }], "rules[0].match.path_regex"),
     ];
     assert!(

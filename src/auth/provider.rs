@@ -63,6 +63,7 @@ impl Provider {
                 require_exp: cfg.require_exp,
                 max_lifetime: cfg.max_token_lifetime.map(|d| d.as_secs()),
                 typ: cfg.typ.iter().map(|t| normalize_typ(t)).collect(),
+                rfc9068: cfg.profile.as_deref() == Some("rfc9068"),
                 required_claims: cfg.required_claims.clone(),
                 required_scopes: cfg.required_scopes.clone(),
             },

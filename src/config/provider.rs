@@ -48,6 +48,9 @@ pub struct ProviderConfig {
     pub max_token_lifetime: Option<Duration>,
     /// Accepted `typ` header values (empty: any). Compared case-insensitively, `application/` optional.
     pub typ: Vec<String>,
+    /// `"rfc9068"`: tokens must follow the JWT access-token profile (typ `at+jwt`; iss, exp,
+    /// aud, sub, client_id, iat and jti present), and ID tokens are refused as such.
+    pub profile: Option<String>,
     /// Claims that must be present.
     pub required_claims: Vec<String>,
     /// Scopes (from `scope` or `scp`) that must all be present, else 403.
@@ -114,6 +117,7 @@ impl Default for ProviderConfig {
             require_exp: true,
             max_token_lifetime: None,
             typ: Vec::new(),
+            profile: None,
             required_claims: Vec::new(),
             required_scopes: Vec::new(),
             claim_headers: BTreeMap::new(),

@@ -223,6 +223,9 @@ fn provider(p: &mut Vec<String>, src: &str, i: usize, prov: &ProviderConfig) {
 /// A provider's claim rules, header mappings, timing and fetch settings.
 fn provider_checks(p: &mut Vec<String>, src: &str, i: usize, prov: &ProviderConfig) {
     let at = format!("{src}providers[{i}]");
+    if let Some(profile) = prov.profile.as_deref().filter(|p| *p != "rfc9068") {
+        p.push(format!("{at}.profile = {profile:?}: the only profile is \"rfc9068\" (RFC 9068 JWT access tokens); remove it otherwise"));
+    }
     if prov.audiences.is_empty() {
         p.push(format!("{at} ({}): audiences is empty; list the audience(s) your API accepts, e.g. audiences = [\"https://api.example.com\"]", prov.name));
     }
