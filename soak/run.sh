@@ -4,6 +4,7 @@
 #   soak/run.sh --minutes 30
 #   soak/run.sh --quick      60 s, rotation every 20 s
 # Extra flags go to soak/soak.py (--rps, --threads, --cycle ...). Writes soak/results/.
+# SOAK_BIN=path/to/jwks-sidecar runs that binary instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,13 +19,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! python3 -c 'import cryptography' 2>/dev/null; then
-  echo "-- soak: installing cryptography (pip)"
-  python3 -m pip install --user --quiet cryptography || python3 -m pip install --quiet --break-system-packages cryptography
+if [ -n "${SOAK_BIN:-}" ]; then
+  # Another build of the binary (e.g. target/debug/jwks-sidecar for a quick check): no build.
+  BIN=$(realpath "$SOAK_BIN")
+  echo "-- soak: SOAK_BIN=$BIN (not building)"
+else
+  echo "-- soak: cargo build --release (waits for the build lock if another build runs)"
+  cargo build --release --bin jwks-sidecar
+  BIN=$ROOT/target/release/jwks-sidecar
 fi
-echo "-- soak: cargo build --release (waits for the build lock if another build runs)"
-cargo build --release --bin jwks-sidecar
-BIN=$ROOT/target/release/jwks-sidecar
 # Run a private copy, so a concurrent rebuild cannot replace the binary under the soak.
 WORK=$(mktemp -d -t jwks-soak-bin.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -1,20 +1,26 @@
 #!/usr/bin/env python3
 """Bounded soak of a jwks-sidecar release binary (driven by soak/run.sh; see soak/README.md).
 
-One process runs the fake IdP (JWKS over HTTP on 127.0.0.1, ES256 keys rotated every cycle,
-failing in some windows) and a rate-limited client; a second process is the echo upstream.
-Every response is recorded and judged; RSS and fds of the sidecar are sampled. Everything
-binds 127.0.0.1, every loop is bounded, and only the processes started here are stopped.
+The IdP is the project's own fake, `<binary> idp` (src/demo/idp.rs): a child process driven
+through its control API. This script keeps the schedule (ES256 keys rotated every cycle,
+failure windows set at their boundaries), a rate-limited client and the report; a second
+Python process is the echo upstream. Every response is recorded and judged; RSS and fds of
+the sidecar are sampled. Everything binds 127.0.0.1, every loop is bounded, and only the
+processes started here are stopped (by pid).
 """
 import argparse
 import base64
+import collections
 import gzip
 import hashlib
+import hmac
 import http.client
 import http.server
 import json
 import os
 import random
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -22,14 +28,17 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 AUD = "api://soak"
 MiB = 1024 * 1024
+FAIL_KINDS = ["500", "timeout", "garbage", "too_large"]
+# Garbage bodies: one per garbage sub-window, in turn across the failure windows (window w
+# serves GARBAGE[w % 4]; the old in-process IdP drew one at random per request).
+GARBAGE = ["<html>oops</html>", '{"keys": "nope"}', '{"keys": [', "\x00\xff" * 50]
+# The IdP's failure knobs when healthy: control endpoint -> body (set in this order).
+HEALTHY = {"raw_body": {}, "delay": {"ms": 0}, "fail": {"status": 0}}
 
 
 def b64(b):
@@ -38,61 +47,186 @@ def b64(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+def hs256(header, claims, secret):
+    h = b64(json.dumps(header, separators=(",", ":")))
+    p = b64(json.dumps(claims, separators=(",", ":")))
+    return f"{h}.{p}.{b64(hmac.new(secret, f'{h}.{p}'.encode(), hashlib.sha256).digest())}"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def read_json_line(proc, timeout, what):
+    """The first stdout line of `proc` as JSON, within `timeout` seconds; raises otherwise."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"{what}: no JSON line on stdout within {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"{what}: exited (status {proc.wait(5)}) before its JSON line")
+            buf += chunk
+        elif proc.poll() is not None:
+            raise RuntimeError(f"{what}: exited (status {proc.returncode}) before its JSON line")
+    line = buf.split(b"\n", 1)[0]
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise RuntimeError(f"{what}: not a JSON line: {line[:200]!r}") from None
+
+
 class Key:
+    """The driver's view of one IdP signing key: when the client started signing with it,
+    when the IdP stopped publishing it, and its pool of reused good tokens."""
+
     def __init__(self, kid):
         self.kid = kid
-        self.priv = ec.generate_private_key(ec.SECP256R1())
-        n = self.priv.public_key().public_numbers()
-        self.jwk = {"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-                    "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
         self.published_at = None
         self.dropped_at = None
-
-    def sign(self, header, claims):
-        h = b64(json.dumps(header, separators=(",", ":")))
-        p = b64(json.dumps(claims, separators=(",", ":")))
-        der = self.priv.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256()))
-        r, s = decode_dss_signature(der)
-        return f"{h}.{p}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        self.pool = []  # (token, sub), minted before the key is used (exercises the token cache)
 
 
 class IdP:
-    """Key state and the failure schedule; the JWKS handler and the client both read it."""
+    """`<binary> idp` as a child process, and the schedule that drives it: rotation every
+    cycle, old keys dropped at mid-cycle, failure windows. The keys live in the IdP; `keys`
+    mirrors them for the client and the judge."""
 
-    def __init__(self, cycle, issuer, quiet):
+    def __init__(self, binary, cycle, quiet, stderr):
         self.cycle = cycle
         self.quiet = quiet
-        self.issuer = issuer
         self.lock = threading.Lock()
+        self.local = threading.local()  # one keep-alive connection to the IdP per thread
         self.keys = []            # every key ever made, oldest first
         self.n = 0
-        self.serve_log = []
         self.t0 = time.monotonic()
-        self.serves = {"ok": 0, "not_modified": 0, "500": 0, "timeout": 0, "garbage": 0,
-                       "too_large": 0}
-        self.rotate()
+        self.state = None         # the failure kind currently set (None: healthy)
+        self.knobs = dict(HEALTHY)
+        self.segments = []        # (t, state, jwks_fetches when it was set)
+        self.log = []             # what the schedule did, when (the report's idp_log)
+        self.errors = []          # failed control or mint calls: the run fails
+        self.on_new_key = None    # the client's pre-minting, run before a new key is used
+        self.proc = subprocess.Popen([binary, "idp", "--alg", "ES256", "--port", "0"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=stderr)
+        self.issuer = self.jwks_uri = self.host = self.port = None
+
+    def wait_ready(self, timeout=30):
+        info = read_json_line(self.proc, timeout, f"{self.proc.args[0]} idp")
+        self.issuer, self.jwks_uri = info["issuer"], info["jwks_uri"]
+        u = urllib.parse.urlsplit(self.issuer)
+        self.host, self.port = u.hostname, u.port
+
+    def call(self, method, path, body=None):
+        """One request; the body text of a 200, else raises. Control changes (not all may run
+        twice) get a connection each; tokens and stats use this thread's keep-alive
+        connection, retried once when it went stale."""
+        once = method == "POST" and path.startswith("/control/")
+        for attempt in (1, 2):
+            conn = None if once else getattr(self.local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                if not once:
+                    self.local.conn = conn
+            try:
+                conn.request(method, path, body=None if body is None else json.dumps(body),
+                             headers={"content-type": "application/json"})
+                r = conn.getresponse()
+                text = r.read().decode("utf-8", "replace")
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()  # reconnects on its next request
+                if once or attempt == 2:
+                    raise
+            finally:
+                if once:
+                    conn.close()
+        if r.status != 200:
+            raise RuntimeError(f"IdP {method} {path}: {r.status} {text.strip()[:200]}")
+        return text
+
+    def control(self, name, body):
+        """POST /control/<name>; returns the IdP's stats after it."""
+        return json.loads(self.call("POST", f"/control/{name}", body))
+
+    def stats(self):
+        return json.loads(self.call("GET", "/control/stats"))
+
+    def mint(self, kid, claims, header=None):
+        """POST /token: exactly `claims`, signed by `kid`, `header` merged over the default."""
+        body = {"kid": kid, "claims": claims}
+        if header:
+            body["header"] = header
+        return self.call("POST", "/token", body)
+
+    def error(self, what):
+        with self.lock:
+            if len(self.errors) < 50:
+                self.errors.append(f"t={self.now():.1f}s {what}")
+        print(f"soak: IdP error: {what}", file=sys.stderr, flush=True)
 
     def now(self):
         return time.monotonic() - self.t0
 
-    def rotate(self):
+    def note(self, event, detail, stats):
         with self.lock:
+            self.log.append({"t": round(self.now(), 3), "event": event, "detail": detail,
+                             "jwks_fetches": stats["jwks_fetches"],
+                             "published": stats["published"]})
+
+    def setup(self):
+        """Before the sidecar starts: the key "stray" (signs the unknown-kid flood, out of the
+        JWKS before the sidecar starts; it replaces the start key es256-1), ETag/304 and
+        max-age=5 on the JWKS, and the first key soak-1."""
+        self.control("rotate", {"alg": "ES256", "kid": "stray", "keep_old": False})
+        self.control("unpublish", {"kids": ["stray"]})
+        self.control("etag", {"enabled": True})
+        self.control("jwks_headers", {"cache-control": "max-age=5"})
+        self.rotate()
+
+    def begin(self):
+        """Restarts the clock for the run: the current key counts as published now, and JWKS
+        fetches are counted from zero (the sidecar's start-up fetches count as healthy)."""
+        with self.lock:
+            shift = time.monotonic() - self.t0
+            self.t0 += shift
+            for e in self.log:
+                e["t"] = round(e["t"] - shift, 3)  # set-up events get negative times
+            self.keys[-1].published_at = 0.0
+            self.segments = [(0.0, "ok", 0)]
+
+    def rotate(self):
+        """A new key, published first in the JWKS; the client signs with it once its tokens
+        are minted (published_at is that moment)."""
+        kid = f"soak-{self.n + 1}"
+        stats = self.control("rotate", {"alg": "ES256", "kid": kid, "keep_old": True})
+        key = Key(kid)
+        started = time.monotonic()
+        if self.on_new_key:
+            self.on_new_key(key)
+        with self.lock:
+            key.published_at = self.now()
+            self.keys.append(key)
             self.n += 1
-            k = Key(f"soak-{self.n}")
-            k.published_at = self.now()
-            self.keys.append(k)
+        self.note("rotate", {"kid": kid, "mint_s": round(time.monotonic() - started, 3)}, stats)
 
     def drop_old(self):
+        """Every key but the newest leaves the JWKS (they still sign: retired-key tokens)."""
         with self.lock:
-            for k in self.keys[:-1]:
-                if k.dropped_at is None:
-                    k.dropped_at = self.now()
+            old = [k for k in self.keys[:-1] if k.dropped_at is None]
+            for k in old:
+                # Marked before the IdP drops them: from now on the judge accepts 200 or 401.
+                k.dropped_at = self.now()
+        if old:
+            stats = self.control("unpublish", {"kids": [k.kid for k in old]})
+            self.note("drop", [k.kid for k in old], stats)
 
     def published(self):
         with self.lock:
@@ -109,8 +243,26 @@ class IdP:
         if int(k) % 2 == 1 and 0.6 * self.cycle <= phase < 0.9 * self.cycle:
             # Four kinds in turn within the window (each for 7.5% of the cycle).
             sub = int((phase - 0.6 * self.cycle) // (0.075 * self.cycle))
-            return ["500", "timeout", "garbage", "too_large"][(int(k) // 2 + sub) % 4]
+            return FAIL_KINDS[(int(k) // 2 + sub) % 4]
         return None
+
+    def set_failure(self, kind, window):
+        """Puts the IdP in the state of failure `kind` (None: healthy) through the control
+        API. What breaks is set before what heals, so a boundary never serves the good set."""
+        want = dict(HEALTHY, **{
+            None: {}, "500": {"fail": {"status": 500}},
+            "timeout": {"delay": {"ms": 5000}, "raw_body": {"body": '{"keys": []}'}},
+            "garbage": {"raw_body": {"body": GARBAGE[window % len(GARBAGE)]}},
+            "too_large": {"raw_body": {"size": 2 * MiB}}}[kind])
+        changed = [n for n in HEALTHY if want[n] != self.knobs[n]]
+        done = [self.control(n, want[n]) for n in sorted(changed, key=lambda n:
+                                                         want[n] == HEALTHY[n])]
+        stats = done[0] if done else self.stats()  # the fetch count when the state changed
+        self.knobs = want
+        with self.lock:
+            self.state = kind
+            self.segments.append((self.now(), kind or "ok", stats["jwks_fetches"]))
+        self.note("state", kind or "ok", stats)
 
     def flood_allowed(self, t=None):
         """Unknown-kid traffic is paused around the rotations of even cycles, so those
@@ -120,76 +272,37 @@ class IdP:
         return not (int(k) % 2 == 0 and phase < 2 * self.quiet)
 
     def schedule(self, stop, deadline):
-        """Rotation thread: rotate at every cycle start, drop the old keys at mid-cycle."""
-        k = 1
-        while not stop.is_set():
-            t_drop = (k - 1) * self.cycle + 0.5 * self.cycle
-            t_rot = k * self.cycle
-            for target, action in ((t_drop, self.drop_old), (t_rot, self.rotate)):
-                while not stop.is_set() and self.now() < target:
-                    stop.wait(min(0.2, max(0.0, target - self.now())))
-                if stop.is_set() or time.monotonic() > deadline:
-                    return
-                action()
-            k += 1
+        """Schedule thread: a new key at every cycle start, the old keys dropped at mid-cycle,
+        and the IdP's state following failure_kind (set at each sub-window's boundary)."""
+        while not stop.wait(0.05) and time.monotonic() < deadline:
+            t = self.now()
+            try:
+                if t >= self.n * self.cycle:
+                    self.rotate()
+                elif t >= (self.n - 0.5) * self.cycle:
+                    self.drop_old()
+                kind = self.failure_kind(t)
+                if kind != self.state:
+                    self.set_failure(kind, int(t // self.cycle) // 2)
+            except Exception as e:
+                self.error(f"schedule: {e}")
+                stop.wait(1)
 
-    def handler(idp):
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def setup(self):
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def send(self, status, body, ctype="application/json", extra=()):
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                for k, v in extra:
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.path != "/jwks.json":
-                    return self.send(404, b"{}")
-                kind = idp.failure_kind()
-                with idp.lock:
-                    if len(idp.serve_log) < 5000:
-                        idp.serve_log.append((round(idp.now(), 3), kind or "ok",
-                                              [k.kid for k in idp.keys if k.dropped_at is None],
-                                              self.headers.get("if-none-match")))
-                if kind is not None:
-                    with idp.lock:
-                        idp.serves[kind] += 1
-                    if kind == "500":
-                        return self.send(500, b"internal error")
-                    if kind == "timeout":
-                        time.sleep(5)  # fetch_timeout is 2s
-                        return self.send(200, b'{"keys": []}')
-                    if kind == "garbage":
-                        body = random.choice([b"<html>oops</html>", b'{"keys": "nope"}',
-                                              b'{"keys": [', b"\x00\xff" * 50])
-                        return self.send(200, body)
-                    return self.send(200, b"[" + b" " * (2 * MiB) + b"]")  # too_large
-                doc = json.dumps({"keys": [k.jwk for k in idp.published()]}).encode()
-                etag = '"%s"' % hashlib.sha256(doc).hexdigest()[:16]
-                if self.headers.get("if-none-match") == etag:
-                    with idp.lock:
-                        idp.serves["not_modified"] += 1
-                    self.send_response(304)
-                    self.send_header("etag", etag)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                with idp.lock:
-                    idp.serves["ok"] += 1
-                self.send(200, doc, extra=(("etag", etag), ("cache-control", "max-age=5")))
-
-        return H
+    def answers(self, total_fetches, sidecar_results):
+        """The report's "IdP answers". The old in-process IdP counted each answer as it chose
+        it per request. Now JWKS requests are counted by the IdP (jwks_fetches, read at every
+        state change) and attributed to the state the schedule had set when they arrived;
+        the healthy ones are split into ok and not_modified by the sidecar's own
+        jwks_fetch_total{result="not_modified"} (a 304 only happens while healthy: failure
+        answers are a 500, or a body whose ETag never matches the good set's)."""
+        by = {k: 0 for k in ["ok", "not_modified"] + FAIL_KINDS}
+        with self.lock:
+            segs = list(self.segments)
+        for (t, state, n0), nxt in zip(segs, segs[1:] + [(None, None, total_fetches)]):
+            by[state] += max(0, nxt[2] - n0)
+        by["not_modified"] = min(by["ok"], sidecar_results.get("not_modified", 0))
+        by["ok"] -= by["not_modified"]
+        return by
 
 
 def echo_main(port):
@@ -225,12 +338,22 @@ def echo_main(port):
 
 
 class Client:
-    """Mixed traffic at a bounded rate; judges each response."""
+    """Mixed traffic at a bounded rate; judges each response. Its tokens come from the IdP's
+    POST /token, minted ahead so no request waits for the IdP: at each rotation (before the
+    new key is used) a pool of 50 reused good tokens and a first batch of single-use tokens,
+    then the minter thread keeps AHEAD single-use tokens ready per class. `alg: none`, HS256
+    and bad-signature tokens are made here."""
 
     WEIGHTS = [("good_current", 36), ("good_previous", 8), ("good_fresh", 7), ("expired", 7),
                ("bad_signature", 7), ("unknown_kid", 10), ("spoofed_headers", 6),
                ("public", 5), ("public_spoofed", 2), ("no_token", 3), ("wrong_audience", 2),
                ("alg_none", 1), ("unknown_issuer", 1), ("retired_key", 3), ("alg_confusion", 2)]
+    # Each request of these classes takes a token of its own, as when the driver signed
+    # them itself: fresh good tokens are cache misses, flood kids are random.
+    SINGLE_USE = ("good_fresh", "expired", "wrong_audience", "unknown_issuer", "unknown_kid")
+    AHEAD = 100   # single-use tokens kept ready per class
+    PRIME = 10    # minted for a new key before the client uses it
+    POOL = 50     # reused good tokens per key
 
     def __init__(self, idp, proxy_port, args, out):
         self.idp = idp
@@ -243,8 +366,9 @@ class Client:
         self.tolerated = {}
         self.total = 0
         self.latencies = []
-        self.stray = Key("stray")  # never published: unknown kid / forged tokens
-        self.token_pool = {}  # kid -> list of good tokens (reused: exercises the token cache)
+        self.queues = {}   # (class, kid) -> deque of (token, sub), minted ahead
+        self.starved = {}  # class -> requests that found their queue dry
+        self.minted = 0
         names, weights = zip(*self.WEIGHTS)
         self.names, self.weights = names, weights
         self.revoke_after = max(40.0, 1.25 * idp.cycle + 15)
@@ -256,15 +380,80 @@ class Client:
         c.update(over)
         return c
 
+    def make(self, cls, key, rng):
+        """One single-use token of class `cls` for `key`, minted by the IdP: (token, sub)."""
+        now = int(time.time())
+        kid, header, sub = key.kid, None, None
+        if cls == "good_fresh":
+            sub = f"fresh-{rng.randrange(1 << 30)}"
+            claims = self.claims(sub, jti=str(rng.random()))
+        elif cls == "expired":
+            claims = self.claims("late", iat=now - 7200, exp=now - 3600)
+        elif cls == "wrong_audience":
+            claims = self.claims("x", aud="api://other")
+        elif cls == "unknown_issuer":
+            claims = self.claims("x", iss="https://evil.example/")
+        else:  # unknown_kid: a random kid, signed by "stray" (never published)
+            kid, header = "stray", {"kid": f"flood-{rng.randrange(1 << 40):x}"}
+            claims = self.claims("flood")
+        tok = self.idp.mint(kid, claims, header)
+        with self.lock:
+            self.minted += 1
+        return tok, sub
+
+    @staticmethod
+    def queue_of(cls, kid):
+        return (cls, "stray" if cls == "unknown_kid" else kid)
+
+    def prepare_key(self, key):
+        """IdP.on_new_key: the key's good-token pool and a first batch of its single-use
+        tokens (and of the flood's), before the client signs with it; older queues go."""
+        rng = random.Random(key.kid)
+        key.pool = [(self.idp.mint(key.kid, self.claims(f"user-{key.kid}-{i}")),
+                     f"user-{key.kid}-{i}") for i in range(self.POOL)]
+        fresh = {self.queue_of(cls, key.kid): collections.deque(
+            self.make(cls, key, rng) for _ in range(self.PRIME)) for cls in self.SINGLE_USE}
+        keep = {key.kid, self.idp.current().kid} if self.idp.keys else {key.kid}
+        with self.lock:
+            self.queues = {q: d for q, d in self.queues.items() if q[1] in keep}
+            self.queues.update(fresh)
+
+    def minter(self, stop, deadline):
+        """Minter thread: keeps AHEAD single-use tokens per class for the current key."""
+        rng = random.Random(4242)
+        while not stop.is_set() and time.monotonic() < deadline:
+            cur = self.idp.current()
+            busy = False
+            for cls in self.SINGLE_USE:
+                q = self.queue_of(cls, cur.kid)
+                with self.lock:
+                    short = len(self.queues.get(q, ())) < self.AHEAD
+                if not short:
+                    continue
+                try:
+                    item = self.make(cls, cur, rng)
+                except Exception as e:
+                    self.idp.error(f"minting {cls}: {e}")
+                    stop.wait(0.5)
+                    continue
+                with self.lock:
+                    self.queues.setdefault(q, collections.deque()).append(item)
+                busy = True
+            if not busy:
+                stop.wait(0.02)
+
+    def take(self, cls, key):
+        """A single-use token (token, sub) for `key` minted ahead; None (counted in
+        `starved`) when its queue is dry."""
+        with self.lock:
+            q = self.queues.get(self.queue_of(cls, key.kid))
+            if q:
+                return q.popleft()
+            self.starved[cls] = self.starved.get(cls, 0) + 1
+            return None
+
     def good_token(self, key, rng):
-        pool = self.token_pool.setdefault(key.kid, [])
-        if len(pool) < 50:
-            sub = f"user-{key.kid}-{len(pool)}"
-            tok = key.sign({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, self.claims(sub))
-            with self.lock:
-                pool.append((tok, sub))
-            return tok, sub
-        return rng.choice(pool)
+        return rng.choice(key.pool)
 
     def request(self, rng):
         """Builds one request: (class, path, headers, expected sub, key or None)."""
@@ -286,34 +475,24 @@ class Client:
         if cls in ("good_current", "spoofed_headers"):
             key = cur
             tok, sub = self.good_token(key, rng)
-        if cls == "good_fresh":
-            key = cur
-            sub = f"fresh-{rng.randrange(1 << 30)}"
-            tok = key.sign({"alg": "ES256", "kid": key.kid},
-                           self.claims(sub, jti=str(rng.random())))
-        if cls == "expired":
-            now = int(time.time())
-            tok = cur.sign({"alg": "ES256", "kid": cur.kid},
-                           self.claims("late", iat=now - 7200, exp=now - 3600))
+        if cls in self.SINGLE_USE:
+            key = cur if cls == "good_fresh" else None
+            tok, sub = self.take(cls, cur) or self.make(cls, cur, rng)  # dry: mint it now
         if cls == "bad_signature":
             tok, _ = self.good_token(cur, rng)
             head, sig = tok.rsplit(".", 1)
             raw = bytearray(base64.urlsafe_b64decode(sig + "=="))
             raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
             tok = f"{head}.{b64(bytes(raw))}"
-        if cls == "unknown_kid":
-            kid = f"flood-{rng.randrange(1 << 40):x}"
-            tok = self.stray.sign({"alg": "ES256", "kid": kid}, self.claims("flood"))
-        if cls == "wrong_audience":
-            tok = cur.sign({"alg": "ES256", "kid": cur.kid}, self.claims("x", aud="api://other"))
         if cls == "alg_none":
             tok = f"{b64(json.dumps({'alg': 'none', 'kid': cur.kid}))}." \
                   f"{b64(json.dumps(self.claims('none')))}."
         if cls == "alg_confusion":
-            tok = self.stray.sign({"alg": "HS256", "kid": cur.kid}, self.claims("hs"))
-        if cls == "unknown_issuer":
-            tok = cur.sign({"alg": "ES256", "kid": cur.kid},
-                           self.claims("x", iss="https://evil.example/"))
+            # HS256 under a real kid. The MAC key is the kid (the old driver put an ECDSA
+            # signature under this header): a provider limited to ES256 refuses HS256
+            # whatever the MAC.
+            tok = hs256({"alg": "HS256", "kid": cur.kid, "typ": "JWT"}, self.claims("hs"),
+                        cur.kid.encode())
         if cls == "retired_key":
             with self.idp.lock:
                 retired = [k for k in self.idp.keys if k.dropped_at is not None]
@@ -440,9 +619,18 @@ def get(url, timeout=3):
         return r.status, r.read().decode()
 
 
+def fetch_results(metrics):
+    """The sidecar's jwks_sidecar_jwks_fetch_total by result label."""
+    out = {}
+    for m in re.finditer(r"^jwks_sidecar_jwks_fetch_total\{([^}]*)\} (\S+)$", metrics, re.M):
+        result = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).get("result", "?")
+        out[result] = out.get(result, 0) + int(float(m.group(2)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
+    ap.add_argument("--binary", required=True, help="jwks-sidecar (also serves the IdP)")
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--cycle", type=float, default=60, help="key rotation period (s)")
     ap.add_argument("--rps", type=float, default=300)
@@ -457,18 +645,54 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     hard_deadline = time.monotonic() + args.seconds + 120
     work = tempfile.mkdtemp(prefix="jwks-soak.")
+    cfg_path = os.path.join(work, "config.toml")
     started = []  # (Popen) we started; stopped by pid at the end
     stop = threading.Event()
+    logs = []
 
-    idp_port, echo_port, proxy_port, admin_port = (free_port() for _ in range(4))
-    issuer = f"http://127.0.0.1:{idp_port}/"
+    def cleanup(*_):
+        stop.set()
+        for p in started:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in started:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        for f in logs:
+            f.close()
+        for f in (cfg_path,):
+            try:
+                os.remove(f)
+            except OSError:
+                pass
+        try:
+            os.rmdir(work)
+        except OSError:
+            pass
+
+    def fail(msg):
+        cleanup()
+        print(f"soak: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+    signal.signal(signal.SIGTERM, lambda *a: (cleanup(), sys.exit(1)))
+
+    echo_port, proxy_port, admin_port = (free_port() for _ in range(3))
     # Quiet zone around even rotations: a flood stopped at its start may still leave a deferred
     # refetch one interval later, which blocks kid-miss refetches for one more interval.
-    idp = IdP(args.cycle, issuer,
-              max(0.15 * args.cycle, 2 * args.kid_miss_interval + args.kid_miss_wait + 1))
-    idp_srv = http.server.ThreadingHTTPServer(("127.0.0.1", idp_port), idp.handler())
-    idp_srv.daemon_threads = True
-    threading.Thread(target=idp_srv.serve_forever, daemon=True).start()
+    quiet = max(0.15 * args.cycle, 2 * args.kid_miss_interval + args.kid_miss_wait + 1)
+    idp_log_path = os.path.join(args.results, f"idp-{stamp}.log")
+    idp_log = open(idp_log_path, "wb")
+    logs.append(idp_log)
+    idp = IdP(args.binary, args.cycle, quiet, idp_log)
+    started.append(idp.proc)
+    try:
+        idp.wait_ready(timeout=30)
+    except RuntimeError as e:
+        fail(f"the IdP did not start: {e}; its stderr: {idp_log_path}")
 
     echo = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo", str(echo_port)])
     started.append(echo)
@@ -478,6 +702,13 @@ def main():
             break
         except OSError:
             time.sleep(0.1)
+
+    client = Client(idp, proxy_port, args, None)
+    idp.on_new_key = client.prepare_key
+    try:
+        idp.setup()
+    except Exception as e:
+        fail(f"setting up the IdP failed: {e}; its stderr: {idp_log_path}")
 
     config = f"""
 [proxy]
@@ -498,8 +729,8 @@ max_entries = {args.token_cache_entries}
 
 [[providers]]
 name = "soak"
-issuer = "{issuer}"
-jwks_uri = "http://127.0.0.1:{idp_port}/jwks.json"
+issuer = "{idp.issuer}"
+jwks_uri = "{idp.jwks_uri}"
 audiences = ["{AUD}"]
 algorithms = ["ES256"]
 refresh_interval = "10s"
@@ -514,36 +745,14 @@ max_jwks_bytes = 1048576
 [providers.claim_headers]
 sub = "x-jwt-sub"
 """
-    cfg_path = os.path.join(work, "config.toml")
     with open(cfg_path, "w") as f:
         f.write(config)
     log_path = os.path.join(args.results, f"sidecar-{stamp}.log")
     log = open(log_path, "wb")
+    logs.append(log)
     sidecar = subprocess.Popen([args.binary, "--config", cfg_path], stdout=log, stderr=log)
     started.append(sidecar)
 
-    def cleanup(*_):
-        stop.set()
-        for p in started:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in started:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        idp_srv.shutdown()
-        for f in (cfg_path,):
-            try:
-                os.remove(f)
-            except OSError:
-                pass
-        try:
-            os.rmdir(work)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, lambda *a: (cleanup(), sys.exit(1)))
     ready_by = time.monotonic() + 30
     while True:
         try:
@@ -552,22 +761,20 @@ sub = "x-jwt-sub"
         except Exception:
             pass
         if time.monotonic() > ready_by or sidecar.poll() is not None:
-            cleanup()
-            print("soak: sidecar did not become ready; log:", log_path, file=sys.stderr)
-            sys.exit(2)
+            fail(f"sidecar did not become ready; log: {log_path}")
         time.sleep(0.2)
 
-    print(f"soak: sidecar pid {sidecar.pid} ready; {args.seconds:.0f}s at {args.rps:.0f} rps, "
-          f"rotation every {args.cycle:.0f}s", flush=True)
-    idp.t0 = time.monotonic()
-    # Restart the IdP clock: the first key counts as published now.
-    idp.keys[-1].published_at = 0.0
-    deadline = time.monotonic() + args.seconds
-    threading.Thread(target=idp.schedule, args=(stop, deadline), daemon=True).start()
-
+    print(f"soak: sidecar pid {sidecar.pid} ready, IdP pid {idp.proc.pid} at {idp.issuer}; "
+          f"{args.seconds:.0f}s at {args.rps:.0f} rps, rotation every {args.cycle:.0f}s",
+          flush=True)
     out = gzip.open(os.path.join(args.results, f"responses-{stamp}.csv.gz"), "wt")
     out.write("t,class,status,latency_ms,verdict\n")
-    client = Client(idp, proxy_port, args, out)
+    client.out = out
+    idp.begin()
+    deadline = time.monotonic() + args.seconds
+    threading.Thread(target=idp.schedule, args=(stop, deadline), daemon=True).start()
+    threading.Thread(target=client.minter, args=(stop, deadline), daemon=True).start()
+
     workers = [threading.Thread(target=client.worker,
                                 args=(i, deadline, args.rps / args.threads, stop))
                for i in range(args.threads)]
@@ -587,9 +794,12 @@ sub = "x-jwt-sub"
                 print(f"soak: t={idp.now():6.1f}s requests={client.total} "
                       f"wrong={getattr(client, 'wrong_count', 0)} rss={rss / MiB:.1f}MiB "
                       f"fds={fds} keys={[k.kid for k in idp.published()]} "
-                      f"idp={idp.failure_kind() or 'ok'}", flush=True)
+                      f"idp={idp.state or 'ok'}", flush=True)
             except FileNotFoundError:
                 print("soak: the sidecar exited!", file=sys.stderr)
+                stop.set()
+            if idp.proc.poll() is not None:
+                idp.error(f"the IdP exited with status {idp.proc.returncode}")
                 stop.set()
             next_sample += 10
         time.sleep(0.2)
@@ -608,6 +818,13 @@ sub = "x-jwt-sub"
     except Exception as e:
         metrics = f"unavailable: {e}"
     sidecar_alive = sidecar.poll() is None
+    try:
+        idp_stats = idp.stats()
+    except Exception as e:
+        idp.error(f"final stats: {e}")
+        idp_stats = None
+    idp_alive = idp_stats is not None and idp.proc.poll() is None
+    stop.set()
     cleanup()
 
     dur = samples[-1]["t"] if samples else 0
@@ -621,6 +838,10 @@ sub = "x-jwt-sub"
         "jwks_sidecar_jwks_fetch_total", "jwks_sidecar_jwks_kid_miss_total",
         "jwks_sidecar_jwks_key_changes_total", "jwks_sidecar_token_cache_total",
         "jwks_sidecar_jwks_stale", "jwks_sidecar_jwks_keys", "jwks_sidecar_key_lookups_total"))]
+    sidecar_fetches = fetch_results(metrics)
+    # What the IdP answered, by the state the schedule had set (see IdP.answers), next to
+    # what the sidecar made of it (its fetch result labels).
+    idp_serves = idp.answers(idp_stats["jwks_fetches"] if idp_stats else 0, sidecar_fetches)
     wrong = getattr(client, "wrong_count", 0)
     flat = (rss_last - rss_first) < 10 * MiB
     summary = {
@@ -636,9 +857,12 @@ sub = "x-jwt-sub"
         "rss_flat": flat,
         "fds": {"first": fds_all[0] if fds_all else None, "last": fds_all[-1] if fds_all else None,
                 "max": max(fds_all) if fds_all else None},
-        "keys_rotated": idp.n, "idp_serves": idp.serves,
+        "keys_rotated": idp.n, "idp_serves": idp_serves, "sidecar_fetches": sidecar_fetches,
+        "idp_stats": idp_stats, "idp_errors": idp.errors, "idp_alive_at_end": idp_alive,
+        "tokens_minted": client.minted, "single_use_starved": client.starved,
         "sidecar_alive_at_end": sidecar_alive,
-        "samples": samples, "idp_log": idp.serve_log, "wrong_examples": client.wrong[:20], "metrics": interesting,
+        "samples": samples, "idp_log": idp.log, "wrong_examples": client.wrong[:20],
+        "metrics": interesting,
     }
     path = os.path.join(args.results, f"summary-{stamp}.json")
     with open(path, "w") as f:
@@ -655,16 +879,23 @@ sub = "x-jwt-sub"
                 f"{rss_last / MiB:.1f} MiB ({'flat' if flat else 'GROWING'})\n")
         f.write(f"- fds first {summary['fds']['first']}, last {summary['fds']['last']}, "
                 f"max {summary['fds']['max']}\n")
-        f.write(f"- IdP answers: {idp.serves}\n\n| class | statuses |\n|---|---|\n")
+        f.write(f"- IdP answers (JWKS requests by the state the schedule set): {idp_serves}\n")
+        f.write(f"- sidecar fetch results: {sidecar_fetches}\n")
+        f.write(f"- IdP (`{os.path.basename(args.binary)} idp`): "
+                f"{'alive' if idp_alive else 'DEAD'} at the end, "
+                f"errors: {idp.errors or 'none'}; {client.minted} single-use tokens minted "
+                f"ahead, dry queues: {client.starved or 'none'}\n\n")
+        f.write("| class | statuses |\n|---|---|\n")
         for c, s in summary["by_class"].items():
             f.write(f"| {c} | {s} |\n")
         f.write("\n```\n" + "\n".join(interesting) + "\n```\n")
     print(open(md).read())
     print(f"soak: summary {path}")
-    ok = wrong == 0 and flat and sidecar_alive
+    ok = wrong == 0 and flat and sidecar_alive and idp_alive and not idp.errors
     print(f"soak: {'PASS' if ok else 'FAIL'}: {client.total} requests, {wrong} wrong decisions, "
           f"RSS {rss_first / MiB:.1f} -> {rss_last / MiB:.1f} MiB, fds "
-          f"{summary['fds']['first']} -> {summary['fds']['last']}")
+          f"{summary['fds']['first']} -> {summary['fds']['last']}, IdP "
+          f"{'ok' if idp_alive and not idp.errors else 'FAILED'}")
     sys.exit(0 if ok else 1)
 
 
