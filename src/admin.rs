@@ -21,6 +21,14 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
 }
 
+fn respond_bytes(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    crate::response::local(status, content_type, body)
+}
+
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     crate::response::no_store(status, content_type, body)
 }
@@ -112,6 +120,21 @@ impl Admin {
                 readyz(auth)
             }
             "/providers" => providers(auth),
+            "/assertion/jwks.json" => match &policy.assertion {
+                Some(a) => {
+                    let mut r = respond_bytes(StatusCode::OK, "application/jwk-set+json", a.jwks());
+                    r.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("public, max-age=300"),
+                    );
+                    r
+                }
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "assertion is not enabled\n".into(),
+                ),
+            },
             path => {
                 if let Some(name) = path.strip_prefix("/jwks/") {
                     if let Some(p) = auth.providers().iter().find(|p| p.name == name) {

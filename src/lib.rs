@@ -13,6 +13,7 @@
 //! - `server`: accept, connection limits, TLS, workers and graceful drain for every listener.
 //! - `resource`: OAuth protected-resource metadata (RFC 9728).
 //! - `response`: the one helper for answers made locally.
+//! - `assertion`: the signed identity for the app (`[assertion]`).
 //! - `proxy`, `upstream`: the inline reverse proxy and its upstream client.
 //! - `authz`: the decision service for gateways (HTTP conventions and gRPC Check).
 //! - `admin`: metrics, health, readiness, provider status, the mirrored JWKS.
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod assertion;
 pub mod auth;
 pub mod authz;
 pub mod check;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::assertion::Assertions;
 use crate::auth::{Authenticator, Provider};
 use crate::config::{self, CliOverrides, Config, ConfigError, ProviderConfig};
 use crate::jose::Alg;
@@ -35,6 +36,8 @@ pub struct Plan {
     pub serve: ServeSettings,
     /// Protected-resource metadata (RFC 9728), when `[resource]` names the resource.
     pub resource: Option<Arc<ResourceMetadata>>,
+    /// The signed identity for the app, when `[assertion]` is enabled.
+    pub assertion: Option<Arc<Assertions>>,
 }
 
 /// One provider: its config (claim rules, headers) and its compiled key settings.
@@ -94,6 +97,10 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
             Err(e) => problems.push(format!("{src}providers[{i}]{e}")),
         }
     }
+    let assertion = Assertions::compile(&config.assertion).unwrap_or_else(|e| {
+        problems.push(format!("{src}{e}"));
+        None
+    });
     let rules = match Rules::compile(&config) {
         Ok(r) => Some(r),
         Err(errs) => {
@@ -105,6 +112,7 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
         Some(rules) if problems.is_empty() => Ok(Plan {
             serve: ServeSettings::from_config(&config.proxy),
             resource: ResourceMetadata::compile(&config).map(Arc::new),
+            assertion: assertion.map(Arc::new),
             config,
             providers,
             rules: Arc::new(rules),

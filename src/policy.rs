@@ -22,6 +22,8 @@ pub struct Policy {
     pub rules: Arc<Rules>,
     /// `WWW-Authenticate` realm.
     pub realm: String,
+    /// The signed identity added to allowed requests.
+    pub assertion: Option<Arc<crate::assertion::Assertions>>,
     /// Protected-resource metadata (RFC 9728), named by every 401's challenge.
     pub resource: Option<Arc<crate::resource::ResourceMetadata>>,
     /// Optional payload header.
@@ -141,6 +143,7 @@ impl Policy {
             rules: plan.rules.clone(),
             realm: config.proxy.realm.clone(),
             resource: plan.resource.clone(),
+            assertion: plan.assertion.clone(),
             payload_header: config
                 .proxy
                 .payload_header
@@ -257,6 +260,11 @@ impl Policy {
         let mut out = v.info.headers.clone();
         if let Some(h) = &self.payload_header {
             out.push((h.clone(), v.info.payload.clone()));
+        }
+        if let Some(a) = &self.assertion {
+            if let Some(value) = a.mint(v, now_unix()) {
+                out.push((a.header.clone(), value));
+            }
         }
         out
     }

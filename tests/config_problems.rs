@@ -87,6 +87,9 @@ fn every_problem_is_reported_with_its_key() {
         ("resource options without the resource", |c| c.resource.scopes_supported = vec!["x".into()], "resource.resource is not set"),
         ("step-up nested in any", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_prefix: Some("/a".into()), ..MatchConfig::default() }, require: Some(jwks_sidecar::config::RequireConfig { any: vec![jwks_sidecar::config::RequireConfig { acr: vec!["x".into()], ..Default::default() }], ..Default::default() }), ..RuleConfig::default() }], "rules[0].require.any[0]: acr and max_age apply to the whole rule"),
         ("unknown profile", |c| p0(c).profile = Some("rfc7519".into()), "providers[0].profile = \"rfc7519\": the only profile is \"rfc9068\""),
+        ("assertion without an audience", |c| c.assertion.enabled = true, "assertion.audience is required"),
+        ("assertion with an RSA algorithm", |c| { c.assertion.enabled = true; c.assertion.audience = "app".into(); c.assertion.algorithm = "RS256".into(); }, "assertion.algorithm = \"RS256\": use \"ES256\" or \"EdDSA\""),
+        ("assertion key file missing", |c| { c.assertion.enabled = true; c.assertion.audience = "app".into(); c.assertion.key_file = Some(missing()); }, "assertion.key_file"),
         ("invalid rule", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_regex: Some("([".into()), ..MatchConfig::default() }, ..RuleConfig::default() }], "rules[0].match.path_regex"),
     ];
     assert!(

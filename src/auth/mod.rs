@@ -114,6 +114,9 @@ impl Authenticator {
             .flat_map(|p| p.claim_headers.values().cloned())
             .collect();
         reserved_names.extend(config.proxy.payload_header.clone());
+        if config.assertion.enabled {
+            reserved_names.push(config.assertion.header.clone());
+        }
         Authenticator {
             by_issuer,
             templated,

@@ -56,6 +56,49 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// OAuth protected-resource metadata (RFC 9728).
     pub resource: ResourceConfig,
+    /// A signed identity for the app on every allowed request.
+    pub assertion: AssertionConfig,
+}
+
+/// `[assertion]`: a short-lived JWT signed by the sidecar's own key on every allowed request,
+/// so the app verifies one local key set whatever the identity provider, and a request that
+/// did not pass the sidecar carries no valid assertion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionConfig {
+    /// Add the assertion to allowed requests.
+    pub enabled: bool,
+    /// The header that carries it (client copies are stripped like every identity header).
+    pub header: String,
+    /// Its `iss`: this sidecar's name.
+    pub issuer: String,
+    /// Its `aud`: the app.
+    pub audience: String,
+    /// Lifetime; never beyond the original token's `exp`.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Verified claims copied into it (besides iss, aud, iat, exp, jti, provider, token_iss).
+    pub claims: Vec<String>,
+    /// `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// PKCS#8 PEM private key (e.g. a mounted Kubernetes Secret) so replicas agree; unset: a
+    /// key is generated at start.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        AssertionConfig {
+            enabled: false,
+            header: "x-jwt-assertion".into(),
+            issuer: "jwks-sidecar".into(),
+            audience: String::new(),
+            ttl: Duration::from_secs(60),
+            claims: vec!["sub".into()],
+            algorithm: "ES256".into(),
+            key_file: None,
+        }
+    }
 }
 
 /// `[resource]`: what this sidecar tells OAuth clients about the resource it protects (RFC

@@ -18,6 +18,12 @@ pub fn problems(c: &Config, file: Option<&Path>) -> Vec<String> {
     authz(&mut p, &src, &c.authz);
     providers(&mut p, &src, c);
     resource(&mut p, &src, &c.resource);
+    if c.assertion.enabled {
+        if c.assertion.audience.is_empty() {
+            p.push(format!("{src}assertion.audience is required with assertion.enabled: name the app the assertion is for (its aud), e.g. \"orders-service\""));
+        }
+        check_header_name(&mut p, &src, "assertion.header", &c.assertion.header);
+    }
     p
 }
 

@@ -4,6 +4,7 @@
 //! - `alg`: the one table of supported algorithms and the key kinds that verify them.
 //! - `key`: JWK / PEM / SPKI / x509 into a verification `Key` (parsed once).
 //! - `jws`: strict compact-JWS parsing and signature verification.
+//! - `sign`: signing keys (generated or PKCS#8) and token minting.
 //! - `trace`: the observer the verifier reports each check to (`explain` prints it).
 //!
 //! Signatures are verified with aws-lc-rs directly (the same library rustls uses here):
@@ -13,6 +14,7 @@
 pub mod alg;
 pub mod jws;
 pub mod key;
+pub mod sign;
 pub mod trace;
 
 pub use alg::{Alg, KeyKind};
