@@ -19,6 +19,26 @@ pub struct Admin {
     pub policy: Arc<arc_swap::ArcSwap<crate::policy::Policy>>,
     /// Collectors.
     pub metrics: Arc<Metrics>,
+    /// `/readyz?wait` requests waiting at once (at most `MAX_READY_WAITERS`).
+    waiters: tokio::sync::Semaphore,
+}
+
+/// More `/readyz?wait` requests than this answer at once instead of waiting, so waiting
+/// clients cannot pile up on the admin listener.
+const MAX_READY_WAITERS: usize = 16;
+
+impl Admin {
+    /// The admin endpoints over the live policy and the collectors.
+    pub fn new(
+        policy: Arc<arc_swap::ArcSwap<crate::policy::Policy>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Admin {
+            policy,
+            metrics,
+            waiters: tokio::sync::Semaphore::new(MAX_READY_WAITERS),
+        }
+    }
 }
 
 fn respond_bytes(
@@ -109,7 +129,7 @@ impl Admin {
                     .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("wait=")))
                     .and_then(|v| v.parse::<u64>().ok())
                     .map_or(Duration::ZERO, |s| Duration::from_secs(s.min(30)));
-                if !wait.is_zero() {
+                if let (false, Ok(_waiting)) = (wait.is_zero(), self.waiters.try_acquire()) {
                     let all = async {
                         for p in auth.providers() {
                             p.keys.wait_ready().await;
@@ -117,7 +137,8 @@ impl Admin {
                     };
                     let _ = tokio::time::timeout(wait, all).await;
                 }
-                readyz(auth)
+                // The policy in force now (a reload may have replaced it while waiting).
+                readyz(&self.policy.load_full().auth)
             }
             "/providers" => providers(auth),
             "/assertion/jwks.json" => match &policy.assertion {

@@ -271,7 +271,7 @@ fn explain_token(
             out,
             "\nstep-up ({}):\n  {} acr {} auth_time {} ({})",
             rule.name,
-            mark(s.holds(&v.info.claims, now_unix())),
+            mark(s.holds(&v.info.claims, now_unix(), v.provider.claims.leeway)),
             claim("acr"),
             claim("auth_time"),
             s.params

@@ -259,10 +259,7 @@ impl Listeners {
         }
         let mut admin_addr = None;
         if let Some(addr) = config.admin.listen {
-            let admin = Arc::new(admin::Admin {
-                policy: policy.clone(),
-                metrics: metrics.clone(),
-            });
+            let admin = Arc::new(admin::Admin::new(policy.clone(), metrics.clone()));
             let handler = move |_peer, req| admin.clone().handle(req);
             admin_addr = Some(
                 self.http("admin", "admin.listen", addr, None, handler)

@@ -56,8 +56,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
-    /// Serve the fake identity provider alone (for test suites): discovery, JWKS, token
-    /// minting and a control API on 127.0.0.1; prints its issuer as one JSON line.
+    /// TEST ONLY: serve the fake identity provider the test suites use (discovery, JWKS,
+    /// token minting for any claims, a control API) on 127.0.0.1; prints its issuer as one
+    /// JSON line. Never configure its issuer in a real deployment.
     Idp {
         /// Port (0: any free port).
         #[arg(long, default_value_t = 0)]

@@ -112,7 +112,7 @@ fn authorize(
         kid: v.info.kid.clone(),
     };
     if let Some(s) = &rule.step_up {
-        if !s.holds(&v.info.claims, now_unix()) {
+        if !s.holds(&v.info.claims, now_unix(), v.provider.claims.leeway) {
             return Err(refuse(Reject::InsufficientUserAuthentication));
         }
     }

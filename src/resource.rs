@@ -33,7 +33,9 @@ impl ResourceMetadata {
         let resource = config.resource.resource.as_deref()?;
         let uri: http::Uri = resource.parse().ok()?;
         let origin = format!("{}://{}", uri.scheme_str()?, uri.authority()?);
-        let path = uri.path().trim_end_matches('/');
+        // Section 3.1: a terminating "/" right after the host is dropped; any other path is
+        // kept as it is, trailing slash included.
+        let path = if uri.path() == "/" { "" } else { uri.path() };
         let mut paths = vec![WELL_KNOWN.to_string()];
         if !path.is_empty() {
             paths.push(format!("{WELL_KNOWN}{path}"));
@@ -112,13 +114,24 @@ mod tests {
             "https://api.example.com/.well-known/oauth-protected-resource"
         );
         assert!(m.serves(WELL_KNOWN));
-        let m = ResourceMetadata::compile(&config("https://api.example.com/v1/")).expect("on");
+        let m = ResourceMetadata::compile(&config("https://api.example.com/v1")).expect("on");
         assert_eq!(
             &*m.url,
             "https://api.example.com/.well-known/oauth-protected-resource/v1"
         );
         assert!(m.serves("/.well-known/oauth-protected-resource/v1"));
         assert!(!m.serves("/.well-known/oauth-protected-resource/v2"));
+        // A path's own trailing slash is part of the identifier (only a lone "/" is dropped).
+        let m = ResourceMetadata::compile(&config("https://api.example.com/v1/")).expect("on");
+        assert_eq!(
+            &*m.url,
+            "https://api.example.com/.well-known/oauth-protected-resource/v1/"
+        );
+        let m = ResourceMetadata::compile(&config("https://api.example.com/")).expect("on");
+        assert_eq!(
+            &*m.url,
+            "https://api.example.com/.well-known/oauth-protected-resource"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::auth::claims::ClaimPath;
 use crate::auth::verify::scopes;
+use crate::auth::verify::{MAX_NUMERIC_DATE, MIN_NUMERIC_DATE};
 use crate::auth::Verified;
 use crate::config::{
     ClaimMatcherConfig, Config, DefaultAction, MatchConfig, RequireConfig, RuleConfig,
@@ -94,25 +95,45 @@ impl StepUp {
         })
     }
 
-    /// Whether the verified claims meet it at time `now` (Unix seconds).
-    pub fn holds(&self, claims: &serde_json::Map<String, serde_json::Value>, now: u64) -> bool {
+    /// Whether the verified claims meet it at time `now` (Unix seconds), allowing `leeway`
+    /// seconds of clock skew on `auth_time`. An `auth_time` that is not a NumericDate, or lies
+    /// in the future beyond the leeway, never passes (never read as "recent").
+    pub fn holds(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: u64,
+        leeway: u64,
+    ) -> bool {
         let acr_ok = self.acr.is_empty()
             || claims
                 .get("acr")
                 .and_then(serde_json::Value::as_str)
                 .is_some_and(|a| self.acr.iter().any(|x| x == a));
         let age_ok = self.max_age.is_none_or(|max| {
+            let (now, leeway) = (now as f64, leeway as f64);
             claims
                 .get("auth_time")
                 .and_then(serde_json::Value::as_f64)
-                .is_some_and(|t| t.is_finite() && (now as f64) - t <= max as f64)
+                .filter(|t| (MIN_NUMERIC_DATE..=MAX_NUMERIC_DATE).contains(t))
+                .is_some_and(|t| t <= now + leeway && now - t <= max as f64 + leeway)
         });
         acr_ok && age_ok
     }
 }
 
-/// Step-up options are only meaningful for the whole rule, not inside `any`/`all`.
+/// RFC 6750 section 3 `scope-token`: `%x21 / %x23-5B / %x5D-7E`, at least one.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
+/// Step-up options are only meaningful for the whole rule, not inside `any`/`all`, and a
+/// `max_age` under a second cannot be checked against whole-second `auth_time`s.
 fn nested_step_up(r: &RequireConfig, at: &str, errs: &mut Vec<String>) {
+    if r.max_age.is_some_and(|d| d.as_secs() == 0) {
+        errs.push(format!("{at}.max_age must be at least 1s"));
+    }
     for (kind, list) in [("any", &r.any), ("all", &r.all)] {
         for (i, x) in list.iter().enumerate() {
             let here = format!("{at}.{kind}[{i}]");
@@ -593,6 +614,12 @@ fn compile_rule(r: &RuleConfig, i: usize, providers: &[String], errs: &mut Vec<S
     let scopes = r.require.as_ref().map(|q| q.scopes.join(" "));
     if let Some(q) = &r.require {
         nested_step_up(q, &format!("{at}.require"), errs);
+        // They are quoted into WWW-Authenticate: RFC 6750 scope-tokens only.
+        for (key, values) in [("scopes", &q.scopes), ("acr", &q.acr)] {
+            for v in values.iter().filter(|v| !is_scope_token(v)) {
+                errs.push(format!("{at}.require.{key}: {v:?} must be printable ASCII without spaces, '\"' or '\\' (RFC 6750 scope-token)"));
+            }
+        }
     }
     Rule {
         name: name.into(),

@@ -90,6 +90,10 @@ fn every_problem_is_reported_with_its_key() {
         ("assertion without an audience", |c| c.assertion.enabled = true, "assertion.audience is required"),
         ("assertion with an RSA algorithm", |c| { c.assertion.enabled = true; c.assertion.audience = "app".into(); c.assertion.algorithm = "RS256".into(); }, "assertion.algorithm = \"RS256\": use \"ES256\" or \"EdDSA\""),
         ("assertion key file missing", |c| { c.assertion.enabled = true; c.assertion.audience = "app".into(); c.assertion.key_file = Some(missing()); }, "assertion.key_file"),
+        ("realm that breaks the challenge", |c| c.proxy.realm = "a\"b".into(), "proxy.realm = \"a\\\"b\": use printable ASCII"),
+        ("resource with a quote", |c| c.resource.resource = Some("https://api.example.com/a\"b".into()), "give an absolute https:// URL"),
+        ("scope that is not a scope-token", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_prefix: Some("/a".into()), ..MatchConfig::default() }, require: Some(jwks_sidecar::config::RequireConfig { scopes: vec!["lesen bücher".into()], ..Default::default() }), ..RuleConfig::default() }], "rules[0].require.scopes: \"lesen bücher\" must be printable ASCII"),
+        ("sub-second max_age", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_prefix: Some("/a".into()), ..MatchConfig::default() }, require: Some(jwks_sidecar::config::RequireConfig { max_age: Some(Duration::from_millis(500)), ..Default::default() }), ..RuleConfig::default() }], "rules[0].require.max_age must be at least 1s"),
         ("invalid rule", |c| c.rules = vec![RuleConfig { matches: MatchConfig { path_regex: Some("([".into()), ..MatchConfig::default() }, ..RuleConfig::default() }], "rules[0].match.path_regex"),
     ];
     assert!(

@@ -92,7 +92,7 @@ fn dates(claims: &Map<String, Value>, obs: &mut impl Observer) -> Result<[Option
     for (i, (name, check)) in [
         ("exp", Check::Exp),
         ("nbf", Check::Nbf),
-        ("iat", Check::Exp),
+        ("iat", Check::Iat),
     ]
     .into_iter()
     .enumerate()
@@ -274,11 +274,14 @@ fn rfc9068(token: &ParsedToken<'_>) -> Result<(), Reject> {
         Some(Value::Array(list)) => list.len() == 1 && list[0].as_str() == Some(c),
         _ => false,
     });
-    if id_token_member || aud_is_client {
-        return Err(Reject::IdToken);
-    }
+    // `typ` decides; the ID-token signs only name the refusal of a token without it (an
+    // `at+jwt` token whose audience happens to be its own client is still an access token).
     if token.header.typ.as_deref().map(normalize_typ).as_deref() != Some("at+jwt") {
-        return Err(Reject::BadType);
+        return Err(if id_token_member || aud_is_client {
+            Reject::IdToken
+        } else {
+            Reject::BadType
+        });
     }
     let required = ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"];
     if required
@@ -590,6 +593,15 @@ mod rfc9068_tests {
         assert_eq!(check(Some("JWT"), id_token), Err(Reject::IdToken));
         let aud_is_client = json!({"iss": "https://as", "exp": 2_000_000_000u64,
             "aud": "app", "client_id": "app", "sub": "u", "iat": 1_000_000_000u64, "jti": "j"});
-        assert_eq!(check(Some("at+jwt"), aud_is_client), Err(Reject::IdToken));
+        assert_eq!(
+            check(Some("JWT"), aud_is_client.clone()),
+            Err(Reject::IdToken)
+        );
+        // typ decides: an at+jwt token whose audience is its own client is an access token
+        // (here refused only because "app" is not this resource's audience).
+        assert_eq!(
+            check(Some("at+jwt"), aud_is_client),
+            Err(Reject::BadAudience)
+        );
     }
 }

@@ -48,7 +48,8 @@ fn resource(p: &mut Vec<String>, src: &str, r: &super::ResourceConfig) {
             matches!(u.scheme_str(), Some("https" | "http"))
                 && u.host().is_some()
                 && u.query().is_none()
-        }) && !url.contains('#');
+        }) && !url.contains('#')
+            && quotable(url);
         if !ok {
             p.push(format!("{src}{key} = {url:?}: give an absolute https:// URL without query or fragment, e.g. \"https://api.example.com\""));
         }
@@ -84,6 +85,9 @@ fn proxy(p: &mut Vec<String>, src: &str, proxy: &ProxyConfig) {
             "{src}proxy.identity_header_prefix = {:?} is not a valid header name prefix",
             proxy.identity_header_prefix
         ));
+    }
+    if !quotable(&proxy.realm) {
+        p.push(format!("{src}proxy.realm = {:?}: use printable ASCII without '\"' or '\\' (it is quoted into WWW-Authenticate)", proxy.realm));
     }
     if let Some(h) = &proxy.payload_header {
         check_header_name(p, src, "proxy.payload_header", h);
@@ -326,6 +330,12 @@ fn check_fetch_url(p: &mut Vec<String>, key: &str, url: &str, allow_insecure_htt
         },
         Err(_) => p.push(format!("{key} = {url:?} is not a valid URL")),
     }
+}
+
+/// Safe inside a quoted-string of an HTTP header: printable ASCII except `"` and `\`.
+fn quotable(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// `localhost`, 127.0.0.0/8 or `[::1]`.

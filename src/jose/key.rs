@@ -310,11 +310,19 @@ pub fn pem_keys(
     allowed: &[Alg],
 ) -> Option<Vec<Result<Key, &'static str>>> {
     use rustls::pki_types::pem::{PemObject, SectionKind};
+    // PEM embedded in TOML or JSON is often indented: the parser wants markers at the start
+    // of a line, so each line is trimmed first.
+    let text: String = text
+        .lines()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = Vec::new();
-    for block in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
+    // A malformed block is skipped and reading goes on (bounded: every item consumes input).
+    for block in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()).take(4096) {
         let Ok((kind, der)) = block else {
             out.push(Err("invalid"));
-            break;
+            continue;
         };
         let spki = match kind {
             SectionKind::PublicKey => Ok(der),
@@ -323,11 +331,15 @@ pub fn pem_keys(
         };
         out.push(spki.and_then(|spki| key_from_spki(&spki, kid, None, allowed)));
     }
-    if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
-        // PKCS#1 blocks are not a section rustls-pki-types reads; name them rather than
-        // report "no PEM block".
-        out.push(Err("unsupported_kty"));
-    }
+    // Blocks the parser does not read (PKCS#1 `RSA PUBLIC KEY`, `X509 CERTIFICATE`, ...) are
+    // reported as skipped keys, not as "no PEM block".
+    let pkcs1 = text.matches("-----BEGIN RSA PUBLIC KEY-----").count();
+    let unread = text
+        .matches("-----BEGIN ")
+        .count()
+        .saturating_sub(out.len() + pkcs1);
+    out.extend(std::iter::repeat_n(Err("unsupported_kty"), pkcs1));
+    out.extend(std::iter::repeat_n(Err("invalid"), unread));
     (!out.is_empty()).then_some(out)
 }
 

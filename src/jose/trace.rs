@@ -21,6 +21,8 @@ pub enum Check {
     Exp,
     /// `nbf`.
     Nbf,
+    /// `iat` (its NumericDate range).
+    Iat,
     /// `max_token_lifetime`.
     Lifetime,
     /// The audience claim.

@@ -144,10 +144,17 @@ impl KeySet {
                     max_keys: policy.max_keys - out.len(),
                     ..policy.clone()
                 };
-                let (set, mut skip) =
-                    Self::from_pem(pem.as_str().unwrap_or(""), Some(kid), &remaining)?;
-                out.extend(set.keys.iter().map(|k| (**k).clone()));
-                skipped.append(&mut skip);
+                // One unusable entry is a skipped key, not a refused document.
+                match Self::from_pem(pem.as_str().unwrap_or(""), Some(kid), &remaining) {
+                    Ok((set, mut skip)) => {
+                        out.extend(set.keys.iter().map(|k| (**k).clone()));
+                        skipped.append(&mut skip);
+                    }
+                    Err(_) => skipped.push(SkippedKey {
+                        kid: Some(kid.clone()),
+                        reason: "invalid",
+                    }),
+                }
             }
         } else {
             return Err(JwksError(
@@ -371,5 +378,26 @@ mod tests {
         let (set, skipped) = KeySet::from_document(&doc, &policy).expect("doc");
         assert_eq!(set.len(), 3);
         assert_eq!(skipped.len(), 2);
+    }
+
+    #[test]
+    fn regression_pem_indented_unknown_labels_and_bad_blocks_do_not_refuse_the_set() {
+        let good = rcgen_free_spki_pem(&crate::testkit::SigningKey::generate(Alg::ES256, "x"));
+        // Indented, as in a TOML multi-line string.
+        let indented: String = good.lines().map(|l| format!("    {l}\n")).collect();
+        let (set, _) = KeySet::parse(indented.as_bytes(), &all()).expect("indented PEM");
+        assert_eq!(set.len(), 1);
+        // A {kid: PEM} map: an entry the parser cannot read is skipped, the others kept.
+        let doc = json!({
+            "good": good,
+            "odd": "-----BEGIN X509 CERTIFICATE-----\nAAAA\n-----END X509 CERTIFICATE-----\n",
+        });
+        let (set, skipped) = KeySet::from_document(&doc, &all()).expect("map");
+        assert_eq!(set.len(), 1);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        // A malformed block before a good one.
+        let text = format!("-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n{good}");
+        let (set, skipped) = KeySet::parse(text.as_bytes(), &all()).expect("bad then good");
+        assert_eq!((set.len(), skipped.len()), (1, 1), "{skipped:?}");
     }
 }
