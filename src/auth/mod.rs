@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod claims;
 pub mod extract;
+pub mod profile;
 pub mod provider;
 pub mod verify;
 

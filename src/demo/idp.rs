@@ -306,6 +306,33 @@ async fn mint(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     )
 }
 
+/// `POST /control/rotate`: a new key, first in the key set and the signing default.
+fn rotate(st: &IdpState, body: &Value) -> Response<Full<Bytes>> {
+    let alg = body
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Alg::parse)
+        .unwrap_or(Alg::ES256);
+    let n = st.signing.lock().map(|s| s.len()).unwrap_or(0) + 1;
+    let kid = body.get("kid").and_then(Value::as_str).map_or_else(
+        || format!("{}-{n}", alg.name().to_ascii_lowercase()),
+        str::to_string,
+    );
+    let keep_old = body
+        .get("keep_old")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let key = Arc::new(SigningKey::generate(alg, &kid));
+    if let Ok(mut s) = st.signing.lock() {
+        if !keep_old {
+            s.clear();
+        }
+        s.insert(0, key);
+    }
+    publish(st);
+    json_ok(stats(st))
+}
+
 /// The control API (see the module documentation).
 async fn control(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
@@ -317,31 +344,7 @@ async fn control(st: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes>>
         Err(r) => return r,
     };
     match path.as_str() {
-        "/control/rotate" => {
-            let alg = body
-                .get("alg")
-                .and_then(Value::as_str)
-                .and_then(Alg::parse)
-                .unwrap_or(Alg::ES256);
-            let n = st.signing.lock().map(|s| s.len()).unwrap_or(0) + 1;
-            let kid = body.get("kid").and_then(Value::as_str).map_or_else(
-                || format!("{}-{n}", alg.name().to_ascii_lowercase()),
-                str::to_string,
-            );
-            let keep_old = body
-                .get("keep_old")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            let key = Arc::new(SigningKey::generate(alg, &kid));
-            if let Ok(mut s) = st.signing.lock() {
-                if !keep_old {
-                    s.clear();
-                }
-                s.insert(0, key);
-            }
-            publish(st);
-            json_ok(stats(st))
-        }
+        "/control/rotate" => rotate(st, &body),
         "/control/unpublish" => {
             let kids = body
                 .get("kids")

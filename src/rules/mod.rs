@@ -6,6 +6,11 @@
 //! matching nothing get `[default_rule]`. Matching walks the rules once and never depends on
 //! the number of providers. `explain` and `check` reuse the same code with reasons attached.
 
+mod step_up;
+
+use step_up::nested_step_up;
+pub use step_up::{is_scope_token, StepUp};
+
 use std::collections::BTreeMap;
 
 use regex::Regex;
@@ -13,7 +18,6 @@ use serde_json::Value;
 
 use crate::auth::claims::ClaimPath;
 use crate::auth::verify::scopes;
-use crate::auth::verify::{MAX_NUMERIC_DATE, MIN_NUMERIC_DATE};
 use crate::auth::Verified;
 use crate::config::{
     ClaimMatcherConfig, Config, DefaultAction, MatchConfig, RequireConfig, RuleConfig,
@@ -62,87 +66,6 @@ pub struct Rule {
     pub scope: Option<std::sync::Arc<str>>,
     /// Step-up requirements (RFC 9470), checked before the others.
     pub step_up: Option<StepUp>,
-}
-
-/// A rule's authentication-strength requirement (RFC 9470).
-#[derive(Debug, Clone)]
-pub struct StepUp {
-    /// Accepted `acr` values (empty: any).
-    pub acr: Vec<String>,
-    /// Longest time since `auth_time`, in seconds.
-    pub max_age: Option<u64>,
-    /// The challenge parameters: `acr_values="..."` and `max_age=N`.
-    pub params: std::sync::Arc<str>,
-}
-
-impl StepUp {
-    fn compile(r: &RequireConfig) -> Option<StepUp> {
-        if r.acr.is_empty() && r.max_age.is_none() {
-            return None;
-        }
-        let max_age = r.max_age.map(|d| d.as_secs());
-        let mut params = Vec::new();
-        if !r.acr.is_empty() {
-            params.push(format!("acr_values=\"{}\"", r.acr.join(" ")));
-        }
-        if let Some(m) = max_age {
-            params.push(format!("max_age={m}"));
-        }
-        Some(StepUp {
-            acr: r.acr.clone(),
-            max_age,
-            params: params.join(", ").into(),
-        })
-    }
-
-    /// Whether the verified claims meet it at time `now` (Unix seconds), allowing `leeway`
-    /// seconds of clock skew on `auth_time`. An `auth_time` that is not a NumericDate, or lies
-    /// in the future beyond the leeway, never passes (never read as "recent").
-    pub fn holds(
-        &self,
-        claims: &serde_json::Map<String, serde_json::Value>,
-        now: u64,
-        leeway: u64,
-    ) -> bool {
-        let acr_ok = self.acr.is_empty()
-            || claims
-                .get("acr")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|a| self.acr.iter().any(|x| x == a));
-        let age_ok = self.max_age.is_none_or(|max| {
-            let (now, leeway) = (now as f64, leeway as f64);
-            claims
-                .get("auth_time")
-                .and_then(serde_json::Value::as_f64)
-                .filter(|t| (MIN_NUMERIC_DATE..=MAX_NUMERIC_DATE).contains(t))
-                .is_some_and(|t| t <= now + leeway && now - t <= max as f64 + leeway)
-        });
-        acr_ok && age_ok
-    }
-}
-
-/// RFC 6750 section 3 `scope-token`: `%x21 / %x23-5B / %x5D-7E`, at least one.
-pub fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
-}
-
-/// Step-up options are only meaningful for the whole rule, not inside `any`/`all`, and a
-/// `max_age` under a second cannot be checked against whole-second `auth_time`s.
-fn nested_step_up(r: &RequireConfig, at: &str, errs: &mut Vec<String>) {
-    if r.max_age.is_some_and(|d| d.as_secs() == 0) {
-        errs.push(format!("{at}.max_age must be at least 1s"));
-    }
-    for (kind, list) in [("any", &r.any), ("all", &r.all)] {
-        for (i, x) in list.iter().enumerate() {
-            let here = format!("{at}.{kind}[{i}]");
-            if !x.acr.is_empty() || x.max_age.is_some() {
-                errs.push(format!("{here}: acr and max_age apply to the whole rule; put them at the top level of require"));
-            }
-            nested_step_up(x, &here, errs);
-        }
-    }
 }
 
 /// A compiled authorization requirement.
