@@ -32,13 +32,7 @@ async fn sidecar(
     echo: &jwks_sidecar::demo::EchoUpstream,
     key: Option<&std::path::Path>,
 ) -> jwks_sidecar::Running {
-    let mut c = config(&base_toml(
-        &idp.jwks_uri(),
-        &idp.issuer(),
-        &echo.url(),
-        "",
-        "",
-    ));
+    let mut c = base_config(idp, echo);
     if let Some(k) = key {
         c.assertion.enabled = true;
         c.assertion.audience = "orders".into();

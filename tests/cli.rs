@@ -411,13 +411,7 @@ async fn open_grpc_stream_does_not_block_shutdown() {
         let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
         let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
         let file = write_config(&format!("grpc-drain-{workers}.toml"), &{
-            let mut c = config(&base_toml(
-                &idp.jwks_uri(),
-                &idp.issuer(),
-                &echo.url(),
-                "",
-                "",
-            ));
+            let mut c = base_config(&idp, &echo);
             c.proxy.shutdown_grace = Duration::from_secs(1);
             to_toml(&c)
         });

@@ -16,13 +16,7 @@ const METADATA_URL: &str = "https://api.example.com/.well-known/oauth-protected-
 /// A sidecar whose `/orders` rule needs scope `orders:read`; with `[resource]` when `on`.
 async fn sidecar(on: bool) -> (jwks_sidecar::Running, FakeIdp, EchoUpstream) {
     let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let mut c = config(&base_toml(
-        &idp.jwks_uri(),
-        &idp.issuer(),
-        &echo.url(),
-        "",
-        "",
-    ));
+    let mut c = base_config(&idp, &echo);
     c.rules.push(RuleConfig {
         name: Some("orders".into()),
         matches: MatchConfig {

@@ -116,6 +116,17 @@ roles = "x-jwt-roles"
     )
 }
 
+/// The base test config (`base_toml` without extras) for this IdP and echo app, typed.
+pub fn base_config(idp: &FakeIdp, echo: &EchoUpstream) -> Config {
+    config(&base_toml(
+        &idp.jwks_uri(),
+        &idp.issuer(),
+        &echo.url(),
+        "",
+        "",
+    ))
+}
+
 /// A config read from TOML text (not yet compiled), to be changed field by field.
 pub fn config(toml: &str) -> Config {
     jwks_sidecar::config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"))
