@@ -223,6 +223,15 @@ pub async fn tokens_and_allowed_request(ctx: &Ctx, sc: &Sidecar) -> Result<Strin
     ));
     r.check("token: iss is the issuer", *iss == issuer.as_str(), &c1);
     r.check(
+        "token: an RFC 9068 access token (typ at+jwt, client_id and jti present)",
+        h1["typ"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"))
+            && c1["client_id"].is_string()
+            && c1["jti"].is_string(),
+        format!("header {h1}, claims {c1}"),
+    );
+    r.check(
         format!("token: sub is the client_id ({CLIENT_ID})"),
         *sub == CLIENT_ID,
         &c1,

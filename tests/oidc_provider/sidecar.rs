@@ -47,6 +47,8 @@ audiences = ["{AUDIENCE}"]
 algorithms = ["RS256"]
 required_scopes = ["api:read"]
 refresh_interval = "5m"
+# oidc-provider's JWT access tokens follow RFC 9068: the sidecar holds them to it.
+profile = "rfc9068"
 
 [providers.claim_headers]
 sub = "x-jwt-sub"
