@@ -27,6 +27,7 @@
 Processes started here are stopped on exit.
 """
 import atexit
+import base64
 import json
 import os
 import re
@@ -341,6 +342,42 @@ def substitute(expr):
             .replace('"$job"', '".*"').replace('"$provider"', '".*"'))
 
 
+def check_assertion(assertion, admin):
+    """The signed identity the app received, verified as an app would, with an independent
+    library (PyJWT) against the sidecar's /assertion/jwks.json: valid with the right
+    issuer, audience and subject; a tampered copy refused; the same assertion refused once
+    its ttl (2 s) has passed. Returns the failures."""
+    import jwt  # PyJWT
+
+    fails = []
+    if not assertion or assertion == "forged":
+        return [f"the app did not receive the sidecar's assertion: {assertion!r}"]
+    keys = jwt.PyJWKClient(f"{admin}/assertion/jwks.json")
+    key = keys.get_signing_key_from_jwt(assertion).key
+    try:
+        claims = jwt.decode(assertion, key, algorithms=["ES256"], audience="WRONG", issuer="jwks-sidecar")
+        if claims.get("sub") != "alice" or claims.get("provider") != "main":
+            fails.append(f"assertion claims: {claims}")
+    except jwt.PyJWTError as e:
+        fails.append(f"PyJWT refused the sidecar's assertion: {e}")
+    head, payload, sig = assertion.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged["sub"] = "mallory"
+    tampered = ".".join([head, base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode(), sig])
+    try:
+        jwt.decode(tampered, key, algorithms=["ES256"], audience="app")
+        fails.append("PyJWT accepted a tampered assertion")
+    except jwt.InvalidSignatureError:
+        pass
+    time.sleep(3)
+    try:
+        jwt.decode(assertion, key, algorithms=["ES256"], audience="app")
+        fails.append("PyJWT accepted the assertion after its ttl")
+    except jwt.ExpiredSignatureError:
+        pass
+    return fails
+
+
 def cmd_run(binary, out_dir):
     import yaml
 
@@ -366,6 +403,12 @@ listen = "127.0.0.1:{ports['admin']}"
 
 [log]
 format = "json"
+
+[assertion]
+enabled = true
+audience = "app"
+ttl = "2s"
+claims = ["sub"]
 
 [[providers]]
 name = "main"
@@ -448,9 +491,12 @@ fetch_timeout = "1s"
     down = idp.token(iss="https://down.test/")
     for _ in range(20):
         req("good token", 200, token=good)
-    status, body = req("spoofed identity header", 200, token=good, headers={"X-JWT-Sub": "admin"})
+    status, body = req("spoofed identity header", 200, token=good,
+                       headers={"X-JWT-Sub": "admin", "X-JWT-Assertion": "forged"})
     if status == 200 and json.loads(body).get("x-jwt-sub") != "alice":
         expect_fail.append(f"spoofed header reached the app: {body[:200]!r}")
+    if status == 200:
+        expect_fail.extend(check_assertion(json.loads(body).get("x-jwt-assertion"), admin))
     for _ in range(5):
         req("no token", 401)
         req("expired", 401, token=idp.token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200))

