@@ -355,7 +355,7 @@ def check_assertion(assertion, admin):
     keys = jwt.PyJWKClient(f"{admin}/assertion/jwks.json")
     key = keys.get_signing_key_from_jwt(assertion).key
     try:
-        claims = jwt.decode(assertion, key, algorithms=["ES256"], audience="WRONG", issuer="jwks-sidecar")
+        claims = jwt.decode(assertion, key, algorithms=["ES256"], audience="app", issuer="jwks-sidecar")
         if claims.get("sub") != "alice" or claims.get("provider") != "main":
             fails.append(f"assertion claims: {claims}")
     except jwt.PyJWTError as e:
