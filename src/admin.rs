@@ -41,14 +41,6 @@ impl Admin {
     }
 }
 
-fn respond_bytes(
-    status: StatusCode,
-    content_type: &'static str,
-    body: Bytes,
-) -> Response<Full<Bytes>> {
-    crate::response::local(status, content_type, body)
-}
-
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     crate::response::no_store(status, content_type, body)
 }
@@ -143,7 +135,11 @@ impl Admin {
             "/providers" => providers(auth),
             "/assertion/jwks.json" => match &policy.assertion {
                 Some(a) => {
-                    let mut r = respond_bytes(StatusCode::OK, "application/jwk-set+json", a.jwks());
+                    let mut r = crate::response::local(
+                        StatusCode::OK,
+                        "application/jwk-set+json",
+                        a.jwks(),
+                    );
                     r.headers_mut().insert(
                         http::header::CACHE_CONTROL,
                         http::HeaderValue::from_static("public, max-age=300"),

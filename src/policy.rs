@@ -105,6 +105,7 @@ fn authorize(
     rule: &crate::rules::Rule,
     req: Option<&crate::rules::Requirement>,
     v: Verified,
+    now: u64,
 ) -> Result<Option<Verified>, Failure> {
     let refuse = |reject| Failure {
         reject,
@@ -112,7 +113,7 @@ fn authorize(
         kid: v.info.kid.clone(),
     };
     if let Some(s) = &rule.step_up {
-        if !s.holds(&v.info.claims, now_unix(), v.provider.claims.leeway) {
+        if !s.holds(&v.info.claims, now, v.provider.claims.leeway) {
             return Err(refuse(Reject::InsufficientUserAuthentication));
         }
     }
@@ -193,10 +194,13 @@ impl Policy {
             Access::Anonymous(req) | Access::Authenticated(req) => {
                 let anonymous_ok = matches!(rule.access, Access::Anonymous(_));
                 match self.auth.extract(headers, query) {
-                    Ok(Some(token)) => match self.auth.authenticate(token, now_unix()).await {
-                        Ok(v) => authorize(rule, req.as_ref(), v),
-                        Err(f) => Err(f),
-                    },
+                    Ok(Some(token)) => {
+                        let now = now_unix();
+                        match self.auth.authenticate(token, now).await {
+                            Ok(v) => authorize(rule, req.as_ref(), v, now),
+                            Err(f) => Err(f),
+                        }
+                    }
                     Ok(None) if anonymous_ok => Ok(None),
                     Ok(None) => Err(Failure::from(Reject::Missing)),
                     Err(r) => Err(Failure::from(r)),
@@ -262,8 +266,12 @@ impl Policy {
             out.push((h.clone(), v.info.payload.clone()));
         }
         if let Some(a) = &self.assertion {
-            if let Some(value) = a.mint(v, now_unix()) {
-                out.push((a.header.clone(), value));
+            match a.mint(v, now_unix()) {
+                Some(value) => out.push((a.header.clone(), value)),
+                // Not reachable with a working RNG; never forward without saying so.
+                None => {
+                    tracing::error!(provider = %v.provider.name, "could not sign the assertion for the app; request forwarded without it")
+                }
             }
         }
         out

@@ -29,14 +29,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -44,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True  # no __pycache__ beside the imported e2e.py
 sys.path.insert(0, os.path.join(ROOT, "deploy", "tests"))
-from e2e import Idp  # noqa: E402  (the deployment suite's handle on `jwks-sidecar idp`, on 127.0.0.1)
+from e2e import Idp, free_port, http_get  # noqa: E402  (the deployment suite's handle on `jwks-sidecar idp`, on 127.0.0.1)
 
 IMAGE = os.environ.get("JWKS_IMAGE", "localhost/jwks-sidecar:dev")
 ECHO_IMAGE = os.environ.get("JWKS_ECHO_IMAGE", "localhost/jwks-echo:dev")
@@ -79,19 +76,9 @@ def podman(*args, **kw):
     return sh("podman", *args, **kw)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(url, headers=None, timeout=5):
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+    status, body = http_get(url, headers, timeout)
+    return status, body.decode(errors="replace")
 
 
 def wait_for(pred, timeout, what, interval=0.02):

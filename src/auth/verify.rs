@@ -41,7 +41,7 @@ pub const MIN_NUMERIC_DATE: f64 = -62_135_596_800.0;
 /// A NumericDate claim (RFC 7519 section 2): absent, or a finite number of seconds between
 /// year 1 and year 9999. Anything else (`1e30`, integers past 2^64 that JSON parsing turns
 /// into huge floats, strings) is refused, never read as "far future".
-fn numeric_date(
+pub(crate) fn numeric_date(
     claims: &Map<String, Value>,
     name: &'static str,
     wrong_type: &'static str,

@@ -2,7 +2,7 @@
 //! on an authenticated token before the rule's other requirements; a failure is a 401
 //! `insufficient_user_authentication` whose challenge names `acr_values` and `max_age`.
 
-use crate::auth::verify::{MAX_NUMERIC_DATE, MIN_NUMERIC_DATE};
+use crate::auth::verify::numeric_date;
 use crate::config::RequireConfig;
 
 /// A rule's authentication-strength requirement (RFC 9470).
@@ -52,10 +52,10 @@ impl StepUp {
                 .is_some_and(|a| self.acr.iter().any(|x| x == a));
         let age_ok = self.max_age.is_none_or(|max| {
             let (now, leeway) = (now as f64, leeway as f64);
-            claims
-                .get("auth_time")
-                .and_then(serde_json::Value::as_f64)
-                .filter(|t| (MIN_NUMERIC_DATE..=MAX_NUMERIC_DATE).contains(t))
+            // Absent, not a number, or outside years 1..9999: never "recent".
+            numeric_date(claims, "auth_time", "", "")
+                .ok()
+                .flatten()
                 .is_some_and(|t| t <= now + leeway && now - t <= max as f64 + leeway)
         });
         acr_ok && age_ok
