@@ -93,6 +93,49 @@ fn providers(auth: &crate::auth::Authenticator) -> Response<Full<Bytes>> {
     )
 }
 
+/// A key set as identity providers serve theirs: `Cache-Control: public, max-age`, a strong
+/// `ETag` (a digest of the body), and 304 to a matching `If-None-Match`.
+fn cacheable(
+    req: &Request<Incoming>,
+    body: Bytes,
+    content_type: &'static str,
+    max_age: u64,
+) -> Response<Full<Bytes>> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+    let etag = format!(
+        "\"{}\"",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            &digest.as_ref()[..16]
+        )
+    );
+    let matches = req
+        .headers()
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        });
+    let mut r = if matches {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        crate::response::local(StatusCode::OK, content_type, body)
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(&etag) {
+        h.insert(http::header::ETAG, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        h.insert(http::header::CACHE_CONTROL, v);
+    }
+    r
+}
+
 impl Admin {
     /// Serves one admin request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -134,18 +177,12 @@ impl Admin {
             }
             "/providers" => providers(auth),
             "/assertion/jwks.json" => match &policy.assertion {
-                Some(a) => {
-                    let mut r = crate::response::local(
-                        StatusCode::OK,
-                        "application/jwk-set+json",
-                        a.jwks(),
-                    );
-                    r.headers_mut().insert(
-                        http::header::CACHE_CONTROL,
-                        http::HeaderValue::from_static("public, max-age=300"),
-                    );
-                    r
-                }
+                Some(a) => cacheable(
+                    &req,
+                    a.jwks(crate::auth::now_unix()),
+                    "application/jwk-set+json",
+                    a.max_age(),
+                ),
                 None => respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",

@@ -146,7 +146,14 @@ impl Runtime {
                 .cloned()
                 .unwrap_or_else(|| Arc::new(ProviderKeys::new(&p.keys)))
         }));
-        self.policy.store(Arc::new(Policy::new(plan, auth)));
+        let mut policy = Policy::new(plan, auth);
+        // Same assertion key settings: keep the keys (no rotation, retired keys kept).
+        if let (Some(old), Some(new)) = (&self.policy.load().assertion, &policy.assertion) {
+            if let Some(kept) = new.keep_keys_of(old) {
+                policy.assertion = Some(Arc::new(kept));
+            }
+        }
+        self.policy.store(Arc::new(policy));
         // Retire mirrors that are gone or were replaced.
         for (name, h) in started {
             if let Some(old) = mirrors.insert(name, h) {

@@ -380,6 +380,55 @@ def check_assertion(assertion, admin):
     return fails
 
 
+def check_assertion_rotation(get_assertion, admin):
+    """Across a scheduled rotation of the sidecar's key (rotate_every 4 s, overlap 3 s), as an
+    app with PyJWT's caching PyJWKClient: the assertion after the rotation has a new kid and
+    verifies with the same client (it refetches the key set for the unknown kid); right after
+    the rotation a fresh fetch still holds the retired key (the earlier assertion verifies);
+    the retired key leaves the set once the overlap ends. Returns the failures."""
+    import jwt  # PyJWT
+
+    def kid(a):
+        return jwt.get_unverified_header(a).get("kid")
+
+    fails = []
+    client = jwt.PyJWKClient(f"{admin}/assertion/jwks.json", cache_keys=True)
+    before = get_assertion()
+    try:
+        jwt.decode(before, client.get_signing_key_from_jwt(before).key, algorithms=["ES256"], audience="app")
+    except jwt.PyJWTError as e:
+        return [f"PyJWT refused the assertion before the rotation: {e}"]
+    deadline = time.time() + 20
+    after = before
+    while kid(after) == kid(before) and time.time() < deadline:
+        time.sleep(0.1)
+        after = get_assertion()
+    if kid(after) == kid(before):
+        return [f"the assertion key did not rotate within 20 s (kid {kid(before)})"]
+    try:
+        jwt.decode(after, client.get_signing_key_from_jwt(after).key, algorithms=["ES256"], audience="app")
+    except jwt.PyJWTError as e:
+        fails.append(f"PyJWT (same client) refused the assertion after the rotation: {e}")
+    try:
+        fresh = jwt.PyJWKClient(f"{admin}/assertion/jwks.json", cache_keys=False)
+        jwt.decode(before, fresh.get_signing_key_from_jwt(before).key, algorithms=["ES256"], audience="app",
+                   options={"verify_exp": False})
+    except jwt.PyJWTError as e:
+        fails.append(f"right after the rotation, the retired key is not published: {e}")
+
+    def published():
+        with urllib.request.urlopen(f"{admin}/assertion/jwks.json", timeout=5) as r:
+            return [k.get("kid") for k in json.load(r)["keys"]]
+
+    deadline = time.time() + 20
+    while kid(before) in published() and time.time() < deadline:
+        time.sleep(0.2)
+    if kid(before) in published():
+        fails.append("the retired key was still published 20 s after the rotation (overlap 3 s)")
+    log(f"assertion key rotated {kid(before)[:8]}.. -> {kid(after)[:8]}.., verified across it with PyJWT")
+    return fails
+
+
 def cmd_run(binary, out_dir):
     import yaml
 
@@ -411,6 +460,8 @@ enabled = true
 audience = "app"
 ttl = "2s"
 claims = ["sub"]
+rotate_every = "4s"
+overlap = "3s"
 
 [[providers]]
 name = "main"
@@ -499,6 +550,12 @@ fetch_timeout = "1s"
         expect_fail.append(f"spoofed header reached the app: {body[:200]!r}")
     if status == 200:
         expect_fail.extend(check_assertion(json.loads(body).get("x-jwt-assertion"), admin))
+
+    def current_assertion():
+        status, body = http_get(proxy + "/orders", headers={"Authorization": f"Bearer {good}"})
+        return json.loads(body).get("x-jwt-assertion") if status == 200 else f"status {status}"
+
+    expect_fail.extend(check_assertion_rotation(current_assertion, admin))
     for _ in range(5):
         req("no token", 401)
         req("expired", 401, token=idp.token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200))

@@ -81,9 +81,18 @@ pub struct AssertionConfig {
     pub claims: Vec<String>,
     /// `ES256` or `EdDSA`.
     pub algorithm: String,
-    /// PKCS#8 PEM private key (e.g. a mounted Kubernetes Secret) so replicas agree; unset: a
-    /// key is generated at start.
+    /// PKCS#8 PEM private keys (e.g. a mounted Kubernetes Secret) so replicas agree: the
+    /// first signs, every one is published; re-read when it changes. Unset: keys are
+    /// generated (at start, then every `rotate_every`).
     pub key_file: Option<PathBuf>,
+    /// Generated keys: a new key signs this often (`0s`: never). Each key is published one
+    /// period before it signs.
+    #[serde(with = "humantime_serde")]
+    pub rotate_every: Duration,
+    /// A key that stops signing (rotation, or gone from `key_file`) stays published this
+    /// long; at least `ttl`.
+    #[serde(with = "humantime_serde")]
+    pub overlap: Duration,
 }
 
 impl Default for AssertionConfig {
@@ -97,6 +106,8 @@ impl Default for AssertionConfig {
             claims: vec!["sub".into()],
             algorithm: "ES256".into(),
             key_file: None,
+            rotate_every: Duration::from_secs(24 * 3600),
+            overlap: Duration::from_secs(300),
         }
     }
 }

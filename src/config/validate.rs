@@ -23,6 +23,18 @@ pub fn problems(c: &Config, file: Option<&Path>) -> Vec<String> {
             p.push(format!("{src}assertion.audience is required with assertion.enabled: name the app the assertion is for (its aud), e.g. \"orders-service\""));
         }
         check_header_name(&mut p, &src, "assertion.header", &c.assertion.header);
+        let a = &c.assertion;
+        if a.overlap < a.ttl {
+            p.push(format!("{src}assertion.overlap ({:?}) is shorter than assertion.ttl ({:?}): an assertion would outlive the publication of the key that signed it", a.overlap, a.ttl));
+        }
+        if !a.rotate_every.is_zero() && a.rotate_every < a.overlap {
+            p.push(format!("{src}assertion.rotate_every ({:?}) is shorter than assertion.overlap ({:?}): set rotate_every to at least the overlap, or \"0s\" to never rotate", a.rotate_every, a.overlap));
+        }
+        if a.ttl.is_zero() {
+            p.push(format!(
+                "{src}assertion.ttl is 0: give assertions a lifetime, e.g. \"60s\""
+            ));
+        }
     }
     p
 }

@@ -6,8 +6,13 @@
 //!
 //! Claims: `iss` (this sidecar), `aud` (the app), `iat`, `exp` (`ttl` from now, never past
 //! the original token's `exp`), `jti`, `provider`, `token_iss` (the original issuer), and the
-//! verified claims `[assertion] claims` lists. The key comes from `key_file` (PKCS#8 PEM,
-//! so replicas agree) or is generated at start; its `kid` is its RFC 7638 thumbprint.
+//! verified claims `[assertion] claims` lists. Keys come from `key_file` (PKCS#8 PEM, so
+//! replicas agree) or are generated and rotated on a schedule with overlap (`keys`); a key's
+//! `kid` is its RFC 7638 thumbprint.
+
+mod keys;
+
+pub use keys::{AssertionKeys, KeySettings, FILE_CHECK};
 
 use std::sync::Arc;
 
@@ -19,7 +24,6 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Verified;
 use crate::config::AssertionConfig;
-use crate::jose::sign::SigningKey;
 use crate::jose::Alg;
 
 /// The compiled assertion signer.
@@ -30,15 +34,14 @@ pub struct Assertions {
     audience: String,
     ttl: u64,
     claims: Vec<String>,
-    key: Arc<SigningKey>,
-    jwks: Bytes,
+    keys: Arc<AssertionKeys>,
 }
 
 impl std::fmt::Debug for Assertions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assertions")
             .field("header", &self.header)
-            .field("kid", &self.key.kid)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -58,25 +61,13 @@ impl Assertions {
                 ))
             }
         };
-        let key = match &c.key_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("assertion.key_file = {:?}: {e}", path.display()))?;
-                let der = pkcs8_der(&text).ok_or_else(|| {
-                    format!(
-                        "assertion.key_file = {:?}: no PEM PRIVATE KEY block (PKCS#8)",
-                        path.display()
-                    )
-                })?;
-                SigningKey::from_pkcs8(alg, "", &der)
-                    .map_err(|e| format!("assertion.key_file = {:?}: {e}", path.display()))?
-            }
-            None => SigningKey::generate(alg, ""),
+        let settings = KeySettings {
+            alg,
+            key_file: c.key_file.clone(),
+            rotate_every: c.rotate_every.as_secs(),
+            overlap: c.overlap.as_secs(),
         };
-        let kid = crate::jose::key::thumbprint(&key.public_jwk_without_alg())
-            .ok_or("assertion key: no thumbprint")?;
-        let key = key.with_kid(&kid);
-        let jwks = json!({"keys": [key.public_jwk()]}).to_string();
+        let keys = AssertionKeys::new(settings, crate::auth::now_unix())?;
         Ok(Some(Assertions {
             header: HeaderName::try_from(c.header.to_ascii_lowercase())
                 .map_err(|_| format!("assertion.header = {:?} is not a header name", c.header))?,
@@ -84,9 +75,21 @@ impl Assertions {
             audience: c.audience.clone(),
             ttl: c.ttl.as_secs().max(1),
             claims: c.claims.clone(),
-            key: Arc::new(key),
-            jwks: Bytes::from(jwks),
+            keys: Arc::new(keys),
         }))
+    }
+
+    /// This signer with the keys of `old` when they were made with the same settings, so a
+    /// reload neither rotates generated keys nor forgets retired ones.
+    pub fn keep_keys_of(&self, old: &Assertions) -> Option<Assertions> {
+        (old.keys.settings() == self.keys.settings()).then(|| Assertions {
+            header: self.header.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            ttl: self.ttl,
+            claims: self.claims.clone(),
+            keys: old.keys.clone(),
+        })
     }
 
     /// The assertion for a verified token at `now` (Unix seconds).
@@ -111,20 +114,17 @@ impl Assertions {
         claims.insert("provider".into(), json!(v.provider.name));
         let iss = v.info.claims.get("iss").cloned().unwrap_or(Value::Null);
         claims.insert("token_iss".into(), iss);
-        HeaderValue::from_str(&self.key.mint(&Value::Object(claims))).ok()
+        let ring = self.keys.ring(now);
+        HeaderValue::from_str(&ring.signer.mint(&Value::Object(claims))).ok()
     }
 
-    /// The public key set apps verify assertions with.
-    pub fn jwks(&self) -> Bytes {
-        self.jwks.clone()
+    /// The public key set apps verify assertions with, at `now`.
+    pub fn jwks(&self, now: u64) -> Bytes {
+        self.keys.ring(now).jwks.clone()
     }
-}
 
-/// The DER body of the first `PRIVATE KEY` PEM block.
-fn pkcs8_der(text: &str) -> Option<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::PrivatePkcs8KeyDer;
-    PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes())
-        .ok()
-        .map(|k| k.secret_pkcs8_der().to_vec())
+    /// `Cache-Control: max-age` (seconds) for the published key set.
+    pub fn max_age(&self) -> u64 {
+        self.keys.max_age()
+    }
 }
