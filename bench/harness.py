@@ -265,7 +265,7 @@ http {{
   server {{
     listen 127.0.0.1:{self.port} backlog=4096;
     default_type text/plain;
-    location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
+    location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload assertion=$http_x_jwt_assertion\\n"; }}
     location /public/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
     location / {{ return 200 "hello from upstream\\n"; }}
   }}
@@ -308,7 +308,7 @@ class Sidecar(Proxy):
     kind = "jwks-sidecar"
 
     def __init__(self, work, name, upstream, jwks, cache, level=None, workers=1, cpus=PROXY_CPU,
-                 front="proxy"):
+                 front="proxy", assertion=None):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
@@ -327,6 +327,15 @@ class Sidecar(Proxy):
 listen = "127.0.0.1:{self.authz_port}"
 grpc_listen = "127.0.0.1:{self.grpc_port}"
 path_prefix = "{AUTHZ_PREFIX}"
+"""
+        self.assertion = assertion
+        if assertion:
+            # a signed identity for the app on every allowed request (one signature each)
+            authz += f"""
+[assertion]
+enabled = true
+audience = "app"
+algorithm = "{assertion}"
 """
         self.cfg = os.path.join(self.dir, "config.toml")
         with open(self.cfg, "w") as f:
@@ -526,6 +535,9 @@ def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
         fwd = "sub=bench-user-0" in body and "payload=ey" in body
         checks.append(("good token -> 200 + x-jwt-sub + x-jwt-payload", code == 200 and fwd,
                        f"{code} {body.strip()[:60]}"))
+        if getattr(proxy, "assertion", None):
+            checks.append(("good token -> the app gets x-jwt-assertion", "assertion=ey" in body,
+                           body.strip()[-60:]))
         code, _ = http_get(base + "/api/echo")
         checks.append(("no token -> 401", code == 401, code))
         code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + bad})
@@ -967,6 +979,11 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[d
             # line per request); this one shows what that line costs
             add("sc-rs256-c-warn", "jwks-sidecar RS256, 1 token, cache on, log level warn",
                 sc("sc-rs256-c-warn", True, level="warn"), tokens=tok, cache=True, alg=alg, level="warn")
+            # the signed assertion for the app: one ES256 or EdDSA signature per allowed
+            # request, on top of the cheapest verified path (a token-cache hit)
+            for sa in ("ES256", "EdDSA"):
+                add(f"sc-rs256-c-asrt-{sa.lower()}", f"jwks-sidecar RS256, 1 token, cache on, {sa} assertion",
+                    sc(f"sc-rs256-c-asrt-{sa.lower()}", True, assertion=sa), tokens=tok, cache=True, alg=alg)
     t10k = "tokens-rs256-10k.txt"
     add("envoy-10k", "Envoy RS256, 10k tokens, no cache", ev("envoy-10k", True, False), tokens=t10k, cache=False)
     add("sc-10k", "jwks-sidecar RS256, 10k tokens, cache off", sc("sc-10k", False), tokens=t10k, cache=False)
