@@ -67,6 +67,17 @@ pub enum Reject {
     /// The request's `Connection` header names an identity header: a client trying to make a
     /// proxy drop the verified value (400).
     HopByHopIdentity,
+    /// A `DPoP`-scheme token whose proof (or binding to it) fails (RFC 9449:
+    /// `invalid_dpop_proof`).
+    DpopProof(crate::dpop::ProofError),
+    /// A DPoP-bound token (`cnf.jkt`) presented as a bearer token: the proof of possession
+    /// would be thrown away.
+    DpopBoundAsBearer,
+    /// The route or provider requires a sender-constrained token and this one is not.
+    SenderConstraintRequired,
+    /// A certificate-bound token (`cnf["x5t#S256"]`, RFC 8705) without the matching client
+    /// certificate.
+    CertificateBound,
 }
 
 impl Reject {
@@ -92,6 +103,7 @@ impl Reject {
             Reject::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
+            Reject::DpopProof(_) => Some("invalid_dpop_proof"),
             _ => Some("invalid_token"),
         }
     }
@@ -126,6 +138,10 @@ impl Reject {
             Reject::DateOutOfRange(_) => "date_out_of_range",
             Reject::LifetimeTooLong => "lifetime_too_long",
             Reject::HopByHopIdentity => "hop_by_hop_identity",
+            Reject::DpopProof(_) => "invalid_dpop_proof",
+            Reject::DpopBoundAsBearer => "dpop_bound_as_bearer",
+            Reject::SenderConstraintRequired => "sender_constraint_required",
+            Reject::CertificateBound => "certificate_bound",
         }
     }
 
@@ -165,6 +181,16 @@ impl Reject {
                 "token lifetime is longer than this provider's max_token_lifetime"
             }
             Reject::HopByHopIdentity => "the Connection header names an identity header",
+            Reject::DpopProof(e) => e.description(),
+            Reject::DpopBoundAsBearer => {
+                "the token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof"
+            }
+            Reject::SenderConstraintRequired => {
+                "this resource requires a sender-constrained (DPoP-bound) token"
+            }
+            Reject::CertificateBound => {
+                "the token is bound to a client certificate that this request did not present"
+            }
         }
     }
 

@@ -109,7 +109,11 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
     let _ = writeln!(out, "request: {} {}", r.method, r.target);
     explain_keys(&mut out, plan, &auth, req.offline.as_deref()).await;
     let policy = Policy::new(plan, auth.clone());
-    explain_route(&mut out, &policy, &r);
+    // The token's trace runs its own DPoP replay cache: the decision below must not see the
+    // proof as replayed by the explanation.
+    let mut tracing_policy = Policy::new(plan, auth.clone());
+    tracing_policy.dpop = Arc::new(crate::plan::dpop(&plan.config.dpop));
+    explain_route(&mut out, &tracing_policy, &r);
     explain_decision(&mut out, &policy, &r).await;
     Ok(out)
 }
@@ -173,7 +177,7 @@ fn explain_route(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
     };
     let _ = writeln!(out, "  -> {access}");
     if !matches!(rule.access, Access::Public | Access::Deny) {
-        explain_token(out, &policy.auth, &r.headers, r.query.as_deref(), rule);
+        explain_token(out, policy, r, rule);
     }
 }
 
@@ -214,6 +218,14 @@ async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
                 return;
             };
             for (k, val) in policy.identity_headers(v) {
+                if let Some(a) = policy.assertion.as_ref().filter(|a| a.header == k) {
+                    let _ = writeln!(
+                        out,
+                        "  header {k}: {}",
+                        a.describe(val.to_str().unwrap_or(""))
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "  header {k}: {}",
@@ -231,18 +243,13 @@ async fn explain_decision(out: &mut String, policy: &Policy, r: &Parsed<'_>) {
     }
 }
 
-fn explain_token(
-    out: &mut String,
-    auth: &Authenticator,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    rule: &crate::rules::Rule,
-) {
+fn explain_token(out: &mut String, policy: &Policy, r: &Parsed<'_>, rule: &crate::rules::Rule) {
+    let auth = &policy.auth;
     let _ = writeln!(out, "\ntoken:");
-    let token = match auth.extract(headers, query) {
-        Ok(Some(t)) => {
-            let _ = writeln!(out, "  found ({} bytes)", t.len());
-            t
+    let (token, scheme) = match auth.extract(&r.headers, r.query.as_deref()) {
+        Ok(Some((t, scheme))) => {
+            let _ = writeln!(out, "  found ({} bytes, {scheme:?} scheme)", t.len());
+            (t, scheme)
         }
         Ok(None) => {
             let _ = writeln!(out, "  none in the request");
@@ -254,7 +261,19 @@ fn explain_token(
         }
     };
     let mut trace = Trace::default();
-    let verified = auth.verify_observed(token, now_unix(), &mut trace);
+    let now = now_unix();
+    let verified = auth.verify_observed(token, now, &mut trace);
+    if let Ok(v) = &verified {
+        let req = crate::policy::Request {
+            method: r.method,
+            scheme: None,
+            host: r.host.as_deref(),
+            raw_path: &r.raw_path,
+            query: r.query.as_deref(),
+            headers: &r.headers,
+        };
+        let _ = policy.constrain(rule, v, token, scheme, &req, now, &mut trace);
+    }
     for step in &trace.steps {
         let _ = writeln!(out, "  {} {}", mark(step.ok), step.detail);
     }

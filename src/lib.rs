@@ -14,6 +14,7 @@
 //! - `resource`: OAuth protected-resource metadata (RFC 9728).
 //! - `response`: the one helper for answers made locally.
 //! - `assertion`: the signed identity for the app (`[assertion]`).
+//! - `dpop`: DPoP proofs (RFC 9449): the proof check, the `htu` comparison, the replay cache.
 //! - `proxy`, `upstream`: the inline reverse proxy and its upstream client.
 //! - `authz`: the decision service for gateways (HTTP conventions and gRPC Check).
 //! - `admin`: metrics, health, readiness, provider status, the mirrored JWKS.
@@ -35,6 +36,7 @@ pub mod authz;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod dpop;
 pub mod error;
 pub mod explain;
 pub mod jose;

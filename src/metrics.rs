@@ -54,6 +54,12 @@ pub struct Metrics {
     pub connection_errors_total: IntCounterVec,
     /// Config reloads: `{result}` = ok, error.
     pub config_reloads_total: IntCounterVec,
+    /// DPoP proofs checked: `{provider, result}` = ok or the failed check.
+    pub dpop_proofs_total: IntCounterVec,
+    /// Sender-constraint decisions: `{provider, kind, result}`; kind = dpop, mtls, bearer.
+    pub sender_constraint_total: IntCounterVec,
+    /// DPoP `jti`s dropped from the replay cache inside their window (cache full).
+    pub dpop_replay_evictions_total: prometheus::IntCounter,
     /// 1 for the live config's hash.
     pub config_info: IntGaugeVec,
     /// 1 with the build version as a label.
@@ -164,6 +170,13 @@ impl Metrics {
             connection_limit_reached_total: counter(&reg, "connection_limit_reached_total", "Times accepting paused because max_connections was reached.", &["listener"]),
             connection_errors_total: counter(&reg, "connection_errors_total", "Client connections closed on an error, by kind (header_timeout, too_large, parse, io, tls), and failed accept calls (accept).", &["listener", "kind"]),
             config_reloads_total: counter(&reg, "config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
+            dpop_proofs_total: counter(&reg, "dpop_proofs_total", "DPoP proofs checked, by provider and result (ok or the check that failed).", &["provider", "result"]),
+            sender_constraint_total: counter(&reg, "sender_constraint_total", "Sender-constraint decisions by provider, kind (dpop, mtls, bearer) and result.", &["provider", "kind", "result"]),
+            dpop_replay_evictions_total: {
+                let c = prometheus::IntCounter::with_opts(Opts::new("dpop_replay_evictions_total", "DPoP proof jtis dropped from the replay cache inside their window because it was full (raise dpop.replay_cache_entries).").namespace(NS)).expect("valid metric");
+                reg.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             config_info: int_gauge(&reg, "config_info", "1 for the hash of the live config.", &["hash"]),
             verify_duration,
             upstream_duration,

@@ -38,6 +38,8 @@ pub struct Plan {
     pub resource: Option<Arc<ResourceMetadata>>,
     /// The signed identity for the app, when `[assertion]` is enabled.
     pub assertion: Option<Arc<Assertions>>,
+    /// DPoP proof checking (always on).
+    pub dpop: Arc<crate::dpop::Dpop>,
 }
 
 /// One provider: its config (claim rules, headers) and its compiled key settings.
@@ -113,6 +115,7 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
             serve: ServeSettings::from_config(&config.proxy),
             resource: ResourceMetadata::compile(&config).map(Arc::new),
             assertion: assertion.map(Arc::new),
+            dpop: Arc::new(dpop(&config.dpop)),
             config,
             providers,
             rules: Arc::new(rules),
@@ -139,6 +142,21 @@ pub fn algorithms(p: &ProviderConfig) -> Vec<Alg> {
     } else {
         p.algorithms.iter().filter_map(|a| Alg::parse(a)).collect()
     }
+}
+
+/// The `[dpop]` section compiled (validation has checked the algorithm names).
+pub fn dpop(c: &config::DpopConfig) -> crate::dpop::Dpop {
+    let algs = if c.algorithms.is_empty() {
+        Alg::ALL.to_vec()
+    } else {
+        c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect()
+    };
+    crate::dpop::Dpop::new(
+        &algs,
+        c.max_age.as_secs(),
+        c.leeway.as_secs(),
+        c.replay_cache_entries,
+    )
 }
 
 /// A provider's refresh timing.

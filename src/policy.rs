@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::auth::extract::Scheme;
 use crate::auth::{now_unix, Authenticator, Failure, Verified};
+use crate::config::SenderConstraint;
 use crate::error::Reject;
 use crate::path;
 use crate::plan::Plan;
@@ -35,6 +37,30 @@ pub struct Policy {
     /// Every spelling of every identity header this sidecar can set (claim headers of all
     /// providers, the payload header): what a gateway is told to remove on every allow.
     pub identity_spellings: Vec<HeaderName>,
+    /// DPoP proof checking (its replay cache survives reloads with equal settings).
+    pub dpop: Arc<crate::dpop::Dpop>,
+    /// `proxy.public_origin`: the origin DPoP proofs are made for, when TLS ends in front.
+    pub public_origin: Option<String>,
+    /// The proxy listener's own scheme (`https` with `[proxy.tls]`).
+    pub listener_scheme: &'static str,
+}
+
+/// One (original) request as a decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Its method.
+    pub method: &'a str,
+    /// The scheme the client used (`http`/`https`) when a gateway says so; `None`: the proxy
+    /// listener's. Only DPoP's `htu` looks at it.
+    pub scheme: Option<&'a str>,
+    /// Its host (`Host` or `:authority`).
+    pub host: Option<&'a str>,
+    /// The path as sent (not normalised).
+    pub raw_path: &'a str,
+    /// The query string.
+    pub query: Option<&'a str>,
+    /// Its headers.
+    pub headers: &'a HeaderMap,
 }
 
 /// The verdict on one request.
@@ -48,6 +74,9 @@ pub struct Decision {
     pub scope: Option<Arc<str>>,
     /// That rule's step-up parameters (for an `insufficient_user_authentication` challenge).
     pub step_up: Option<Arc<str>>,
+    /// Whether the challenge is a `DPoP` one: the token came as DPoP, the refusal is about
+    /// proof of possession, or the route requires DPoP.
+    pub dpop: bool,
     /// `Ok(Some)`: authenticated; `Ok(None)`: public; `Err`: refused.
     pub outcome: Result<Option<Verified>, Failure>,
 }
@@ -58,6 +87,7 @@ impl Decision {
         ChallengeParams {
             scope: self.scope.as_deref(),
             step_up: self.step_up.as_deref(),
+            dpop: self.dpop,
         }
     }
 
@@ -133,6 +163,8 @@ pub struct ChallengeParams<'a> {
     pub scope: Option<&'a str>,
     /// Its step-up parameters (`acr_values`, `max_age`).
     pub step_up: Option<&'a str>,
+    /// Challenge with the `DPoP` scheme (and its `algs`) instead of `Bearer`.
+    pub dpop: bool,
 }
 
 impl Policy {
@@ -154,10 +186,22 @@ impl Policy {
             auth,
             path_options: config.proxy.path_options(),
             identity_spellings,
+            dpop: plan.dpop.clone(),
+            public_origin: config
+                .proxy
+                .public_origin
+                .as_deref()
+                .map(|o| o.trim_end_matches('/').to_string()),
+            listener_scheme: if config.proxy.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         }
     }
 
-    /// Decides on an (original) request: method, host, raw path, query and headers.
+    /// Decides on an (original) request: method, host, raw path, query and headers, as
+    /// addressed over the proxy listener's scheme (or `proxy.public_origin`).
     pub async fn decide(
         &self,
         method: &str,
@@ -166,38 +210,63 @@ impl Policy {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Decision {
-        if self.connection_names_identity(headers) {
-            return Decision {
-                path: None,
-                rule: None,
-                scope: None,
-                step_up: None,
-                outcome: Err(Failure::from(Reject::HopByHopIdentity)),
-            };
-        }
-        let normalized = match path::normalize_with(raw_path, &self.path_options) {
-            Ok(p) => p,
-            Err(reject) => {
-                return Decision {
-                    path: None,
-                    rule: None,
-                    scope: None,
-                    step_up: None,
-                    outcome: Err(Failure::from(reject)),
-                }
-            }
+        let req = Request {
+            method,
+            scheme: None,
+            host,
+            raw_path,
+            query,
+            headers,
         };
-        let rule = self.rules.find(method, host, &normalized);
+        self.decide_request(&req).await
+    }
+
+    /// Decides on an (original) request.
+    pub async fn decide_request(&self, r: &Request<'_>) -> Decision {
+        let refused = |reject| Decision {
+            path: None,
+            rule: None,
+            scope: None,
+            step_up: None,
+            dpop: false,
+            outcome: Err(Failure::from(reject)),
+        };
+        if self.connection_names_identity(r.headers) {
+            return refused(Reject::HopByHopIdentity);
+        }
+        let normalized = match path::normalize_with(r.raw_path, &self.path_options) {
+            Ok(p) => p,
+            Err(reject) => return refused(reject),
+        };
+        let rule = self.rules.find(r.method, r.host, &normalized);
+        let mut dpop = matches!(
+            rule.sender_constraint,
+            Some(SenderConstraint::Dpop | SenderConstraint::Any)
+        );
         let outcome = match &rule.access {
             Access::Public => Ok(None),
             Access::Deny => Err(Failure::from(Reject::NoMatchingRule)),
             Access::Anonymous(req) | Access::Authenticated(req) => {
                 let anonymous_ok = matches!(rule.access, Access::Anonymous(_));
-                match self.auth.extract(headers, query) {
-                    Ok(Some(token)) => {
+                match self.auth.extract(r.headers, r.query) {
+                    Ok(Some((token, scheme))) => {
+                        dpop |= scheme == Scheme::Dpop;
                         let now = now_unix();
                         match self.auth.authenticate(token, now).await {
-                            Ok(v) => authorize(rule, req.as_ref(), v, now),
+                            Ok(v) => {
+                                let constrained =
+                                    self.constrain(rule, &v, token, scheme, r, now, &mut ());
+                                if let Err(reject) = constrained {
+                                    dpop |= !matches!(reject, Reject::CertificateBound);
+                                    Err(Failure {
+                                        reject,
+                                        provider: Some(v.provider.clone()),
+                                        kid: v.info.kid.clone(),
+                                    })
+                                } else {
+                                    authorize(rule, req.as_ref(), v, now)
+                                }
+                            }
                             Err(f) => Err(f),
                         }
                     }
@@ -212,8 +281,106 @@ impl Policy {
             rule: Some(rule.name.clone()),
             scope: rule.scope.clone(),
             step_up: rule.step_up.as_ref().map(|s| s.params.clone()),
+            dpop,
             outcome,
         }
+    }
+
+    /// The URI a DPoP proof must name for this request: `public_origin` or the scheme and
+    /// `Host` it arrived with, then the path as sent.
+    pub fn request_uri(&self, r: &Request<'_>) -> Option<String> {
+        match &self.public_origin {
+            Some(origin) => Some(format!("{origin}{}", r.raw_path)),
+            None => {
+                let scheme = r.scheme.unwrap_or(self.listener_scheme);
+                r.host.map(|h| format!("{scheme}://{h}{}", r.raw_path))
+            }
+        }
+    }
+
+    /// Proof of possession: a token bound to a key (`cnf.jkt`) must come with a valid DPoP
+    /// proof by that key, a `DPoP`-scheme token must be bound and proven, a token bound to a
+    /// certificate needs that certificate, and the route (or the provider) may require a
+    /// bound token. Counted per provider.
+    #[allow(clippy::too_many_arguments)]
+    pub fn constrain(
+        &self,
+        rule: &crate::rules::Rule,
+        v: &Verified,
+        token: &str,
+        scheme: Scheme,
+        r: &Request<'_>,
+        now: u64,
+        obs: &mut impl crate::jose::Observer,
+    ) -> Result<(), Reject> {
+        use crate::jose::Check;
+        let m = &self.auth.metrics;
+        let provider = v.provider.name.as_str();
+        let required = rule
+            .sender_constraint
+            .unwrap_or(v.provider.sender_constraint);
+        let jkt = crate::dpop::bound_jkt(&v.info.claims);
+        let cert_bound = v
+            .info
+            .claims
+            .get("cnf")
+            .is_some_and(|c| c.get("x5t#S256").is_some());
+        let (kind, result) = match scheme {
+            Scheme::Dpop => {
+                let uri = self.request_uri(r).unwrap_or_default();
+                let proof = crate::dpop::ProofRequest {
+                    method: r.method,
+                    uri: &uri,
+                    token,
+                    now,
+                };
+                let checked = self.dpop.verify_proof(r.headers, &proof, obs);
+                let evicted = self.dpop.replay.take_evictions();
+                if evicted > 0 {
+                    m.dpop_replay_evictions_total.inc_by(evicted);
+                }
+                let bound = checked.and_then(|key| match jkt {
+                    None => Err(crate::dpop::ProofError::Unbound),
+                    Some(b) if b != key => Err(crate::dpop::ProofError::KeyMismatch),
+                    Some(_) => Ok(()),
+                });
+                m.dpop_proofs_total
+                    .with_label_values(&[provider, bound.err().map_or("ok", |e| e.code())])
+                    .inc();
+                let result = match bound {
+                    Err(e) => Err(Reject::DpopProof(e)),
+                    Ok(()) if required == SenderConstraint::Mtls || cert_bound => {
+                        Err(Reject::CertificateBound)
+                    }
+                    Ok(()) => Ok(()),
+                };
+                ("dpop", result)
+            }
+            Scheme::Bearer => {
+                let result = if jkt.is_some() {
+                    Err(Reject::DpopBoundAsBearer)
+                } else if cert_bound {
+                    Err(Reject::CertificateBound)
+                } else if required != SenderConstraint::Optional {
+                    Err(Reject::SenderConstraintRequired)
+                } else {
+                    Ok(())
+                };
+                ("bearer", result)
+            }
+        };
+        obs.step(Check::SenderConstraint, result.is_ok(), || match &result {
+            Ok(()) => format!("sender constraint {required:?}: {kind} token accepted"),
+            Err(e) => format!("sender constraint {required:?}: {}", e.description()),
+        });
+        m.sender_constraint_total
+            .with_label_values(&[
+                provider,
+                kind,
+                result.as_ref().err().map_or("ok", Reject::reason),
+            ])
+            .inc();
+        result
     }
 
     /// The `WWW-Authenticate` challenge of a refusal: the RFC 6750 parameters, the `scope`
@@ -222,6 +389,17 @@ impl Policy {
     pub fn challenge(&self, reject: &Reject, params: ChallengeParams<'_>) -> Option<String> {
         let mut c = reject.www_authenticate(&self.realm)?;
         let status = reject.status();
+        let dpop = params.dpop
+            || matches!(
+                reject,
+                Reject::DpopProof(_) | Reject::DpopBoundAsBearer | Reject::SenderConstraintRequired
+            );
+        if dpop && status == 401 {
+            // RFC 9449 section 7.1: the DPoP scheme, with the proof algorithms accepted.
+            if let Some(rest) = c.strip_prefix("Bearer ") {
+                c = format!("DPoP {rest}, algs=\"{}\"", self.dpop.algs_param);
+            }
+        }
         if let Some(s) = params
             .step_up
             .filter(|_| *reject == Reject::InsufficientUserAuthentication)

@@ -140,6 +140,7 @@ fn add_identity(policy: &Policy, headers: &mut http::HeaderMap, v: &crate::auth:
     }
     if !policy.forward_authorization {
         headers.remove(header::AUTHORIZATION);
+        headers.remove("dpop");
     }
 }
 

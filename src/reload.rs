@@ -153,6 +153,11 @@ impl Runtime {
                 policy.assertion = Some(Arc::new(kept));
             }
         }
+        // Same DPoP settings: keep the replay cache (a reload must not let a proof replay).
+        let old_dpop = self.policy.load().dpop.clone();
+        if old_dpop.settings == policy.dpop.settings {
+            policy.dpop = old_dpop;
+        }
         self.policy.store(Arc::new(policy));
         // Retire mirrors that are gone or were replaced.
         for (name, h) in started {

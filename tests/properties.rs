@@ -65,7 +65,7 @@ proptest! {
             query: Some("t".into()),
             max_bytes: 64,
         };
-        if let Ok(Some(token)) = extract(&h, Some(&query), &sources) {
+        if let Ok(Some((token, _))) = extract(&h, Some(&query), &sources) {
             prop_assert!(token.len() <= 64);
         }
     }

@@ -118,6 +118,19 @@ impl Assertions {
         HeaderValue::from_str(&ring.signer.mint(&Value::Object(claims))).ok()
     }
 
+    /// An assertion for a human (explain): its key, algorithm and claims, not its signature.
+    pub fn describe(&self, assertion: &str) -> String {
+        let Ok(p) = crate::jose::jws::parse(assertion) else {
+            return "(not a JWS)".into();
+        };
+        format!(
+            "signed JWT (alg {}, kid {}), claims {}",
+            p.header.alg,
+            p.header.kid.as_deref().unwrap_or("-"),
+            Value::Object(p.claims.clone())
+        )
+    }
+
     /// The public key set apps verify assertions with, at `now`.
     pub fn jwks(&self, now: u64) -> Bytes {
         self.keys.ring(now).jwks.clone()

@@ -1,5 +1,6 @@
 //! Finding the token in a request: `Authorization: Bearer` (scheme case-insensitive,
-//! RFC 6750 2.1) and, when configured, one header, one cookie and one query parameter.
+//! RFC 6750 2.1) or `Authorization: DPoP` (RFC 9449 section 7.1) and, when configured, one
+//! header, one cookie and one query parameter (all read as bearer tokens).
 //!
 //! Pure over plain data. The same token found in two places counts once; two different
 //! tokens are refused (RFC 6750: a client must not use more than one method).
@@ -22,13 +23,23 @@ pub struct TokenSources {
     pub max_bytes: usize,
 }
 
-/// Returns the one token of the request, `Ok(None)` when there is none.
+/// How the token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer`, or another configured source.
+    Bearer,
+    /// `Authorization: DPoP`: the request must carry its proof.
+    Dpop,
+}
+
+/// Returns the one token of the request and its scheme, `Ok(None)` when there is none.
 pub fn extract<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
     sources: &TokenSources,
-) -> Result<Option<&'a str>, Reject> {
+) -> Result<Option<(&'a str, Scheme)>, Reject> {
     let mut found: Option<&'a str> = None;
+    let mut scheme = Scheme::Bearer;
     let mut add = |tok: &'a str| -> Result<(), Reject> {
         if tok.len() > sources.max_bytes {
             return Err(Reject::TooLarge);
@@ -45,8 +56,12 @@ pub fn extract<'a>(
         let value = value
             .to_str()
             .map_err(|_| Reject::Malformed("Authorization header is not ASCII"))?;
-        if let Some(tok) = bearer(value)? {
+        if let Some(tok) = token_of(value, "bearer")? {
             add(tok)?;
+        }
+        if let Some(tok) = token_of(value, "dpop")? {
+            add(tok)?;
+            scheme = Scheme::Dpop;
         }
     }
     if let Some(name) = &sources.header {
@@ -57,7 +72,7 @@ pub fn extract<'a>(
                 .trim();
             if !v.is_empty() {
                 // Accept the bare token, or "Bearer <token>" for clients that send that.
-                add(bearer(v)?.unwrap_or(v))?;
+                add(token_of(v, "bearer")?.unwrap_or(v))?;
             }
         }
     }
@@ -85,25 +100,26 @@ pub fn extract<'a>(
             }
         }
     }
-    Ok(found)
+    Ok(found.map(|t| (t, scheme)))
 }
 
-/// `Bearer <token>` -> the token; another scheme -> `None` (not ours to judge).
-fn bearer(value: &str) -> Result<Option<&str>, Reject> {
+/// `<scheme> <token>` -> the token (scheme case-insensitive); another scheme -> `None` (not
+/// ours to judge).
+fn token_of<'v>(value: &'v str, want: &str) -> Result<Option<&'v str>, Reject> {
     let value = value.trim();
     let (scheme, rest) = match value.split_once([' ', '\t']) {
         Some(p) => p,
-        None if value.eq_ignore_ascii_case("bearer") => {
-            return Err(Reject::Malformed("Bearer scheme without a token"))
+        None if value.eq_ignore_ascii_case(want) => {
+            return Err(Reject::Malformed("Authorization scheme without a token"))
         }
         None => return Ok(None),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(want) {
         return Ok(None);
     }
     let tok = rest.trim();
     if tok.is_empty() {
-        return Err(Reject::Malformed("Bearer scheme without a token"));
+        return Err(Reject::Malformed("Authorization scheme without a token"));
     }
     if tok.contains([' ', '\t', ',']) {
         return Err(Reject::Malformed(
@@ -117,6 +133,48 @@ fn bearer(value: &str) -> Result<Option<&str>, Reject> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// The token only (most cases here are about where it is found).
+    fn extract<'a>(
+        h: &'a HeaderMap,
+        q: Option<&'a str>,
+        s: &TokenSources,
+    ) -> Result<Option<&'a str>, Reject> {
+        super::extract(h, q, s).map(|o| o.map(|(t, _)| t))
+    }
+
+    #[test]
+    fn the_dpop_scheme_is_recognised_in_any_case() {
+        for v in ["DPoP a.b.c", "dpop a.b.c", "DPOP  a.b.c"] {
+            assert_eq!(
+                super::extract(&hm(&[("authorization", v)]), None, &src()),
+                Ok(Some(("a.b.c", Scheme::Dpop))),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            super::extract(&hm(&[("authorization", "Bearer a.b.c")]), None, &src()),
+            Ok(Some(("a.b.c", Scheme::Bearer)))
+        );
+        // The same token under both schemes is one DPoP presentation; two tokens are two.
+        let both = hm(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "DPoP a.b.c"),
+        ]);
+        assert_eq!(
+            super::extract(&both, None, &src()),
+            Ok(Some(("a.b.c", Scheme::Dpop)))
+        );
+        let two = hm(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "DPoP x.y.z"),
+        ]);
+        assert_eq!(
+            super::extract(&two, None, &src()),
+            Err(Reject::MultipleTokens)
+        );
+        assert!(super::extract(&hm(&[("authorization", "DPoP")]), None, &src()).is_err());
+    }
 
     fn src() -> TokenSources {
         TokenSources {

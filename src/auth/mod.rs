@@ -155,7 +155,7 @@ impl Authenticator {
         &self,
         headers: &'a HeaderMap,
         query: Option<&'a str>,
-    ) -> Result<Option<&'a str>, Reject> {
+    ) -> Result<Option<(&'a str, extract::Scheme)>, Reject> {
         extract::extract(headers, query, &self.sources)
     }
 

@@ -25,10 +25,16 @@ pub fn rfc9068(token: &ParsedToken<'_>) -> Result<(), Reject> {
         Some(Value::Array(list)) => list.len() == 1 && list[0].as_str() == Some(c),
         _ => false,
     });
+    // An ID token from a plain code flow may carry none of those (oidc-provider's is just
+    // iss, sub, aud, exp, iat): neither `client_id` (which RFC 9068 requires of access
+    // tokens) nor a scope (which ID tokens never carry) also names it.
+    let bare_identity = !claims.contains_key("client_id")
+        && !claims.contains_key("scope")
+        && !claims.contains_key("scp");
     // `typ` decides; the ID-token signs only name the refusal of a token without it (an
     // `at+jwt` token whose audience happens to be its own client is still an access token).
     if token.header.typ.as_deref().map(normalize_typ).as_deref() != Some("at+jwt") {
-        return Err(if id_token_member || aud_is_client {
+        return Err(if id_token_member || aud_is_client || bare_identity {
             Reject::IdToken
         } else {
             Reject::BadType
@@ -104,6 +110,11 @@ mod tests {
             check(Some("JWT"), aud_is_client.clone()),
             Err(Reject::IdToken)
         );
+        // The bare ID token of a plain code flow (oidc-provider's: no nonce, no azp): no
+        // client_id and no scope.
+        let bare = json!({"iss": "https://as", "exp": 2_000_000_000u64, "aud": "client-1",
+            "sub": "u", "iat": 1_000_000_000u64});
+        assert_eq!(check(Some("JWT"), bare), Err(Reject::IdToken));
         // typ decides: an at+jwt token whose audience is its own client is an access token
         // (here refused only because "app" is not this resource's audience).
         assert_eq!(

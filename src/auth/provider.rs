@@ -31,6 +31,8 @@ pub struct Provider {
     pub tenant_claim: String,
     /// Accepted tenants for a templated issuer (empty: any).
     pub allowed_tenants: Vec<String>,
+    /// Proof of possession its tokens need (a rule's setting wins).
+    pub sender_constraint: crate::config::SenderConstraint,
     pub(crate) lookup_hit: IntCounter,
     pub(crate) lookup_miss: IntCounter,
 }
@@ -80,6 +82,7 @@ impl Provider {
             keys,
             tenant_claim: cfg.tenant_claim.clone(),
             allowed_tenants: cfg.allowed_tenants.clone(),
+            sender_constraint: cfg.sender_constraint,
             lookup_hit: metrics
                 .key_lookups_total
                 .with_label_values(&[&cfg.name, "hit"]),

@@ -181,8 +181,13 @@ fn check_content(
     let claims = &token.claims;
     if policy.rfc9068 {
         let profile = super::profile::rfc9068(token);
-        report(obs, Check::Type, profile, || {
-            format!("profile rfc9068: typ {:?}", token.header.typ)
+        let why = profile.as_ref().err().map(Reject::description);
+        report(obs, Check::Type, profile, || match why {
+            None => format!(
+                "profile rfc9068: typ {:?}, iss exp aud sub client_id iat jti present",
+                token.header.typ
+            ),
+            Some(why) => format!("profile rfc9068: typ {:?}: {why}", token.header.typ),
         })?;
     }
     let aud = claims.get(&policy.audience_claim);

@@ -212,6 +212,7 @@ impl Authorization for AuthzGrpc {
                     rule: None,
                     scope: None,
                     step_up: None,
+                    dpop: false,
                     outcome: Err(crate::error::Reject::BadPath.into()),
                 },
             };

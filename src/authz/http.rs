@@ -185,6 +185,7 @@ impl AuthzHttp {
                 rule: None,
                 scope: None,
                 step_up: None,
+                dpop: false,
                 outcome: Err(Reject::BadPath.into()),
             },
         };

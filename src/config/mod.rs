@@ -58,6 +58,52 @@ pub struct Config {
     pub resource: ResourceConfig,
     /// A signed identity for the app on every allowed request.
     pub assertion: AssertionConfig,
+    /// DPoP proofs (RFC 9449).
+    pub dpop: DpopConfig,
+}
+
+/// `[dpop]`: how DPoP proofs (RFC 9449) are checked. Always on: a `DPoP`-scheme token is
+/// verified with its proof, and a DPoP-bound token presented as `Bearer` is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpopConfig {
+    /// Proof algorithms accepted (asymmetric only; default: every supported one).
+    pub algorithms: Vec<String>,
+    /// How old a proof's `iat` may be.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Clock skew tolerated on `iat` (both ways).
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Most proof `jti`s remembered against replay.
+    pub replay_cache_entries: usize,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: Vec::new(),
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay_cache_entries: 100_000,
+        }
+    }
+}
+
+/// Which proof of possession a token must come with (`sender_constraint`). Whatever is
+/// set, a token that is bound (`cnf.jkt` or `cnf["x5t#S256"]`) must come with its proof.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderConstraint {
+    /// Bearer tokens accepted; bound tokens still need their proof.
+    #[default]
+    Optional,
+    /// A DPoP-bound token with a valid proof.
+    Dpop,
+    /// A certificate-bound token (RFC 8705) over mutual TLS.
+    Mtls,
+    /// Either.
+    Any,
 }
 
 /// `[assertion]`: a short-lived JWT signed by the sidecar's own key on every allowed request,
@@ -196,6 +242,10 @@ pub struct ProxyConfig {
     pub token: TokenSources,
     /// Serve TLS on the proxy listener.
     pub tls: Option<TlsConfig>,
+    /// The origin clients address (`https://api.example.com`) when TLS ends in front of the
+    /// proxy: DPoP proofs' `htu` is checked against it. Unset: the listener's scheme and the
+    /// request's `Host`.
+    pub public_origin: Option<String>,
     /// Connect timeout towards the upstream (answer: 502).
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
@@ -263,6 +313,7 @@ impl Default for ProxyConfig {
             max_claim_header_bytes: 4096,
             token: TokenSources::default(),
             tls: None,
+            public_origin: None,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
             max_upstream_header_bytes: 256 * 1024,

@@ -53,6 +53,8 @@ pub struct ProviderConfig {
     pub profile: Option<String>,
     /// Claims that must be present.
     pub required_claims: Vec<String>,
+    /// Proof of possession required of this provider's tokens (a rule's setting wins).
+    pub sender_constraint: super::SenderConstraint,
     /// Scopes (from `scope` or `scp`) that must all be present, else 403.
     pub required_scopes: Vec<String>,
     /// Verified claim (top-level name or dotted path) -> request header sent upstream.
@@ -119,6 +121,7 @@ impl Default for ProviderConfig {
             typ: Vec::new(),
             profile: None,
             required_claims: Vec::new(),
+            sender_constraint: super::SenderConstraint::Optional,
             required_scopes: Vec::new(),
             claim_headers: BTreeMap::new(),
             allow_insecure_http: false,

@@ -21,6 +21,8 @@ pub struct RuleConfig {
     pub require: Option<RequireConfig>,
     /// Status when `require` fails (default 403 `insufficient_scope`).
     pub deny_status: Option<u16>,
+    /// Proof of possession required on this route (unset: the provider's setting).
+    pub sender_constraint: Option<super::SenderConstraint>,
 }
 
 /// `match = { ... }`

@@ -18,6 +18,7 @@ pub fn problems(c: &Config, file: Option<&Path>) -> Vec<String> {
     authz(&mut p, &src, &c.authz);
     providers(&mut p, &src, c);
     resource(&mut p, &src, &c.resource);
+    dpop(&mut p, &src, &c.dpop);
     if c.assertion.enabled {
         if c.assertion.audience.is_empty() {
             p.push(format!("{src}assertion.audience is required with assertion.enabled: name the app the assertion is for (its aud), e.g. \"orders-service\""));
@@ -37,6 +38,29 @@ pub fn problems(c: &Config, file: Option<&Path>) -> Vec<String> {
         }
     }
     p
+}
+
+/// `[dpop]`: known asymmetric algorithms, a window, a cache.
+fn dpop(p: &mut Vec<String>, src: &str, d: &super::DpopConfig) {
+    for a in &d.algorithms {
+        if crate::jose::Alg::parse(a).is_none() {
+            p.push(format!(
+                "{src}dpop.algorithms: {a:?} is not a supported asymmetric algorithm ({})",
+                crate::jose::Alg::names()
+            ));
+        }
+    }
+    if d.max_age.is_zero() {
+        p.push(format!(
+            "{src}dpop.max_age is 0: proofs need a window, e.g. \"60s\""
+        ));
+    }
+    if d.replay_cache_entries < 1000 {
+        p.push(format!(
+            "{src}dpop.replay_cache_entries = {} is too small to stop replays (at least 1000)",
+            d.replay_cache_entries
+        ));
+    }
 }
 
 /// `[resource]`: absolute http(s) URLs (RFC 9728 section 1.2: no query, no fragment).
@@ -87,6 +111,16 @@ fn proxy(p: &mut Vec<String>, src: &str, proxy: &ProxyConfig) {
             "{src}proxy.upstream = {:?} is not an http:// or https:// URL; example: \"http://127.0.0.1:3000\"",
             proxy.upstream
         )),
+    }
+    if let Some(o) = &proxy.public_origin {
+        let ok = matches!(http::Uri::try_from(o.as_str()), Ok(u)
+            if matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && matches!(u.path(), "" | "/")
+                && u.query().is_none());
+        if !ok {
+            p.push(format!("{src}proxy.public_origin = {o:?} is not an origin: give scheme, host and optional port only, e.g. \"https://api.example.com\""));
+        }
     }
     if proxy.identity_header_prefix.is_empty() {
         p.push(format!(

@@ -25,6 +25,9 @@ pub struct JoseHeader {
     pub kid: Option<String>,
     /// `typ`, if present.
     pub typ: Option<String>,
+    /// `jwk`, if present: only DPoP proofs use it (an access token's embedded key is never
+    /// trusted).
+    pub jwk: Option<Value>,
 }
 
 /// A syntactically valid compact JWS with decoded header and claims (not yet trusted).
@@ -137,7 +140,12 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Reject> {
         signing_input: &token[..h.len() + 1 + p.len()],
         payload_b64: p,
         signature_b64: s,
-        header: JoseHeader { alg, kid, typ },
+        header: JoseHeader {
+            alg,
+            kid,
+            typ,
+            jwk: header.get("jwk").cloned(),
+        },
         claims,
     })
 }

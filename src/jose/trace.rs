@@ -35,6 +35,10 @@ pub enum Check {
     Scopes,
     /// Rendering claim headers (over-size values).
     ClaimHeaders,
+    /// The DPoP proof (RFC 9449).
+    DpopProof,
+    /// The token's binding and the route's `sender_constraint`.
+    SenderConstraint,
 }
 
 /// Receives each check as it is made.

@@ -66,6 +66,8 @@ pub struct Rule {
     pub scope: Option<std::sync::Arc<str>>,
     /// Step-up requirements (RFC 9470), checked before the others.
     pub step_up: Option<StepUp>,
+    /// Proof of possession required here (`None`: the provider's setting).
+    pub sender_constraint: Option<crate::config::SenderConstraint>,
 }
 
 /// A compiled authorization requirement.
@@ -392,6 +394,7 @@ impl Rules {
                 deny_status: None,
                 scope: None,
                 step_up: None,
+                sender_constraint: None,
             });
         }
         for (i, r) in config.rules.iter().enumerate() {
@@ -412,6 +415,7 @@ impl Rules {
             deny_status: None,
             scope: None,
             step_up: None,
+            sender_constraint: None,
         };
         if errs.is_empty() {
             Ok(Rules { rules, default })
@@ -551,6 +555,7 @@ fn compile_rule(r: &RuleConfig, i: usize, providers: &[String], errs: &mut Vec<S
         deny_status: r.deny_status,
         scope: scopes.filter(|s| !s.is_empty()).map(Into::into),
         step_up: r.require.as_ref().and_then(StepUp::compile),
+        sender_constraint: r.sender_constraint,
     }
 }
 

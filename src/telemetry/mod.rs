@@ -36,8 +36,10 @@ pub fn init(cfg: &LogConfig) {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let sink = BatchedStderr::global();
+    // Colour only on a terminal: text logs redirected to a file or a collector stay plain.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(sink.clone());
     let installed = if json {
         builder.event_format(json::JsonLine).try_init()

@@ -1,0 +1,258 @@
+//! DPoP (RFC 9449): proof-of-possession for access tokens. A request with
+//! `Authorization: DPoP <token>` carries one `DPoP` header, a JWT signed by the client's key
+//! over the method, the URI and the token; the token names that key (`cnf.jkt`). A stolen
+//! DPoP-bound token is useless without the key, and a bound token presented as `Bearer` is
+//! refused (downgrade), whatever the configuration.
+//!
+//! `Dpop::verify_proof` is pure over the request's parts and the clock (plus the replay
+//! cache); `policy` decides when it runs and what the binding must be (`sender_constraint`).
+//!
+//! Layout: `htu.rs` (the URI comparison), `replay.rs` (the bounded `jti` cache).
+
+pub mod htu;
+pub mod replay;
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::jose::{jws, Alg, Check, Observer};
+use replay::{ReplayCache, Seen};
+
+/// Longest proof accepted, in bytes (a proof carries one public key: an RSA 4096 `jwk` fits).
+pub const MAX_PROOF_BYTES: usize = 8192;
+
+/// Why a proof was refused (`invalid_dpop_proof`), or the binding failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofError {
+    /// No `DPoP` header with a DPoP-scheme token.
+    Missing,
+    /// More than one `DPoP` header (or value).
+    Multiple,
+    /// Not a compact JWS with distinct members, or too large.
+    Malformed,
+    /// `typ` is not `dpop+jwt`.
+    Typ,
+    /// `alg` not asymmetric or not allowed.
+    Alg,
+    /// `jwk` missing, not a usable public key, or not fit for `alg`.
+    Jwk,
+    /// `jwk` carries private key members.
+    PrivateKey,
+    /// The signature does not verify with `jwk`.
+    Signature,
+    /// `htm` is not the request method.
+    Htm,
+    /// `htu` is not the request URI.
+    Htu,
+    /// `iat` missing, too old, or in the future.
+    Iat,
+    /// `jti` missing or not a short string.
+    Jti,
+    /// This `jti` was already used with this key within the window.
+    Replayed,
+    /// `ath` is not the hash of the presented token.
+    Ath,
+    /// The token is bound to another key (`cnf.jkt` differs from the proof key).
+    KeyMismatch,
+    /// A `DPoP`-scheme token that is not bound to a key (no `cnf.jkt`).
+    Unbound,
+}
+
+impl ProofError {
+    /// The `result` label of `jwks_sidecar_dpop_proofs_total`.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProofError::Missing => "missing",
+            ProofError::Multiple => "multiple",
+            ProofError::Malformed => "malformed",
+            ProofError::Typ => "typ",
+            ProofError::Alg => "alg",
+            ProofError::Jwk => "jwk",
+            ProofError::PrivateKey => "private_key",
+            ProofError::Signature => "signature",
+            ProofError::Htm => "htm",
+            ProofError::Htu => "htu",
+            ProofError::Iat => "iat",
+            ProofError::Jti => "jti",
+            ProofError::Replayed => "replayed",
+            ProofError::Ath => "ath",
+            ProofError::KeyMismatch => "key_mismatch",
+            ProofError::Unbound => "unbound",
+        }
+    }
+
+    /// Human text for `error_description` (never echoes the proof).
+    pub fn description(self) -> &'static str {
+        match self {
+            ProofError::Missing => "a DPoP token needs exactly one DPoP proof header",
+            ProofError::Multiple => "more than one DPoP proof",
+            ProofError::Malformed => "the DPoP proof is not a compact JWS with distinct members",
+            ProofError::Typ => "the DPoP proof typ is not dpop+jwt",
+            ProofError::Alg => "the DPoP proof algorithm is not allowed",
+            ProofError::Jwk => "the DPoP proof jwk is not a usable public key for its alg",
+            ProofError::PrivateKey => "the DPoP proof jwk contains private key material",
+            ProofError::Signature => "the DPoP proof signature is invalid",
+            ProofError::Htm => "the DPoP proof htm is not the request method",
+            ProofError::Htu => "the DPoP proof htu is not the request URI",
+            ProofError::Iat => "the DPoP proof iat is missing, too old or in the future",
+            ProofError::Jti => "the DPoP proof jti is missing or invalid",
+            ProofError::Replayed => "the DPoP proof was already used",
+            ProofError::Ath => "the DPoP proof ath is not the hash of this access token",
+            ProofError::KeyMismatch => "the access token is bound to another key than the proof's",
+            ProofError::Unbound => "the access token is not DPoP-bound (no cnf.jkt)",
+        }
+    }
+}
+
+/// The `[dpop]` settings, compiled.
+pub struct Dpop {
+    /// What it was compiled from (a reload with equal settings keeps this value, and so
+    /// its replay cache).
+    pub settings: (Vec<Alg>, u64, u64, usize),
+    algs: Vec<Alg>,
+    /// `algs` of the `WWW-Authenticate: DPoP` challenge (space-separated).
+    pub algs_param: String,
+    max_age: u64,
+    leeway: u64,
+    /// Used `jti`s.
+    pub replay: ReplayCache,
+}
+
+impl std::fmt::Debug for Dpop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dpop")
+            .field("algs", &self.algs_param)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
+
+/// What a proof was checked against.
+pub struct ProofRequest<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The request URI the client addressed (scheme, authority, path; query ignored).
+    pub uri: &'a str,
+    /// The access token as presented.
+    pub token: &'a str,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+impl Dpop {
+    /// Compiled settings; `algorithms` are the names accepted for proofs.
+    pub fn new(algorithms: &[Alg], max_age: u64, leeway: u64, replay_entries: usize) -> Dpop {
+        Dpop {
+            settings: (algorithms.to_vec(), max_age, leeway, replay_entries),
+            algs: algorithms.to_vec(),
+            algs_param: algorithms
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(" "),
+            max_age,
+            leeway,
+            replay: ReplayCache::new(max_age + 2 * leeway, replay_entries),
+        }
+    }
+
+    /// Verifies the request's one proof; returns the RFC 7638 thumbprint of its key.
+    pub fn verify_proof(
+        &self,
+        headers: &HeaderMap,
+        req: &ProofRequest<'_>,
+        obs: &mut impl Observer,
+    ) -> Result<String, ProofError> {
+        let r = self.check(headers, req);
+        obs.step(Check::DpopProof, r.is_ok(), || match &r {
+            Ok(jkt) => format!("DPoP proof for {} {} by key {jkt}", req.method, req.uri),
+            Err(e) => e.description().to_string(),
+        });
+        r
+    }
+
+    fn check(&self, headers: &HeaderMap, req: &ProofRequest<'_>) -> Result<String, ProofError> {
+        let mut values = headers.get_all("dpop").iter();
+        let proof = match (values.next(), values.next()) {
+            (None, _) => return Err(ProofError::Missing),
+            (Some(_), Some(_)) => return Err(ProofError::Multiple),
+            (Some(v), None) => v.to_str().map_err(|_| ProofError::Malformed)?.trim(),
+        };
+        if proof.contains(',') {
+            return Err(ProofError::Multiple);
+        }
+        if proof.is_empty() || proof.len() > MAX_PROOF_BYTES {
+            return Err(ProofError::Malformed);
+        }
+        let parsed = jws::parse(proof).map_err(|_| ProofError::Malformed)?;
+        let typ_ok = parsed
+            .header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"));
+        if !typ_ok {
+            return Err(ProofError::Typ);
+        }
+        let alg = jws::check_alg(&parsed, &self.algs).map_err(|_| ProofError::Alg)?;
+        let jwk = parsed.header.jwk.as_ref().ok_or(ProofError::Jwk)?;
+        let obj = jwk.as_object().ok_or(ProofError::Jwk)?;
+        if ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+            .iter()
+            .any(|m| obj.contains_key(*m))
+        {
+            return Err(ProofError::PrivateKey);
+        }
+        let key = crate::jose::key::parse_jwk(jwk, &[alg]).map_err(|_| ProofError::Jwk)?;
+        if !key.accepts(alg) {
+            return Err(ProofError::Jwk);
+        }
+        let keys = [Arc::new(key)];
+        jws::verify_signature(&parsed, alg, &keys).map_err(|_| ProofError::Signature)?;
+        let claims = &parsed.claims;
+        if claims.get("htm").and_then(Value::as_str) != Some(req.method) {
+            return Err(ProofError::Htm);
+        }
+        let htu_ok = match (
+            claims.get("htu").and_then(Value::as_str),
+            htu::normalize(req.uri),
+        ) {
+            (Some(h), Some(want)) => htu::normalize(h).is_some_and(|got| got == want),
+            _ => false,
+        };
+        if !htu_ok {
+            return Err(ProofError::Htu);
+        }
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .ok_or(ProofError::Iat)?;
+        let now = req.now as f64;
+        if !(iat >= now - (self.max_age + self.leeway) as f64 && iat <= now + self.leeway as f64) {
+            return Err(ProofError::Iat);
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or(ProofError::Jti)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, req.token.as_bytes());
+        if claims.get("ath").and_then(Value::as_str) != Some(&URL_SAFE_NO_PAD.encode(digest)) {
+            return Err(ProofError::Ath);
+        }
+        let jkt = crate::jose::key::thumbprint(jwk).ok_or(ProofError::Jwk)?;
+        // Last: a proof that fails any other check never takes a place in the cache.
+        match self.replay.check_and_insert(&jkt, jti, req.now) {
+            Seen::New => Ok(jkt),
+            Seen::Replayed => Err(ProofError::Replayed),
+        }
+    }
+}
+
+/// The `cnf.jkt` a token is bound to, if any.
+pub fn bound_jkt(claims: &serde_json::Map<String, Value>) -> Option<&str> {
+    claims.get("cnf")?.get("jkt")?.as_str()
+}
