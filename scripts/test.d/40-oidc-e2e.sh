@@ -6,6 +6,9 @@
 # tests/oidc_provider/, `#[ignore]`d in a plain `cargo test` (it needs node and the npm
 # packages): this script installs them and runs it. Everything listens on 127.0.0.1; keys
 # and secrets are made per run.
+# Then the MCP suite (e2e/oidc/mcp.mjs): the official MCP SDK client authorizes itself
+# (protected-resource metadata, dynamic registration, code + PKCE, resource indicator) with
+# oidc-provider and calls a tool on an MCP server behind the same sidecar binary.
 # Needs node >= 20 and npm; installs e2e/oidc's packages with `npm ci`. Under CI=true a
 # missing tool is a failure, elsewhere the suite is skipped with a message.
 set -euo pipefail
@@ -36,6 +39,7 @@ echo "-- oidc-e2e: npm ci (e2e/oidc)"
 
 echo "-- oidc-e2e: build (tests/oidc_provider/ and the sidecar binary)"
 cargo test --test oidc_provider --no-run
+BIN=${CARGO_TARGET_DIR:-target}/debug/jwks-sidecar
 
 echo "-- oidc-e2e: run"
 # The test ends what it starts (its children are killed when it ends, even by a panic) and
@@ -50,12 +54,39 @@ case $status in
   124) echo "oidc-e2e: FAIL: the test did not finish within 180 s" >&2 ;;
   137) echo "oidc-e2e: FAIL: the test was killed (timeout or SIGKILL)" >&2 ;;
 esac
-# The test prints "oidc-e2e: N passed, M failed" last; repeated here as the suite's last line.
+# The test prints "oidc-e2e: N passed, M failed" last; repeated here, and in the results below.
 summary=$(grep -E '^oidc-e2e: [0-9]+ passed, [0-9]+ failed$' "$WORK/log" | tail -n 1 || true)
 if [ -z "$summary" ]; then
   echo "oidc-e2e: FAIL: the test did not run to its summary line" >&2
   [ "$status" -ne 0 ] || status=1
+  summary="oidc-e2e: FAIL (no summary line, exit status $status)"
 else
   echo "$summary"
+fi
+
+echo "-- oidc-e2e: MCP client (e2e/oidc/mcp.mjs)"
+# Runs whatever the Rust test's outcome. mcp.mjs kills the sidecar it starts on any exit (it
+# bounds itself to 90 s); `timeout` signals its process group too.
+mcp_status=0
+TMPDIR=$WORK timeout -k 5 120 node e2e/oidc/mcp.mjs --sidecar "$BIN" 2>&1 \
+  | tee "$WORK/mcp.log" || mcp_status=$?
+case $mcp_status in
+  124) echo "mcp-e2e: FAIL: the run did not finish within 120 s" >&2 ;;
+  137) echo "mcp-e2e: FAIL: the run was killed (timeout or SIGKILL)" >&2 ;;
+esac
+# mcp.mjs prints "mcp-e2e: N passed, M failed" last.
+mcp_summary=$(grep -E '^mcp-e2e: [0-9]+ passed, [0-9]+ failed$' "$WORK/mcp.log" | tail -n 1 || true)
+if [ -z "$mcp_summary" ]; then
+  echo "mcp-e2e: FAIL: the run did not reach its summary line" >&2
+  [ "$mcp_status" -ne 0 ] || mcp_status=1
+  mcp_summary="mcp-e2e: FAIL (no summary line, exit status $mcp_status)"
+fi
+
+# Both results, the Rust test's first; the suite fails if either failed.
+echo "-- oidc-e2e: results"
+echo "$summary (exit status $status)"
+echo "$mcp_summary (exit status $mcp_status)"
+if [ "$status" -eq 0 ] && [ "$mcp_status" -ne 0 ]; then
+  status=1
 fi
 exit "$status"
