@@ -78,6 +78,8 @@ pub enum Reject {
     /// A certificate-bound token (`cnf["x5t#S256"]`, RFC 8705) without the matching client
     /// certificate.
     CertificateBound,
+    /// The token's `cnf` names a proof of possession this sidecar cannot check.
+    UnknownConfirmation,
 }
 
 impl Reject {
@@ -103,6 +105,7 @@ impl Reject {
             Reject::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
+            Reject::DpopProof(e) if e.is_binding() => Some("invalid_token"),
             Reject::DpopProof(_) => Some("invalid_dpop_proof"),
             _ => Some("invalid_token"),
         }
@@ -138,10 +141,13 @@ impl Reject {
             Reject::DateOutOfRange(_) => "date_out_of_range",
             Reject::LifetimeTooLong => "lifetime_too_long",
             Reject::HopByHopIdentity => "hop_by_hop_identity",
+            Reject::DpopProof(crate::dpop::ProofError::KeyMismatch) => "dpop_key_mismatch",
+            Reject::DpopProof(crate::dpop::ProofError::Unbound) => "dpop_unbound",
             Reject::DpopProof(_) => "invalid_dpop_proof",
             Reject::DpopBoundAsBearer => "dpop_bound_as_bearer",
             Reject::SenderConstraintRequired => "sender_constraint_required",
             Reject::CertificateBound => "certificate_bound",
+            Reject::UnknownConfirmation => "unknown_confirmation",
         }
     }
 
@@ -190,6 +196,9 @@ impl Reject {
             }
             Reject::CertificateBound => {
                 "the token is bound to a client certificate that this request did not present"
+            }
+            Reject::UnknownConfirmation => {
+                "the token's cnf names a proof of possession that cannot be checked here"
             }
         }
     }

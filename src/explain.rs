@@ -271,6 +271,7 @@ fn explain_token(out: &mut String, policy: &Policy, r: &Parsed<'_>, rule: &crate
             raw_path: &r.raw_path,
             query: r.query.as_deref(),
             headers: &r.headers,
+            client_cert: None,
         };
         let _ = policy.constrain(rule, v, token, scheme, &req, now, &mut trace);
     }

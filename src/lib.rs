@@ -167,7 +167,7 @@ pub async fn start_on(
     };
 
     let tls = match &config.proxy.tls {
-        Some(t) => Some(server::tls_acceptor(&t.cert_file, &t.key_file)?),
+        Some(t) => Some(server::tls_acceptor(t)?),
         None => None,
     };
     let proxy = Arc::new(proxy::Proxy::new(

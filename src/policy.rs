@@ -43,6 +43,8 @@ pub struct Policy {
     pub public_origin: Option<String>,
     /// The proxy listener's own scheme (`https` with `[proxy.tls]`).
     pub listener_scheme: &'static str,
+    /// `[authz] trust_forwarded_client_cert`.
+    pub trust_forwarded_client_cert: bool,
 }
 
 /// One (original) request as a decision sees it.
@@ -61,6 +63,9 @@ pub struct Request<'a> {
     pub query: Option<&'a str>,
     /// Its headers.
     pub headers: &'a HeaderMap,
+    /// The client certificate's `x5t#S256` (mutual TLS on the proxy listener, or a trusted
+    /// gateway's report).
+    pub client_cert: Option<&'a str>,
 }
 
 /// The verdict on one request.
@@ -197,6 +202,7 @@ impl Policy {
             } else {
                 "http"
             },
+            trust_forwarded_client_cert: config.authz.trust_forwarded_client_cert,
         }
     }
 
@@ -217,6 +223,7 @@ impl Policy {
             raw_path,
             query,
             headers,
+            client_cert: None,
         };
         self.decide_request(&req).await
     }
@@ -288,12 +295,23 @@ impl Policy {
 
     /// The URI a DPoP proof must name for this request: `public_origin` or the scheme and
     /// `Host` it arrived with, then the path as sent.
+    /// `None` (every proof fails `htu`) for a `Host` that is not a plain `host[:port]`: it
+    /// comes from the client, and `h?` or `h/x` would cut or shift the path it is joined to.
     pub fn request_uri(&self, r: &Request<'_>) -> Option<String> {
+        if !r.raw_path.starts_with('/') {
+            return None;
+        }
         match &self.public_origin {
             Some(origin) => Some(format!("{origin}{}", r.raw_path)),
             None => {
                 let scheme = r.scheme.unwrap_or(self.listener_scheme);
-                r.host.map(|h| format!("{scheme}://{h}{}", r.raw_path))
+                let h = r.host?;
+                let plain = h
+                    .parse::<http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == h)
+                    && !h.contains(['@', '/', '?', '#', '\\'])
+                    && !h.is_empty();
+                plain.then(|| format!("{scheme}://{h}{}", r.raw_path))
             }
         }
     }
@@ -320,12 +338,16 @@ impl Policy {
             .sender_constraint
             .unwrap_or(v.provider.sender_constraint);
         let jkt = crate::dpop::bound_jkt(&v.info.claims);
-        let cert_bound = v
-            .info
-            .claims
-            .get("cnf")
-            .is_some_and(|c| c.get("x5t#S256").is_some());
+        // RFC 8705: a certificate-bound token needs that client certificate, whatever the
+        // scheme; `Some(true)` when it matches.
+        let cert = crate::dpop::bound_x5t(&v.info.claims).map(|t| r.client_cert == Some(t));
         let (kind, result) = match scheme {
+            // A confirmation this sidecar cannot check (another method, or `jkt` that is not
+            // a string) is never read as "unbound".
+            _ if !crate::dpop::confirmation_understood(&v.info.claims) => {
+                ("bearer", Err(Reject::UnknownConfirmation))
+            }
+            _ if cert == Some(false) => ("mtls", Err(Reject::CertificateBound)),
             Scheme::Dpop => {
                 let uri = self.request_uri(r).unwrap_or_default();
                 let proof = crate::dpop::ProofRequest {
@@ -334,39 +356,39 @@ impl Policy {
                     token,
                     now,
                 };
-                let checked = self.dpop.verify_proof(r.headers, &proof, obs);
+                let bound = self
+                    .dpop
+                    .verify_proof(r.headers, &proof, jkt, obs)
+                    .map(|_| ());
                 let evicted = self.dpop.replay.take_evictions();
                 if evicted > 0 {
                     m.dpop_replay_evictions_total.inc_by(evicted);
                 }
-                let bound = checked.and_then(|key| match jkt {
-                    None => Err(crate::dpop::ProofError::Unbound),
-                    Some(b) if b != key => Err(crate::dpop::ProofError::KeyMismatch),
-                    Some(_) => Ok(()),
-                });
                 m.dpop_proofs_total
                     .with_label_values(&[provider, bound.err().map_or("ok", |e| e.code())])
                     .inc();
                 let result = match bound {
                     Err(e) => Err(Reject::DpopProof(e)),
-                    Ok(()) if required == SenderConstraint::Mtls || cert_bound => {
-                        Err(Reject::CertificateBound)
+                    Ok(()) if required == SenderConstraint::Mtls && cert.is_none() => {
+                        Err(Reject::SenderConstraintRequired)
                     }
                     Ok(()) => Ok(()),
                 };
                 ("dpop", result)
             }
             Scheme::Bearer => {
+                let proven = cert == Some(true);
                 let result = if jkt.is_some() {
                     Err(Reject::DpopBoundAsBearer)
-                } else if cert_bound {
-                    Err(Reject::CertificateBound)
-                } else if required != SenderConstraint::Optional {
+                } else if required != SenderConstraint::Optional
+                    && !(proven
+                        && matches!(required, SenderConstraint::Mtls | SenderConstraint::Any))
+                {
                     Err(Reject::SenderConstraintRequired)
                 } else {
                     Ok(())
                 };
-                ("bearer", result)
+                (if proven { "mtls" } else { "bearer" }, result)
             }
         };
         obs.step(Check::SenderConstraint, result.is_ok(), || match &result {
@@ -394,7 +416,7 @@ impl Policy {
                 reject,
                 Reject::DpopProof(_) | Reject::DpopBoundAsBearer | Reject::SenderConstraintRequired
             );
-        if dpop && status == 401 {
+        if dpop && (status == 401 || status == 403) {
             // RFC 9449 section 7.1: the DPoP scheme, with the proof algorithms accepted.
             if let Some(rest) = c.strip_prefix("Bearer ") {
                 c = format!("DPoP {rest}, algs=\"{}\"", self.dpop.algs_param);

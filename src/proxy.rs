@@ -194,15 +194,20 @@ impl Proxy {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let decision = policy
-            .decide(
-                method.as_str(),
-                host,
-                req.uri().path(),
-                req.uri().query(),
-                req.headers(),
-            )
-            .await;
+        let client_cert = req
+            .extensions()
+            .get::<crate::server::ClientCert>()
+            .map(|c| c.0.clone());
+        let original = crate::policy::Request {
+            method: method.as_str(),
+            scheme: None,
+            host,
+            raw_path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            client_cert: client_cert.as_deref(),
+        };
+        let decision = policy.decide_request(&original).await;
         // Hop-by-hop processing of the client's request happens here, after the decision
         // (which may use a header the client nominated, such as `Authorization`) and before
         // the identity headers are added: nothing the client sends can remove or alter a

@@ -17,7 +17,6 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,11 +287,13 @@ fn count_error(opts: &ServeOptions, kind: &'static str) {
     }
 }
 
-/// Builds a TLS acceptor from PEM files.
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+/// Builds a TLS acceptor from `[proxy.tls]`: PEM certificate chain and key, and with
+/// `client_ca_file` client certificates issued by that CA (optional or required).
+pub fn tls_acceptor(t: &crate::config::TlsConfig) -> Result<TlsAcceptor, String> {
     crate::install_crypto_provider();
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_file, key_file) = (&t.cert_file, &t.key_file);
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", cert_file.display()))?;
@@ -305,12 +306,53 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, St
         }
         e => format!("{}: {e}", key_file.display()),
     })?;
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &t.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            for c in cas {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no PEM CA certificate found", ca.display()));
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let v = match t.client_auth {
+                crate::config::ClientAuth::Optional => v.allow_unauthenticated(),
+                crate::config::ClientAuth::Required => v,
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate/key: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The client certificate of a mutual-TLS connection, as RFC 8705 names it: the base64url
+/// SHA-256 of its DER (`x5t#S256`). Every request of the connection carries it as an
+/// extension.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<str>);
+
+impl ClientCert {
+    /// The thumbprint of a DER certificate.
+    pub fn of_der(der: &[u8]) -> ClientCert {
+        use base64::Engine;
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        ClientCert(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(d.as_ref())
+                .into(),
+        )
+    }
 }
 
 /// One accepted connection, start to end: the TLS handshake (bounded by the header read
@@ -333,13 +375,18 @@ async fn serve_conn<H, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let name = opts.name;
-    let service = hyper::service::service_fn(move |req| {
-        let fut = handler(peer, req);
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
+    let service = move |cert: Option<ClientCert>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(c) = &cert {
+                req.extensions_mut().insert(c.clone());
+            }
+            let fut = handler(peer, req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        })
+    };
     let result = match tls {
         None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None));
             watcher.watch(conn.into_owned()).await
         }
         Some(acceptor) => {
@@ -356,7 +403,14 @@ async fn serve_conn<H, Fut, B>(
                     return;
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            let cert = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCert::of_der(c.as_ref()));
+            let conn =
+                builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service(cert));
             watcher.watch(conn.into_owned()).await
         }
     };

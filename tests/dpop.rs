@@ -7,9 +7,7 @@
 
 mod support;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use jwks_sidecar::jose::key::thumbprint;
+use jwks_sidecar::demo::dpop::{ath, jkt, proof_parts};
 use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::{now, SigningKey};
 use serde_json::{json, Value};
@@ -57,15 +55,6 @@ impl Env {
     }
 }
 
-fn jkt(k: &SigningKey) -> String {
-    thumbprint(&k.public_jwk()).expect("thumbprint")
-}
-
-fn ath(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    URL_SAFE_NO_PAD.encode(d.as_ref())
-}
-
 /// A valid proof by `holder` for `method` `uri` and `token`, then changed by `edit`.
 fn proof(
     holder: &SigningKey,
@@ -74,12 +63,7 @@ fn proof(
     token: &str,
     edit: impl FnOnce(&mut Value, &mut Value),
 ) -> String {
-    let mut header =
-        json!({"typ": "dpop+jwt", "alg": holder.alg.name(), "jwk": holder.public_jwk()});
-    let mut id = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut id).expect("rng");
-    let mut claims = json!({"htm": method, "htu": uri, "iat": now(),
-        "jti": URL_SAFE_NO_PAD.encode(id), "ath": ath(token)});
+    let (mut header, mut claims) = proof_parts(holder, method, uri, token);
     edit(&mut header, &mut claims);
     holder.mint_with_header(&header, &claims)
 }
@@ -205,12 +189,14 @@ async fn a_bound_token_with_its_proof_passes_and_every_proof_failure_is_refused(
             Box::new(|h, _| h["jwk"]["d"] = json!("AAAA")),
         ),
         (
-            "signature",
-            "jwk of another key",
-            Box::new({
-                let j = other.public_jwk();
-                move |h, _| h["jwk"] = j
-            }),
+            "jwk",
+            "RSA jwk over 4096 bits",
+            Box::new(|h, _| h["jwk"] = json!({"kty": "RSA", "e": "AQAB", "n": "A".repeat(1400)})),
+        ),
+        (
+            "jwk",
+            "jwk with a certificate chain",
+            Box::new(|h, _| h["jwk"]["x5c"] = json!(["AAAA"])),
         ),
     ];
     for (code, what, edit) in cases {
@@ -232,6 +218,34 @@ async fn a_bound_token_with_its_proof_passes_and_every_proof_failure_is_refused(
             "{what}: result {code} counted"
         );
     }
+    // The holder's jwk, signed by another key: the signature check.
+    let (h, c) = proof_parts(&holder, "GET", &htu, &token);
+    let forged = other.mint_with_header(&h, &c);
+    let (st, ch, body) = send(&url, "DPoP", &token, &[&forged]).await;
+    assert_eq!(
+        (st, reason(&body)),
+        (401, "invalid_dpop_proof".into()),
+        "{body}"
+    );
+    assert!(
+        body.contains("signature is invalid") && ch.contains("invalid_dpop_proof"),
+        "{body}"
+    );
+    // A Host header that is not host[:port] cannot move a proof to another path: a proof
+    // for /api/orders, sent to /api/other with "Host: <addr>/api/orders?".
+    let p = proof(&holder, "GET", &htu, &token, |_, _| {});
+    let auth = format!("DPoP {token}");
+    let host = format!("{}/api/orders?", e.s.proxy_addr);
+    let (st, _, body) = get(
+        &e.url("/api/other"),
+        &[("authorization", &auth), ("dpop", &p), ("host", &host)],
+    )
+    .await;
+    assert_eq!(
+        st.as_u16(),
+        401,
+        "a Host with a path must not match the proof: {body}"
+    );
     // Two proofs (two headers, or two values in one), and none at all.
     let a = proof(&holder, "GET", &htu, &token, |_, _| {});
     let b = proof(&holder, "GET", &htu, &token, |_, _| {});
@@ -256,17 +270,22 @@ async fn a_bound_token_with_its_proof_passes_and_every_proof_failure_is_refused(
     );
     // A valid proof by another key than the token's: the binding fails.
     let theirs = proof(&other, "GET", &htu, &token, |_, _| {});
-    let (st, _, body) = send(&url, "DPoP", &token, &[&theirs]).await;
+    let (st, ch, body) = send(&url, "DPoP", &token, &[&theirs]).await;
     assert_eq!(
-        (st, body.contains("bound to another key")),
-        (401, true),
+        (st, reason(&body)),
+        (401, "dpop_key_mismatch".into()),
         "{body}"
     );
+    assert!(
+        ch.starts_with("DPoP ") && ch.contains("error=\"invalid_token\""),
+        "RFC 9449 7.1: {ch}"
+    );
+    assert!(body.contains("bound to another key"), "{body}");
     // A proof for an unbound token under the DPoP scheme.
     let unbound = e.token(None);
     let p = proof(&holder, "GET", &htu, &unbound, |_, _| {});
     let (st, _, body) = send(&url, "DPoP", &unbound, &[&p]).await;
-    assert_eq!((st, body.contains("not DPoP-bound")), (401, true), "{body}");
+    assert_eq!((st, reason(&body)), (401, "dpop_unbound".into()), "{body}");
     // Equivalent spellings of the URI are the same URI (RFC 3986 normalisation).
     let loud = htu.replace("http://127.0.0.1", "HTTP://127.0.0.1");
     let p = proof(&holder, "GET", &loud, &token, |_, _| {});
@@ -304,6 +323,22 @@ async fn a_bound_token_presented_as_bearer_is_a_downgrade_and_routes_can_require
             "{path}"
         );
         assert!(ch.starts_with("DPoP ") && ch.contains("algs="), "{ch}");
+    }
+    // A confirmation this sidecar cannot check is never read as unbound.
+    for cnf in [
+        json!({"jkt": 5}),
+        json!({"jwk": holder.public_jwk()}),
+        json!("x"),
+    ] {
+        let t =
+            e.k.mint(&json!({"iss": e.idp.issuer(), "aud": "api", "sub": "alice",
+            "exp": now() + 300, "cnf": cnf}));
+        let (st, _, body) = send(&e.url("/api/x"), "Bearer", &t, &[]).await;
+        assert_eq!(
+            (st, reason(&body)),
+            (401, "unknown_confirmation".into()),
+            "{cnf}"
+        );
     }
     // The route requires DPoP: an unbound bearer token is refused there, accepted elsewhere.
     let plain = e.token(None);

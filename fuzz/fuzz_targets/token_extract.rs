@@ -9,7 +9,7 @@
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use jwks_sidecar::auth::extract::{extract, TokenSources};
+use jwks_sidecar::auth::extract::{extract, Scheme, TokenSources};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             raw.push(value);
         }
     }
-    if let Ok(Some(tok)) = extract(&headers, query, &sources) {
+    if let Ok(Some((tok, _))) = extract(&headers, query, &sources) {
         assert!(!tok.is_empty(), "empty token");
         assert!(tok.len() <= sources.max_bytes, "token over max_bytes");
         let in_headers = raw
@@ -51,20 +51,30 @@ fuzz_target!(|data: &[u8]| {
         let in_query = query.is_some_and(|q| q.contains(tok));
         assert!(in_headers || in_query, "token {tok:?} not in the request");
     }
-    // Authorization alone: a token found there is one bearer credential, without separators.
+    // Authorization alone: a token found there is one Bearer or DPoP credential, without
+    // separators.
     let only_auth = TokenSources {
         max_bytes: sources.max_bytes,
         ..TokenSources::default()
     };
-    if let Ok(Some(tok)) = extract(&headers, None, &only_auth) {
+    // With the DPoP scheme when one of the credentials was `DPoP <token>`.
+    if let Ok(Some((tok, scheme))) = extract(&headers, None, &only_auth) {
         assert!(!tok.is_empty() && tok.len() <= only_auth.max_bytes);
-        assert!(!tok.contains([' ', '\t', ',']), "bearer token with separators: {tok:?}");
-        let from_bearer = headers.get_all(http::header::AUTHORIZATION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                let s = s.trim();
-                s.len() > 6 && s[..6].eq_ignore_ascii_case("bearer") && s.ends_with(tok)
+        assert!(!tok.contains([' ', '\t', ',']), "token with separators: {tok:?}");
+        let from = |name: &str| {
+            headers.get_all(http::header::AUTHORIZATION).iter().any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    let s = s.trim();
+                    s.len() > name.len()
+                        && s.is_char_boundary(name.len())
+                        && s[..name.len()].eq_ignore_ascii_case(name)
+                        && s.ends_with(tok)
+                })
             })
-        });
-        assert!(from_bearer, "token {tok:?} not from a Bearer credential");
+        };
+        assert!(from("bearer") || from("dpop"), "token {tok:?} not from a Bearer or DPoP credential");
+        if scheme == Scheme::Dpop {
+            assert!(from("dpop"), "DPoP scheme without a DPoP credential");
+        }
     }
 });

@@ -137,6 +137,17 @@ fn deny_response(
     resp
 }
 
+/// The scheme of the original request (Envoy's `attributes.request.http.scheme`): only DPoP's
+/// `htu` reads it, and `proxy.public_origin` overrides it.
+fn scheme(req: &CheckRequest) -> Option<&'static str> {
+    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    match http.scheme.to_ascii_lowercase().as_str() {
+        "https" => Some("https"),
+        "http" => Some("http"),
+        _ => None,
+    }
+}
+
 fn header_map(req: &CheckRequest) -> (HeaderMap, String, String, String) {
     let mut headers = HeaderMap::new();
     let Some(http) = req
@@ -202,10 +213,24 @@ impl Authorization for AuthzGrpc {
         let decision =
             match crate::authz::http::split_target(if target.is_empty() { "/" } else { &target }) {
                 Some((path, query)) => {
-                    let host = (!host.is_empty()).then_some(host.as_str());
-                    policy
-                        .decide(&method, host, &path, query.as_deref(), &headers)
-                        .await
+                    let cert = policy
+                        .trust_forwarded_client_cert
+                        .then(|| req.attributes.as_ref()?.source.as_ref())
+                        .flatten()
+                        .filter(|s| !s.certificate.is_empty())
+                        .and_then(|s| {
+                            crate::authz::xfcc::thumbprint_from_urlencoded_pem(&s.certificate)
+                        });
+                    let original = crate::policy::Request {
+                        method: &method,
+                        scheme: scheme(&req),
+                        host: (!host.is_empty()).then_some(host.as_str()),
+                        raw_path: &path,
+                        query: query.as_deref(),
+                        headers: &headers,
+                        client_cert: cert.as_deref(),
+                    };
+                    policy.decide_request(&original).await
                 }
                 None => crate::policy::Decision {
                     path: None,

@@ -82,6 +82,17 @@ fn original(
     }
 }
 
+/// The scheme the client used, as the gateway reports it (`X-Forwarded-Proto`, first value):
+/// only DPoP's `htu` reads it, and `proxy.public_origin` overrides it.
+fn original_scheme(req: &Request<Incoming>) -> Option<&'static str> {
+    let v = req.headers().get("x-forwarded-proto")?.to_str().ok()?;
+    match v.split(',').next()?.trim().to_ascii_lowercase().as_str() {
+        "https" => Some("https"),
+        "http" => Some("http"),
+        _ => None,
+    }
+}
+
 /// The original host: `X-Forwarded-Host` for forward-auth, else `Host`.
 fn original_host(conv: Convention, req: &Request<Incoming>) -> Option<String> {
     let get = |n: &str| {
@@ -170,15 +181,22 @@ impl AuthzHttp {
         let decision = match split_target(&target) {
             Some((path, query)) => {
                 let host = original_host(conv, &req);
-                policy
-                    .decide(
-                        &method,
-                        host.as_deref(),
-                        &path,
-                        query.as_deref(),
-                        req.headers(),
-                    )
-                    .await
+                let cert = policy
+                    .trust_forwarded_client_cert
+                    .then(|| req.headers().get("x-forwarded-client-cert"))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::authz::xfcc::thumbprint_from_xfcc);
+                let original = crate::policy::Request {
+                    method: &method,
+                    scheme: original_scheme(&req),
+                    host: host.as_deref(),
+                    raw_path: &path,
+                    query: query.as_deref(),
+                    headers: req.headers(),
+                    client_cert: cert.as_deref(),
+                };
+                policy.decide_request(&original).await
             }
             None => Decision {
                 path: None,

@@ -10,3 +10,4 @@
 
 pub mod grpc;
 pub mod http;
+pub mod xfcc;

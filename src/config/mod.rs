@@ -359,6 +359,25 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// PEM CA bundle: ask clients for a certificate issued by it (mutual TLS), which
+    /// certificate-bound tokens (RFC 8705, `cnf["x5t#S256"]`) must match.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `optional` (clients without a certificate are served; only
+    /// certificate-bound tokens need one) or `required` (the handshake fails without one).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Whether the proxy's TLS listener requires a client certificate.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Asked for, not required.
+    #[default]
+    Optional,
+    /// The handshake fails without one.
+    Required,
 }
 
 /// `[admin]`
@@ -392,6 +411,11 @@ pub struct AuthzConfig {
     pub nginx_path: String,
     /// Traefik ForwardAuth / Caddy `forward_auth` endpoint (reads `X-Forwarded-Uri`, `X-Forwarded-Method`).
     pub forward_path: String,
+    /// Take the client certificate of certificate-bound tokens from the gateway: Envoy's
+    /// `x-forwarded-client-cert` (`Hash=`, else `Cert=`) on the HTTP endpoints, the gRPC
+    /// check's `source.certificate`. Only for gateways that set (and sanitise) them: a client
+    /// could send the header itself to any other.
+    pub trust_forwarded_client_cert: bool,
 }
 
 impl Default for AuthzConfig {
@@ -402,6 +426,7 @@ impl Default for AuthzConfig {
             path_prefix: "/authz".into(),
             nginx_path: "/nginx".into(),
             forward_path: "/forward".into(),
+            trust_forwarded_client_cert: false,
         }
     }
 }

@@ -50,10 +50,15 @@ fn dpop(p: &mut Vec<String>, src: &str, d: &super::DpopConfig) {
             ));
         }
     }
-    if d.max_age.is_zero() {
+    let secs = std::time::Duration::from_secs;
+    if d.max_age < secs(1) || d.max_age > secs(3600) {
         p.push(format!(
-            "{src}dpop.max_age is 0: proofs need a window, e.g. \"60s\""
+            "{src}dpop.max_age = {:?}: give proofs a window between 1s and 1h, e.g. \"60s\"",
+            d.max_age
         ));
+    }
+    if d.leeway > secs(300) {
+        p.push(format!("{src}dpop.leeway = {:?} is over 5m", d.leeway));
     }
     if d.replay_cache_entries < 1000 {
         p.push(format!(
@@ -112,12 +117,18 @@ fn proxy(p: &mut Vec<String>, src: &str, proxy: &ProxyConfig) {
             proxy.upstream
         )),
     }
+    if let Some(t) = &proxy.tls {
+        if t.client_auth == super::ClientAuth::Required && t.client_ca_file.is_none() {
+            p.push(format!("{src}proxy.tls.client_auth = \"required\" needs proxy.tls.client_ca_file (the CA that issues client certificates)"));
+        }
+    }
     if let Some(o) = &proxy.public_origin {
         let ok = matches!(http::Uri::try_from(o.as_str()), Ok(u)
             if matches!(u.scheme_str(), Some("http" | "https"))
                 && u.host().is_some()
                 && matches!(u.path(), "" | "/")
-                && u.query().is_none());
+                && u.query().is_none()
+                && !o.contains('@'));
         if !ok {
             p.push(format!("{src}proxy.public_origin = {o:?} is not an origin: give scheme, host and optional port only, e.g. \"https://api.example.com\""));
         }

@@ -68,6 +68,8 @@ pub struct IdpState {
     /// Kids of signing keys that are no longer published (they still sign, for tokens of
     /// retired keys).
     pub unpublished: Mutex<Vec<String>>,
+    /// DPoP client keys by name (`POST /dpop`), made on first use.
+    pub holders: Mutex<std::collections::HashMap<String, Arc<SigningKey>>>,
 }
 
 /// A fake OpenID provider on loopback.
@@ -97,6 +99,7 @@ impl FakeIdp {
             if_none_match: Mutex::new(Vec::new()),
             etag: AtomicBool::new(false),
             unpublished: Mutex::new(Vec::new()),
+            holders: Mutex::new(std::collections::HashMap::new()),
         });
         let st = state.clone();
         serve_plain(listener, move |req| idp_handle(st.clone(), req));
@@ -144,6 +147,12 @@ async fn idp_handle(st: Arc<IdpState>, req: Request<Incoming>) -> Response<Full<
     }
     if path == "/token" && req.method() == Method::POST {
         return mint(&st, req).await;
+    }
+    if path == "/dpop" && req.method() == Method::POST {
+        return match json_body(req).await {
+            Ok(body) => json_ok(super::dpop::proof_for(&st.holders, &body)),
+            Err(r) => r,
+        };
     }
     if path == "/jwks.json" {
         st.jwks_fetches.fetch_add(1, Ordering::SeqCst);

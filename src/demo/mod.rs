@@ -6,6 +6,7 @@
 //! `jwks-sidecar idp` runs the identity provider alone for the Python and Node suites (its
 //! HTTP API is in `idp`), so there is one fake IdP, not one per language.
 
+pub mod dpop;
 mod echo;
 mod idp;
 

@@ -63,6 +63,9 @@ fn normalize_escapes(path: &str) -> Option<String> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = path.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
             let v = u8::from_str_radix(hex, 16).ok()?;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
                 out.push(v as char);
@@ -143,6 +146,7 @@ mod tests {
             "https:///path",
             "https://h/%zz",
             "https://h/%4",
+            "https://h/%+4",
             "https://[::1/",
         ] {
             assert_eq!(normalize(bad), None, "{bad}");

@@ -63,6 +63,12 @@ pub enum ProofError {
 }
 
 impl ProofError {
+    /// Whether the proof may be fine but the token is not bound to its key: RFC 9449 section
+    /// 7.1 answers `invalid_token` for that, `invalid_dpop_proof` for the rest.
+    pub fn is_binding(self) -> bool {
+        matches!(self, ProofError::KeyMismatch | ProofError::Unbound)
+    }
+
     /// The `result` label of `jwks_sidecar_dpop_proofs_total`.
     pub fn code(self) -> &'static str {
         match self {
@@ -100,7 +106,9 @@ impl ProofError {
             ProofError::Htu => "the DPoP proof htu is not the request URI",
             ProofError::Iat => "the DPoP proof iat is missing, too old or in the future",
             ProofError::Jti => "the DPoP proof jti is missing or invalid",
-            ProofError::Replayed => "the DPoP proof was already used",
+            ProofError::Replayed => {
+                "the DPoP proof was already used (or is older than proofs the full replay cache dropped)"
+            }
             ProofError::Ath => "the DPoP proof ath is not the hash of this access token",
             ProofError::KeyMismatch => "the access token is bound to another key than the proof's",
             ProofError::Unbound => "the access token is not DPoP-bound (no cnf.jkt)",
@@ -147,7 +155,7 @@ impl Dpop {
     /// Compiled settings; `algorithms` are the names accepted for proofs.
     pub fn new(algorithms: &[Alg], max_age: u64, leeway: u64, replay_entries: usize) -> Dpop {
         Dpop {
-            settings: (algorithms.to_vec(), max_age, leeway, replay_entries),
+            settings: (sorted(algorithms), max_age, leeway, replay_entries),
             algs: algorithms.to_vec(),
             algs_param: algorithms
                 .iter()
@@ -160,14 +168,16 @@ impl Dpop {
         }
     }
 
-    /// Verifies the request's one proof; returns the RFC 7638 thumbprint of its key.
+    /// Verifies the request's one proof, made by the key the token is `bound` to (its
+    /// `cnf.jkt`); returns that thumbprint.
     pub fn verify_proof(
         &self,
         headers: &HeaderMap,
         req: &ProofRequest<'_>,
+        bound: Option<&str>,
         obs: &mut impl Observer,
     ) -> Result<String, ProofError> {
-        let r = self.check(headers, req);
+        let r = self.check(headers, req, bound);
         obs.step(Check::DpopProof, r.is_ok(), || match &r {
             Ok(jkt) => format!("DPoP proof for {} {} by key {jkt}", req.method, req.uri),
             Err(e) => e.description().to_string(),
@@ -175,7 +185,15 @@ impl Dpop {
         r
     }
 
-    fn check(&self, headers: &HeaderMap, req: &ProofRequest<'_>) -> Result<String, ProofError> {
+    /// Cheapest first: the header's shape, then the key's thumbprint against the token's
+    /// binding, then the claims, and only then the signature; the replay cache last, so a
+    /// proof that fails anything (a flood with throwaway keys included) never takes a place.
+    fn check(
+        &self,
+        headers: &HeaderMap,
+        req: &ProofRequest<'_>,
+        bound: Option<&str>,
+    ) -> Result<String, ProofError> {
         let mut values = headers.get_all("dpop").iter();
         let proof = match (values.next(), values.next()) {
             (None, _) => return Err(ProofError::Missing),
@@ -189,11 +207,10 @@ impl Dpop {
             return Err(ProofError::Malformed);
         }
         let parsed = jws::parse(proof).map_err(|_| ProofError::Malformed)?;
-        let typ_ok = parsed
-            .header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"));
+        let typ_ok = parsed.header.typ.as_deref().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t == "dpop+jwt" || t == "application/dpop+jwt"
+        });
         if !typ_ok {
             return Err(ProofError::Typ);
         }
@@ -206,12 +223,18 @@ impl Dpop {
         {
             return Err(ProofError::PrivateKey);
         }
-        let key = crate::jose::key::parse_jwk(jwk, &[alg]).map_err(|_| ProofError::Jwk)?;
-        if !key.accepts(alg) {
+        // The key is in the proof itself: no certificates (parsed only from the IdP's JWKS)
+        // and no RSA key over 4096 bits (each request would pay for its verification).
+        let n_len = obj.get("n").and_then(Value::as_str).map_or(0, str::len);
+        if ["x5c", "x5u", "jku"].iter().any(|m| obj.contains_key(*m)) || n_len > 683 {
             return Err(ProofError::Jwk);
         }
-        let keys = [Arc::new(key)];
-        jws::verify_signature(&parsed, alg, &keys).map_err(|_| ProofError::Signature)?;
+        let jkt = crate::jose::key::thumbprint(jwk).ok_or(ProofError::Jwk)?;
+        match bound {
+            None => return Err(ProofError::Unbound),
+            Some(b) if b != jkt => return Err(ProofError::KeyMismatch),
+            Some(_) => {}
+        }
         let claims = &parsed.claims;
         if claims.get("htm").and_then(Value::as_str) != Some(req.method) {
             return Err(ProofError::Htm);
@@ -229,6 +252,7 @@ impl Dpop {
         let iat = claims
             .get("iat")
             .and_then(Value::as_f64)
+            .filter(|i| i.is_finite())
             .ok_or(ProofError::Iat)?;
         let now = req.now as f64;
         if !(iat >= now - (self.max_age + self.leeway) as f64 && iat <= now + self.leeway as f64) {
@@ -243,13 +267,44 @@ impl Dpop {
         if claims.get("ath").and_then(Value::as_str) != Some(&URL_SAFE_NO_PAD.encode(digest)) {
             return Err(ProofError::Ath);
         }
-        let jkt = crate::jose::key::thumbprint(jwk).ok_or(ProofError::Jwk)?;
-        // Last: a proof that fails any other check never takes a place in the cache.
-        match self.replay.check_and_insert(&jkt, jti, req.now) {
+        let key = crate::jose::key::parse_jwk(jwk, &[alg]).map_err(|_| ProofError::Jwk)?;
+        if !key.accepts(alg) {
+            return Err(ProofError::Jwk);
+        }
+        let keys = [Arc::new(key)];
+        jws::verify_signature(&parsed, alg, &keys).map_err(|_| ProofError::Signature)?;
+        match self
+            .replay
+            .check_and_insert(&jkt, jti, iat.max(0.0) as u64, req.now)
+        {
             Seen::New => Ok(jkt),
             Seen::Replayed => Err(ProofError::Replayed),
         }
     }
+}
+
+fn sorted(algs: &[Alg]) -> Vec<Alg> {
+    let mut v = algs.to_vec();
+    v.sort_by_key(|a| a.name());
+    v.dedup();
+    v
+}
+
+/// Whether every confirmation method of the token's `cnf` is one this sidecar checks (a
+/// string `jkt`, a string `x5t#S256`), or there is none.
+pub fn confirmation_understood(claims: &serde_json::Map<String, Value>) -> bool {
+    match claims.get("cnf") {
+        None => true,
+        Some(Value::Object(cnf)) => cnf
+            .iter()
+            .all(|(k, v)| matches!(k.as_str(), "jkt" | "x5t#S256") && v.is_string()),
+        Some(_) => false,
+    }
+}
+
+/// The client certificate (`cnf["x5t#S256"]`, RFC 8705) a token is bound to, if any.
+pub fn bound_x5t(claims: &serde_json::Map<String, Value>) -> Option<&str> {
+    claims.get("cnf")?.get("x5t#S256")?.as_str()
 }
 
 /// The `cnf.jkt` a token is bound to, if any.

@@ -2,14 +2,16 @@
 //! key within the window its `iat` is accepted in.
 //!
 //! Bounded by construction: 16 shards, each with two generations of 128-bit digests of
-//! (key thumbprint, `jti`). A generation lasts one window; when the current one is older than
-//! the window it becomes the previous one and the previous one is dropped, so an entry lives
-//! between one and two windows (at least as long as its proof can be accepted). A generation
-//! never holds more than its share of `max_entries`: when one is full it turns early, which
-//! drops entries still inside their window: that is counted (`evictions`), and a replay of an
-//! evicted proof would then pass, so size the cache for the peak proof rate times two windows.
+//! (key thumbprint, `jti`) with the proof's `iat`. A generation lasts one window; when the
+//! current one is older than the window it becomes the previous one and the previous one is
+//! dropped, so an entry lives between one and two windows (at least as long as its proof can be
+//! accepted). A generation never holds more than its share of `max_entries`: when one is full
+//! it turns early and drops entries still inside their window. That is counted (`evictions`),
+//! and it fails closed: the shard then refuses every proof whose `iat` is not newer than the
+//! newest dropped one, so a flood can delay clients (their fresh proofs pass) but never let an
+//! evicted proof replay. Size it for the peak proof rate times two windows.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -25,9 +27,11 @@ pub enum Seen {
 }
 
 struct Shard {
-    current: HashSet<u128>,
-    previous: HashSet<u128>,
+    current: HashMap<u128, u64>,
+    previous: HashMap<u128, u64>,
     started: u64,
+    /// Proofs with an `iat` at or below this were possibly dropped while live: refused.
+    floor: u64,
 }
 
 /// The cache.
@@ -47,9 +51,10 @@ impl ReplayCache {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        current: HashSet::new(),
-                        previous: HashSet::new(),
+                        current: HashMap::new(),
+                        previous: HashMap::new(),
                         started: 0,
+                        floor: 0,
                     })
                 })
                 .collect(),
@@ -59,8 +64,9 @@ impl ReplayCache {
         }
     }
 
-    /// Records the proof `(jkt, jti)` at `now`; says whether it was seen within the window.
-    pub fn check_and_insert(&self, jkt: &str, jti: &str, now: u64) -> Seen {
+    /// Records the proof `(jkt, jti)` made at `iat`, at `now`; says whether it was seen within
+    /// the window (or may have been, see the module docs).
+    pub fn check_and_insert(&self, jkt: &str, jti: &str, iat: u64, now: u64) -> Seen {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(jkt.as_bytes());
         ctx.update(&[0]);
@@ -73,7 +79,7 @@ impl ReplayCache {
         let Ok(mut s) = shard.lock() else {
             return Seen::Replayed; // a poisoned lock fails closed
         };
-        if s.current.contains(&key) || s.previous.contains(&key) {
+        if s.current.contains_key(&key) || s.previous.contains_key(&key) || iat <= s.floor {
             return Seen::Replayed;
         }
         let full = s.current.len() >= self.per_generation;
@@ -83,11 +89,13 @@ impl ReplayCache {
             if now < s.started.saturating_add(self.window) && !s.previous.is_empty() {
                 self.evictions
                     .fetch_add(s.previous.len() as u64, Ordering::Relaxed);
+                let newest = s.previous.values().copied().max().unwrap_or(0);
+                s.floor = s.floor.max(newest);
             }
             s.previous = std::mem::take(&mut s.current);
             s.started = now;
         }
-        s.current.insert(key);
+        s.current.insert(key, iat);
         Seen::New
     }
 
@@ -118,23 +126,50 @@ mod tests {
     #[test]
     fn a_proof_is_accepted_once_within_its_window() {
         let c = ReplayCache::new(60, 1000);
-        assert_eq!(c.check_and_insert("k1", "j1", 1000), Seen::New);
-        assert_eq!(c.check_and_insert("k1", "j1", 1030), Seen::Replayed);
-        assert_eq!(c.check_and_insert("k2", "j1", 1030), Seen::New, "per key");
+        assert_eq!(c.check_and_insert("k1", "j1", 1000, 1000), Seen::New);
+        assert_eq!(c.check_and_insert("k1", "j1", 1000, 1030), Seen::Replayed);
+        assert_eq!(
+            c.check_and_insert("k2", "j1", 1000, 1030),
+            Seen::New,
+            "per key"
+        );
         // Still remembered one window later (it moved to the previous generation).
-        assert_eq!(c.check_and_insert("k1", "j1", 1061), Seen::Replayed);
+        assert_eq!(c.check_and_insert("k1", "j1", 1000, 1061), Seen::Replayed);
     }
 
     #[test]
     fn memory_stays_bounded_under_a_flood_of_unique_jtis() {
         let c = ReplayCache::new(60, 10_000);
         for i in 0..200_000u64 {
-            c.check_and_insert("k", &i.to_string(), 1000 + i / 10_000);
+            let t = 1000 + i / 10_000;
+            c.check_and_insert("k", &i.to_string(), t, t);
         }
         assert!(c.len() <= 10_000, "{} entries", c.len());
         assert!(
             c.evictions.load(Ordering::Relaxed) > 0,
             "the flood was counted"
         );
+    }
+
+    #[test]
+    fn a_flood_that_evicts_a_proof_cannot_replay_it() {
+        // 1000 entries: 31 per generation per shard. A victim's proof, then a flood of
+        // proofs made in the same second: whatever shard the victim's entry is in, it is
+        // dropped early, and its replay is still refused (fails closed on iat).
+        let c = ReplayCache::new(70, 1000);
+        assert_eq!(c.check_and_insert("victim", "v", 5000, 5000), Seen::New);
+        for i in 0..5_000u64 {
+            c.check_and_insert("attacker", &i.to_string(), 5000, 5000);
+        }
+        assert!(
+            c.evictions.load(Ordering::Relaxed) > 0,
+            "the flood evicted live entries"
+        );
+        assert_eq!(
+            c.check_and_insert("victim", "v", 5000, 5001),
+            Seen::Replayed
+        );
+        // A fresh proof (a newer iat) still passes.
+        assert_eq!(c.check_and_insert("victim", "w", 5002, 5002), Seen::New);
     }
 }

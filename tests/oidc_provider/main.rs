@@ -99,6 +99,7 @@ async fn run(report: Arc<Report>, dir: PathBuf, tag: String) -> Result<()> {
     let mut sc = phases::start_sidecar(&ctx, echo).await?;
     let t1 = phases::tokens_and_allowed_request(&ctx, &sc).await?;
     phases::refusals(&ctx, &sc, &t1).await?;
+    phases::dpop(&ctx, &sc).await?;
     let t2 = phases::rotation_new_key(&mut ctx, &sc, &t1).await?;
     let t3 = phases::rotation_retire_old_key(&mut ctx, &sc, &t1, &t2).await?;
     phases::unpublished_key(&ctx, &sc, &t3).await;

@@ -323,6 +323,79 @@ pub async fn refusals(ctx: &Ctx, sc: &Sidecar, t1: &str) -> Result<()> {
     Ok(())
 }
 
+/// DPoP with a real issuer: oidc-provider binds the token to the key of the proof sent to
+/// its token endpoint (`cnf.jkt`, `token_type` DPoP); the sidecar accepts it with a proof by
+/// that key, and refuses a replayed proof, a proof by another key, and the token as Bearer.
+pub async fn dpop(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
+    use jwks_sidecar::demo::dpop::{jkt, proof_parts};
+    let r = &ctx.r;
+    r.step("DPoP: a token bound to the client's key by the provider");
+    let holder = SigningKey::generate(Alg::ES256, "e2e-holder");
+    let sign = |k: &SigningKey, htm: &str, htu: &str, token: &str| {
+        let (h, mut c) = proof_parts(k, htm, htu, token);
+        if token.is_empty() {
+            c.as_object_mut().map(|o| o.remove("ath"));
+        }
+        k.mint_with_header(&h, &c)
+    };
+    let at_endpoint = sign(&holder, "POST", &ctx.oauth.token_endpoint, "");
+    let (token, token_type) = ctx
+        .oauth
+        .token_with(AUDIENCE, Some("api:read"), Some(&at_endpoint))
+        .await?;
+    r.check(
+        "token endpoint: token_type DPoP",
+        token_type.eq_ignore_ascii_case("dpop"),
+        &token_type,
+    );
+    let (_, claims) = decode_jwt(&token);
+    r.check(
+        "the access token is bound to the client's key (cnf.jkt = its RFC 7638 thumbprint)",
+        claims["cnf"]["jkt"] == jkt(&holder).as_str(),
+        &claims,
+    );
+    let url = sc.url();
+    let proof = sign(&holder, "GET", &url, &token);
+    let a = sc.proxied_as("DPoP", &token, &[("dpop", &proof)]).await;
+    r.check(
+        "DPoP token with its proof: 200 from the upstream",
+        a.status == 200 && a.reached,
+        a.describe(),
+    );
+    let refused = |a: &crate::sidecar::Answer, reason: &str| {
+        a.status == 401
+            && !a.reached
+            && a.json["reason"] == reason
+            && a.www_authenticate
+                .as_deref()
+                .is_some_and(|w| w.starts_with("DPoP ") && w.contains("algs="))
+    };
+    let a = sc.proxied_as("DPoP", &token, &[("dpop", &proof)]).await;
+    r.check(
+        "the same proof again: 401 invalid_dpop_proof (replay), DPoP challenge",
+        refused(&a, "invalid_dpop_proof"),
+        a.describe(),
+    );
+    let other = SigningKey::generate(Alg::ES256, "e2e-other");
+    let theirs = sign(&other, "GET", &url, &token);
+    let a = sc.proxied_as("DPoP", &token, &[("dpop", &theirs)]).await;
+    r.check(
+        "a valid proof by another key: 401 dpop_key_mismatch, error=\"invalid_token\"",
+        refused(&a, "dpop_key_mismatch")
+            && a.www_authenticate
+                .as_deref()
+                .is_some_and(|w| w.contains("error=\"invalid_token\"")),
+        a.describe(),
+    );
+    let a = sc.proxied(&token, &[]).await;
+    r.check(
+        "the bound token as Bearer: 401 dpop_bound_as_bearer",
+        refused(&a, "dpop_bound_as_bearer"),
+        a.describe(),
+    );
+    Ok(())
+}
+
 /// Rotation 1/2: the provider signs with key 2 and still publishes key 1. The first requests
 /// with key 2 must pass (the "unknown kid" refetch, single-flight), and `t1` (key 1) still
 /// does. Returns a token signed with key 2.

@@ -141,6 +141,17 @@ pub struct OAuthClient {
 impl OAuthClient {
     /// An access token from the client_credentials grant for `resource` (RFC 8707).
     pub async fn token(&self, resource: &str, scope: Option<&str>) -> Result<String> {
+        self.token_with(resource, scope, None).await.map(|(t, _)| t)
+    }
+
+    /// The same, with a DPoP proof for the token endpoint when given (the token is then
+    /// bound to the proof's key); returns the token and its `token_type`.
+    pub async fn token_with(
+        &self,
+        resource: &str,
+        scope: Option<&str>,
+        dpop: Option<&str>,
+    ) -> Result<(String, String)> {
         let mut form = format!(
             "grant_type=client_credentials&resource={}",
             urlencode(resource)
@@ -150,14 +161,21 @@ impl OAuthClient {
         }
         let credentials = format!("{}:{}", urlencode(CLIENT_ID), urlencode(&self.secret));
         let basic = format!("Basic {}", STANDARD.encode(credentials));
-        let headers = [
+        let mut headers = vec![
             ("authorization", basic.as_str()),
             ("content-type", "application/x-www-form-urlencoded"),
         ];
+        if let Some(p) = dpop {
+            headers.push(("dpop", p));
+        }
         let body = Bytes::from(form);
         let (st, _, body) = request("POST", &self.token_endpoint, &headers, body).await;
-        match parse(&body)["access_token"].as_str() {
-            Some(t) if st == 200 => Ok(t.to_string()),
+        let doc = parse(&body);
+        match doc["access_token"].as_str() {
+            Some(t) if st == 200 => Ok((
+                t.to_string(),
+                doc["token_type"].as_str().unwrap_or("").to_string(),
+            )),
             _ => Err(format!("token endpoint: {}", describe(st.as_u16(), &body))),
         }
     }

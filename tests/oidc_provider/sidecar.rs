@@ -181,12 +181,22 @@ impl Sidecar {
     /// GET /api/hello on the proxy with this token ("": none) and headers, counted as allowed
     /// (200) or refused.
     pub async fn send(&self, token: &str, extra: &[(&str, &str)]) -> Answer {
-        let auth = format!("Bearer {token}");
+        self.send_as("Bearer", token, extra).await
+    }
+
+    /// The URL [`Sidecar::send`] requests (what a DPoP proof names).
+    pub fn url(&self) -> String {
+        format!("http://{}/api/hello", self.proxy)
+    }
+
+    /// [`Sidecar::send`] with another `Authorization` scheme (`DPoP`).
+    pub async fn send_as(&self, scheme: &str, token: &str, extra: &[(&str, &str)]) -> Answer {
+        let auth = format!("{scheme} {token}");
         let mut headers = extra.to_vec();
         if !token.is_empty() {
             headers.push(("authorization", &auth));
         }
-        let (st, h, body) = get(&format!("http://{}/api/hello", self.proxy), &headers).await;
+        let (st, h, body) = get(&self.url(), &headers).await;
         let status = st.as_u16();
         let counter = if status == 200 {
             &self.allowed
@@ -208,8 +218,13 @@ impl Sidecar {
     /// [`Sidecar::send`], one request at a time: `reached` says whether the echo upstream got
     /// a request meanwhile.
     pub async fn proxied(&self, token: &str, extra: &[(&str, &str)]) -> Answer {
+        self.proxied_as("Bearer", token, extra).await
+    }
+
+    /// [`Sidecar::proxied`] with another `Authorization` scheme (`DPoP`).
+    pub async fn proxied_as(&self, scheme: &str, token: &str, extra: &[(&str, &str)]) -> Answer {
         let before = self.echo.requests.load(Ordering::SeqCst);
-        let mut a = self.send(token, extra).await;
+        let mut a = self.send_as(scheme, token, extra).await;
         a.reached = self.echo.requests.load(Ordering::SeqCst) > before;
         a
     }
@@ -265,7 +280,7 @@ pub struct Answer {
     /// The body as JSON (the echo's description of the request, or a refusal); null if not.
     pub json: Value,
     /// The echo upstream received a request while this one was made.
-    reached: bool,
+    pub reached: bool,
 }
 
 impl Answer {
