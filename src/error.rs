@@ -106,6 +106,7 @@ impl Reject {
             Reject::NoMatchingRule => Some("access_denied"),
             Reject::NoKeys => Some("temporarily_unavailable"),
             Reject::DpopProof(e) if e.is_binding() => Some("invalid_token"),
+            Reject::DpopProof(crate::dpop::ProofError::Nonce) => Some("use_dpop_nonce"),
             Reject::DpopProof(_) => Some("invalid_dpop_proof"),
             _ => Some("invalid_token"),
         }
@@ -143,6 +144,7 @@ impl Reject {
             Reject::HopByHopIdentity => "hop_by_hop_identity",
             Reject::DpopProof(crate::dpop::ProofError::KeyMismatch) => "dpop_key_mismatch",
             Reject::DpopProof(crate::dpop::ProofError::Unbound) => "dpop_unbound",
+            Reject::DpopProof(crate::dpop::ProofError::Nonce) => "use_dpop_nonce",
             Reject::DpopProof(_) => "invalid_dpop_proof",
             Reject::DpopBoundAsBearer => "dpop_bound_as_bearer",
             Reject::SenderConstraintRequired => "sender_constraint_required",

@@ -112,7 +112,9 @@ pub async fn explain(plan: &Plan, req: &ExplainRequest) -> Result<String, String
     // The token's trace runs its own DPoP replay cache: the decision below must not see the
     // proof as replayed by the explanation.
     let mut tracing_policy = Policy::new(plan, auth.clone());
-    tracing_policy.dpop = Arc::new(crate::plan::dpop(&plan.config.dpop));
+    if let Ok(d) = crate::plan::dpop(&plan.config.dpop) {
+        tracing_policy.dpop = Arc::new(d);
+    }
     explain_route(&mut out, &tracing_policy, &r);
     explain_decision(&mut out, &policy, &r).await;
     Ok(out)

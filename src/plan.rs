@@ -99,6 +99,9 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
             Err(e) => problems.push(format!("{src}providers[{i}]{e}")),
         }
     }
+    let dpop = dpop(&config.dpop)
+        .map_err(|e| problems.push(format!("{src}{e}")))
+        .ok();
     let assertion = Assertions::compile(&config.assertion).unwrap_or_else(|e| {
         problems.push(format!("{src}{e}"));
         None
@@ -110,12 +113,12 @@ pub fn compile(config: Config, file: Option<&Path>) -> Result<Plan, ConfigError>
             None
         }
     };
-    match rules {
-        Some(rules) if problems.is_empty() => Ok(Plan {
+    match (rules, dpop) {
+        (Some(rules), Some(dpop)) if problems.is_empty() => Ok(Plan {
             serve: ServeSettings::from_config(&config.proxy),
             resource: ResourceMetadata::compile(&config).map(Arc::new),
             assertion: assertion.map(Arc::new),
-            dpop: Arc::new(dpop(&config.dpop)),
+            dpop: Arc::new(dpop),
             config,
             providers,
             rules: Arc::new(rules),
@@ -144,19 +147,28 @@ pub fn algorithms(p: &ProviderConfig) -> Vec<Alg> {
     }
 }
 
-/// The `[dpop]` section compiled (validation has checked the algorithm names).
-pub fn dpop(c: &config::DpopConfig) -> crate::dpop::Dpop {
+/// The `[dpop]` section compiled (validation has checked the algorithm names); errors name
+/// the nonce secret file.
+pub fn dpop(c: &config::DpopConfig) -> Result<crate::dpop::Dpop, String> {
     let algs = if c.algorithms.is_empty() {
         Alg::ALL.to_vec()
     } else {
         c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect()
     };
-    crate::dpop::Dpop::new(
+    let d = crate::dpop::Dpop::new(
         &algs,
         c.max_age.as_secs(),
         c.leeway.as_secs(),
         c.replay_cache_entries,
-    )
+    );
+    if c.nonce {
+        d.with_nonces(
+            c.nonce_lifetime.as_secs().max(1),
+            c.nonce_secret_file.as_deref(),
+        )
+    } else {
+        Ok(d)
+    }
 }
 
 /// A provider's refresh timing.

@@ -455,6 +455,16 @@ impl Policy {
         if reject.status() == 503 {
             extra.push((http::header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
+        // RFC 9449 section 9: the nonce the next proof must carry.
+        if *reject == Reject::DpopProof(crate::dpop::ProofError::Nonce) {
+            if let Some(v) = self
+                .dpop
+                .fresh_nonce(now_unix())
+                .and_then(|n| HeaderValue::from_str(&n).ok())
+            {
+                extra.push((HeaderName::from_static("dpop-nonce"), v));
+            }
+        }
         extra
     }
 

@@ -396,3 +396,63 @@ async fn behind_tls_termination_the_proof_names_the_public_origin() {
     );
     assert_eq!(send(&url, "DPoP", &token, &[&public]).await.0, 200);
 }
+
+#[tokio::test]
+async fn server_nonces_are_required_when_configured_and_shared_through_a_secret_file() {
+    let dir = std::env::temp_dir().join(format!("jwks-sidecar-dpop-nonce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("nonce.key");
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).expect("rng");
+    std::fs::write(&secret, bytes).expect("write");
+    let with_nonces = |c: &mut jwks_sidecar::config::Config| {
+        c.dpop.nonce = true;
+        c.dpop.nonce_secret_file = Some(secret.clone());
+    };
+    let a = env(with_nonces).await;
+    let holder = SigningKey::generate(Alg::ES256, "holder");
+    let token = a.token(Some(&holder));
+    let url = a.url("/api/x");
+    // No nonce: 401 use_dpop_nonce, with the nonce to use.
+    let p = proof(&holder, "GET", &url, &token, |_, _| {});
+    let auth = format!("DPoP {token}");
+    let (st, h, body) = get(&url, &[("authorization", &auth), ("dpop", &p)]).await;
+    assert_eq!(
+        (st.as_u16(), reason(&body)),
+        (401, "use_dpop_nonce".into()),
+        "{body}"
+    );
+    let ch = h["www-authenticate"].to_str().expect("ascii");
+    assert!(
+        ch.starts_with("DPoP ") && ch.contains("error=\"use_dpop_nonce\""),
+        "{ch}"
+    );
+    let nonce = h["dpop-nonce"].to_str().expect("nonce").to_string();
+    // With it: allowed.
+    let with = |n: &str| {
+        let n = n.to_string();
+        proof(&holder, "GET", &url, &token, move |_, c| {
+            c["nonce"] = json!(n)
+        })
+    };
+    assert_eq!(send(&url, "DPoP", &token, &[&with(&nonce)]).await.0, 200);
+    // A forged one: refused again.
+    let (st, _, body) = send(
+        &url,
+        "DPoP",
+        &token,
+        &[&with("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")],
+    )
+    .await;
+    assert_eq!((st, reason(&body)), (401, "use_dpop_nonce".into()));
+    // Another sidecar with the same secret file (a replica, or a restart) accepts it.
+    let b = env(with_nonces).await;
+    let token_b = b.token(Some(&holder));
+    let url_b = b.url("/api/x");
+    let n = nonce.clone();
+    let p = proof(&holder, "GET", &url_b, &token_b, move |_, c| {
+        c["nonce"] = json!(n)
+    });
+    assert_eq!(send(&url_b, "DPoP", &token_b, &[&p]).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

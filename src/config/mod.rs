@@ -77,6 +77,15 @@ pub struct DpopConfig {
     pub leeway: Duration,
     /// Most proof `jti`s remembered against replay.
     pub replay_cache_entries: usize,
+    /// Require a server nonce in every proof (RFC 9449 section 9): a proof without a valid
+    /// one gets 401 `use_dpop_nonce` with a fresh `DPoP-Nonce`.
+    pub nonce: bool,
+    /// How long a nonce is accepted.
+    #[serde(with = "humantime_serde")]
+    pub nonce_lifetime: Duration,
+    /// A file of at least 32 random bytes that keys the nonces, so replicas and restarts
+    /// accept each other's nonces. Unset: a key made at start (nonces die with the process).
+    pub nonce_secret_file: Option<PathBuf>,
 }
 
 impl Default for DpopConfig {
@@ -86,6 +95,9 @@ impl Default for DpopConfig {
             max_age: Duration::from_secs(60),
             leeway: Duration::from_secs(5),
             replay_cache_entries: 100_000,
+            nonce: false,
+            nonce_lifetime: Duration::from_secs(300),
+            nonce_secret_file: None,
         }
     }
 }

@@ -57,6 +57,12 @@ fn dpop(p: &mut Vec<String>, src: &str, d: &super::DpopConfig) {
             d.max_age
         ));
     }
+    if d.nonce && (d.nonce_lifetime < secs(1) || d.nonce_lifetime > secs(86_400)) {
+        p.push(format!(
+            "{src}dpop.nonce_lifetime = {:?}: between 1s and 24h, e.g. \"5m\"",
+            d.nonce_lifetime
+        ));
+    }
     if d.leeway > secs(300) {
         p.push(format!("{src}dpop.leeway = {:?} is over 5m", d.leeway));
     }

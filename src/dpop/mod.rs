@@ -60,6 +60,8 @@ pub enum ProofError {
     KeyMismatch,
     /// A `DPoP`-scheme token that is not bound to a key (no `cnf.jkt`).
     Unbound,
+    /// Nonces are required and this proof's is missing, forged or expired.
+    Nonce,
 }
 
 impl ProofError {
@@ -88,6 +90,7 @@ impl ProofError {
             ProofError::Ath => "ath",
             ProofError::KeyMismatch => "key_mismatch",
             ProofError::Unbound => "unbound",
+            ProofError::Nonce => "nonce",
         }
     }
 
@@ -112,15 +115,28 @@ impl ProofError {
             ProofError::Ath => "the DPoP proof ath is not the hash of this access token",
             ProofError::KeyMismatch => "the access token is bound to another key than the proof's",
             ProofError::Unbound => "the access token is not DPoP-bound (no cnf.jkt)",
+            ProofError::Nonce => "a DPoP proof must carry the server nonce of the DPoP-Nonce header",
         }
     }
+}
+
+/// What a `Dpop` was compiled from: equal settings keep the value across a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopSettings {
+    algs: Vec<Alg>,
+    max_age: u64,
+    leeway: u64,
+    replay_entries: usize,
+    /// Nonce lifetime and secret file, when nonces are required.
+    nonces: Option<(u64, Option<std::path::PathBuf>)>,
 }
 
 /// The `[dpop]` settings, compiled.
 pub struct Dpop {
     /// What it was compiled from (a reload with equal settings keeps this value, and so
-    /// its replay cache).
-    pub settings: (Vec<Alg>, u64, u64, usize),
+    /// its replay cache and nonce key).
+    pub settings: DpopSettings,
+    nonces: Option<Nonces>,
     algs: Vec<Alg>,
     /// `algs` of the `WWW-Authenticate: DPoP` challenge (space-separated).
     pub algs_param: String,
@@ -152,10 +168,17 @@ pub struct ProofRequest<'a> {
 }
 
 impl Dpop {
-    /// Compiled settings; `algorithms` are the names accepted for proofs.
+    /// Compiled settings; `algorithms` are the names accepted for proofs. No nonces.
     pub fn new(algorithms: &[Alg], max_age: u64, leeway: u64, replay_entries: usize) -> Dpop {
         Dpop {
-            settings: (sorted(algorithms), max_age, leeway, replay_entries),
+            settings: DpopSettings {
+                algs: sorted(algorithms),
+                max_age,
+                leeway,
+                replay_entries,
+                nonces: None,
+            },
+            nonces: None,
             algs: algorithms.to_vec(),
             algs_param: algorithms
                 .iter()
@@ -166,6 +189,45 @@ impl Dpop {
             leeway,
             replay: ReplayCache::new(max_age + 2 * leeway, replay_entries),
         }
+    }
+
+    /// The same, requiring server nonces that live `lifetime` seconds, keyed by the file's
+    /// bytes (at least 32) or by a key made now.
+    pub fn with_nonces(
+        mut self,
+        lifetime: u64,
+        secret_file: Option<&std::path::Path>,
+    ) -> Result<Dpop, String> {
+        let secret = match secret_file {
+            Some(f) => {
+                let b = std::fs::read(f)
+                    .map_err(|e| format!("dpop.nonce_secret_file = {:?}: {e}", f.display()))?;
+                if b.len() < 32 {
+                    return Err(format!(
+                        "dpop.nonce_secret_file = {:?}: {} bytes; at least 32 random bytes are needed",
+                        f.display(),
+                        b.len()
+                    ));
+                }
+                b
+            }
+            None => {
+                let mut b = vec![0u8; 32];
+                aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness for the nonce key")?;
+                b
+            }
+        };
+        self.settings.nonces = Some((lifetime, secret_file.map(|p| p.to_path_buf())));
+        self.nonces = Some(Nonces {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret),
+            lifetime,
+        });
+        Ok(self)
+    }
+
+    /// A fresh nonce for `DPoP-Nonce`, when nonces are required.
+    pub fn fresh_nonce(&self, now: u64) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.mint(now))
     }
 
     /// Verifies the request's one proof, made by the key the token is `bound` to (its
@@ -267,6 +329,12 @@ impl Dpop {
         if claims.get("ath").and_then(Value::as_str) != Some(&URL_SAFE_NO_PAD.encode(digest)) {
             return Err(ProofError::Ath);
         }
+        if let Some(n) = &self.nonces {
+            let nonce = claims.get("nonce").and_then(Value::as_str);
+            if !nonce.is_some_and(|v| n.valid(v, req.now, self.leeway)) {
+                return Err(ProofError::Nonce);
+            }
+        }
         let key = crate::jose::key::parse_jwk(jwk, &[alg]).map_err(|_| ProofError::Jwk)?;
         if !key.accepts(alg) {
             return Err(ProofError::Jwk);
@@ -280,6 +348,44 @@ impl Dpop {
             Seen::New => Ok(jkt),
             Seen::Replayed => Err(ProofError::Replayed),
         }
+    }
+}
+
+/// Stateless server nonces: `base64url(t || HMAC-SHA256(key, t)[..16])` with `t` the issue
+/// time (8 bytes, big-endian). Nobody without the key can make one, and each says when it
+/// expires; nothing is stored.
+struct Nonces {
+    key: aws_lc_rs::hmac::Key,
+    lifetime: u64,
+}
+
+impl Nonces {
+    fn tag(&self, t: u64) -> [u8; 16] {
+        let tag = aws_lc_rs::hmac::sign(&self.key, &t.to_be_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
+    }
+
+    fn mint(&self, now: u64) -> String {
+        let mut b = now.to_be_bytes().to_vec();
+        b.extend_from_slice(&self.tag(now));
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    fn valid(&self, nonce: &str, now: u64, leeway: u64) -> bool {
+        let Ok(b) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        if b.len() != 24 {
+            return false;
+        }
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[..8]);
+        let t = u64::from_be_bytes(t);
+        t <= now + leeway
+            && now.saturating_sub(t) <= self.lifetime
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&b[8..], &self.tag(t)).is_ok()
     }
 }
 
@@ -310,4 +416,33 @@ pub fn bound_x5t(claims: &serde_json::Map<String, Value>) -> Option<&str> {
 /// The `cnf.jkt` a token is bound to, if any.
 pub fn bound_jkt(claims: &serde_json::Map<String, Value>) -> Option<&str> {
     claims.get("cnf")?.get("jkt")?.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_expire_and_cannot_be_forged() {
+        let d = Dpop::new(&[Alg::ES256], 60, 5, 1000)
+            .with_nonces(300, None)
+            .expect("nonces");
+        let n = d.nonces.as_ref().expect("on");
+        let nonce = d.fresh_nonce(10_000).expect("nonce");
+        assert!(n.valid(&nonce, 10_000, 5));
+        assert!(n.valid(&nonce, 10_300, 5), "within its lifetime");
+        assert!(!n.valid(&nonce, 10_301, 5), "expired");
+        assert!(!n.valid(&nonce, 9_000, 5), "from the future");
+        // Another key (a restart without nonce_secret_file) does not accept it.
+        let other = Dpop::new(&[Alg::ES256], 60, 5, 1000)
+            .with_nonces(300, None)
+            .expect("nonces");
+        assert!(!other.nonces.as_ref().expect("on").valid(&nonce, 10_000, 5));
+        // A changed time or tag is refused.
+        let mut b = URL_SAFE_NO_PAD.decode(&nonce).expect("b64");
+        b[7] ^= 1;
+        assert!(!n.valid(&URL_SAFE_NO_PAD.encode(&b), 10_000, 5));
+        assert!(!n.valid("", 10_000, 5));
+        assert!(!n.valid("not base64!", 10_000, 5));
+    }
 }
