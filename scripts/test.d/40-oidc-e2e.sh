@@ -41,52 +41,46 @@ echo "-- oidc-e2e: build (tests/oidc_provider/ and the sidecar binary)"
 cargo test --test oidc_provider --no-run
 BIN=${CARGO_TARGET_DIR:-target}/debug/jwks-sidecar
 
-echo "-- oidc-e2e: run"
-# The test ends what it starts (its children are killed when it ends, even by a panic) and
-# removes its temp dir. `timeout` signals its whole process group: cargo, the test, and the
-# provider and sidecar processes the test started.
+# run_suite NAME LIMIT LOG CMD...: runs CMD bounded by LIMIT seconds (`timeout` signals its
+# whole process group: cargo, the test, the provider and sidecar processes it started), then
+# sets $status (its exit status) and $summary (its last "NAME: N passed, M failed" line, or a
+# FAIL line when it never got there).
+run_suite() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  status=0
+  TMPDIR=$WORK timeout -k 10 "$limit" "$@" 2>&1 | tee "$log" || status=$?
+  case $status in
+    124) echo "$name: FAIL: did not finish within $limit s" >&2 ;;
+    137) echo "$name: FAIL: killed (timeout or SIGKILL)" >&2 ;;
+  esac
+  summary=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed\$" "$log" | tail -n 1 || true)
+  if [ -z "$summary" ]; then
+    echo "$name: FAIL: the run did not reach its summary line" >&2
+    [ "$status" -ne 0 ] || status=1
+    summary="$name: FAIL (no summary line, exit status $status)"
+  fi
+}
+
 WORK=$(mktemp -d -t oidc-e2e-run.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-status=0
-TMPDIR=$WORK timeout -k 10 180 cargo test --test oidc_provider -- --ignored --nocapture 2>&1 \
-  | tee "$WORK/log" || status=$?
-case $status in
-  124) echo "oidc-e2e: FAIL: the test did not finish within 180 s" >&2 ;;
-  137) echo "oidc-e2e: FAIL: the test was killed (timeout or SIGKILL)" >&2 ;;
-esac
-# The test prints "oidc-e2e: N passed, M failed" last; repeated here, and in the results below.
-summary=$(grep -E '^oidc-e2e: [0-9]+ passed, [0-9]+ failed$' "$WORK/log" | tail -n 1 || true)
-if [ -z "$summary" ]; then
-  echo "oidc-e2e: FAIL: the test did not run to its summary line" >&2
-  [ "$status" -ne 0 ] || status=1
-  summary="oidc-e2e: FAIL (no summary line, exit status $status)"
-else
-  echo "$summary"
-fi
+
+echo "-- oidc-e2e: run"
+# The test ends what it starts (its children are killed when it ends, even by a panic) and
+# removes its temp dir.
+run_suite oidc-e2e 180 "$WORK/log" cargo test --test oidc_provider -- --ignored --nocapture
+rust_status=$status rust_summary=$summary
 
 echo "-- oidc-e2e: MCP client (e2e/oidc/mcp.mjs)"
 # Runs whatever the Rust test's outcome. mcp.mjs kills the sidecar it starts on any exit (it
-# bounds itself to 90 s); `timeout` signals its process group too.
-mcp_status=0
-TMPDIR=$WORK timeout -k 5 120 node e2e/oidc/mcp.mjs --sidecar "$BIN" 2>&1 \
-  | tee "$WORK/mcp.log" || mcp_status=$?
-case $mcp_status in
-  124) echo "mcp-e2e: FAIL: the run did not finish within 120 s" >&2 ;;
-  137) echo "mcp-e2e: FAIL: the run was killed (timeout or SIGKILL)" >&2 ;;
-esac
-# mcp.mjs prints "mcp-e2e: N passed, M failed" last.
-mcp_summary=$(grep -E '^mcp-e2e: [0-9]+ passed, [0-9]+ failed$' "$WORK/mcp.log" | tail -n 1 || true)
-if [ -z "$mcp_summary" ]; then
-  echo "mcp-e2e: FAIL: the run did not reach its summary line" >&2
-  [ "$mcp_status" -ne 0 ] || mcp_status=1
-  mcp_summary="mcp-e2e: FAIL (no summary line, exit status $mcp_status)"
-fi
+# bounds itself to 90 s).
+run_suite mcp-e2e 120 "$WORK/mcp.log" node e2e/oidc/mcp.mjs --sidecar "$BIN"
 
 # Both results, the Rust test's first; the suite fails if either failed.
 echo "-- oidc-e2e: results"
+echo "$rust_summary (exit status $rust_status)"
 echo "$summary (exit status $status)"
-echo "$mcp_summary (exit status $mcp_status)"
-if [ "$status" -eq 0 ] && [ "$mcp_status" -ne 0 ]; then
-  status=1
+if [ "$rust_status" -ne 0 ] || [ "$status" -ne 0 ]; then
+  exit 1
 fi
-exit "$status"
+exit 0
