@@ -250,7 +250,11 @@ fn explain_token(out: &mut String, policy: &Policy, r: &Parsed<'_>, rule: &crate
     let _ = writeln!(out, "\ntoken:");
     let (token, scheme) = match auth.extract(&r.headers, r.query.as_deref()) {
         Ok(Some((t, scheme))) => {
-            let _ = writeln!(out, "  found ({} bytes, {scheme:?} scheme)", t.len());
+            let name = match scheme {
+                crate::auth::extract::Scheme::Dpop => "DPoP",
+                crate::auth::extract::Scheme::Bearer => "Bearer",
+            };
+            let _ = writeln!(out, "  found ({} bytes, {name} scheme)", t.len());
             (t, scheme)
         }
         Ok(None) => {

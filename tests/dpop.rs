@@ -456,3 +456,55 @@ async fn server_nonces_are_required_when_configured_and_shared_through_a_secret_
     assert_eq!(send(&url_b, "DPoP", &token_b, &[&p]).await.0, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn explain_shows_the_proof_and_the_binding() {
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
+    let c = base_config(&idp, &echo);
+    let plan = jwks_sidecar::plan::compile(c, None).expect("plan");
+    let dir =
+        std::env::temp_dir().join(format!("jwks-sidecar-dpop-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks_file = dir.join("jwks.json");
+    std::fs::write(&jwks_file, jwks_sidecar::testkit::jwks(&[&k]).to_string()).expect("write");
+    let holder = SigningKey::generate(Alg::ES256, "holder");
+    let token = k.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "alice",
+        "exp": now() + 300, "cnf": {"jkt": jkt(&holder)}}));
+    let explain = |proof: String| {
+        let req = jwks_sidecar::explain::ExplainRequest {
+            request: "GET /api/x".into(),
+            headers: vec![
+                "Host: api.test".into(),
+                format!("Authorization: DPoP {token}"),
+                format!("DPoP: {proof}"),
+            ],
+            offline: Some(jwks_file.clone()),
+        };
+        let plan = &plan;
+        async move {
+            jwks_sidecar::explain::explain(plan, &req)
+                .await
+                .expect("explain")
+        }
+    };
+    let good = proof(&holder, "GET", "http://api.test/api/x", &token, |_, _| {});
+    let text = explain(good).await;
+    for want in [
+        "DPoP scheme",
+        "ok   DPoP proof",
+        "ok   sender constraint",
+        "decision: ALLOW (ok)",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let wrong = proof(&holder, "POST", "http://api.test/api/x", &token, |_, _| {});
+    let text = explain(wrong).await;
+    for want in [
+        "FAIL the DPoP proof htm is not the request method",
+        "decision: DENY (invalid_dpop_proof)",
+        "WWW-Authenticate: DPoP",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,6 +246,7 @@ async fn the_decision_service_trusts_the_gateways_certificate_header_only_when_t
     for trust in [false, true] {
         let mut c = base_config(&idp, &echo);
         c.authz.listen = Some(loopback());
+        c.authz.grpc_listen = Some(loopback());
         c.authz.trust_forwarded_client_cert = trust;
         let s = start_config(c).await;
         wait_keys_ready(&s).await;
@@ -259,6 +260,33 @@ async fn the_decision_service_trusts_the_gateways_certificate_header_only_when_t
             let want = if trust { 200 } else { 401 };
             assert_eq!(st.as_u16(), want, "trust {trust}, {xfcc}: {body}");
         }
+        // The gRPC check: Envoy's source.certificate (URL-encoded PEM).
+        let mut grpc = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", s.authz_grpc_addr.expect("grpc")),
+        )
+        .await
+        .expect("connect");
+        let mut req = check_request("/api/x", &[("authorization", &auth)]);
+        if let Some(a) = req.attributes.as_mut() {
+            a.source = Some(
+                envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer {
+                    certificate: pem.clone(),
+                    ..Default::default()
+                },
+            );
+        }
+        let code = grpc
+            .check(req)
+            .await
+            .expect("rpc")
+            .into_inner()
+            .status
+            .map(|s| s.code);
+        assert_eq!(
+            code,
+            Some(if trust { 0 } else { 16 }),
+            "gRPC, trust {trust}"
+        );
         // Another certificate's hash is refused even from a trusted gateway.
         let other = format!("Hash={}", "0".repeat(64));
         let (st, _, body) = get(

@@ -241,7 +241,13 @@ impl Dpop {
     ) -> Result<String, ProofError> {
         let r = self.check(headers, req, bound);
         obs.step(Check::DpopProof, r.is_ok(), || match &r {
-            Ok(jkt) => format!("DPoP proof for {} {} by key {jkt}", req.method, req.uri),
+            Ok(jkt) => format!(
+                "DPoP proof: typ, alg, public jwk, key {jkt} = cnf.jkt, htm {}, htu {}, iat, \
+                 jti, ath{}, signature, not replayed",
+                req.method,
+                req.uri,
+                if self.nonces.is_some() { ", nonce" } else { "" }
+            ),
             Err(e) => e.description().to_string(),
         });
         r
