@@ -9,6 +9,10 @@ Writes into OUT_DIR:
   tokens-rs256-10k.txt      10,000 distinct RS256 tokens (distinct sub and jti)
   tokens-eddsa-100k.txt     100,000 distinct EdDSA tokens (for the bounded-memory row; EdDSA
                             because signing 100k RSA tokens in Python takes minutes)
+  dpop-holder-es256.pem     the DPoP holder's (client's) P-256 private key; its proofs are made
+                            per row by gen_dpop.py
+  tokens-es256-dpop-1.txt   one ES256 token bound to that key (cnf.jkt = its RFC 7638 thumbprint)
+  tokens-eddsa-dpop-1.txt   one EdDSA token bound to that key
   tampered-<file>.txt       the first token of each file with one signature byte changed
 
 Usage: gen_tokens.py OUT_DIR ISSUER AUDIENCE [--many N10K] [--huge N100K]
@@ -19,7 +23,7 @@ import json
 import os
 import time
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
@@ -97,13 +101,13 @@ def main() -> None:
                 "jti": f"bench-{i:08d}", "scope": "read write",
                 "email": f"user{i}@bench.example"}
 
-    def write(name: str, alg: str, count: int) -> None:
+    def write(name: str, alg: str, count: int, extra: dict | None = None) -> None:
         s = signers[alg]
         path = os.path.join(a.out, name)
         first = None
         with open(path, "w") as f:
             for i in range(count):
-                t = s.sign(claims(i))
+                t = s.sign({**claims(i), **(extra or {})})
                 first = first or t
                 f.write(t + "\n")
         with open(os.path.join(a.out, "tampered-" + name), "w") as f:
@@ -114,6 +118,15 @@ def main() -> None:
     write("tokens-eddsa-1.txt", "EdDSA", 1)
     write("tokens-rs256-10k.txt", "RS256", a.many)
     write("tokens-eddsa-100k.txt", "EdDSA", a.huge)
+    # DPoP (RFC 9449): a holder (client) key, and tokens bound to it by its thumbprint
+    from gen_dpop import public_jwk, thumbprint
+    holder = ec.generate_private_key(ec.SECP256R1())
+    with open(os.path.join(a.out, "dpop-holder-es256.pem"), "wb") as f:
+        f.write(holder.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    cnf = {"cnf": {"jkt": thumbprint(public_jwk(holder))}}
+    write("tokens-es256-dpop-1.txt", "ES256", 1, cnf)
+    write("tokens-eddsa-dpop-1.txt", "EdDSA", 1, cnf)
 
 
 if __name__ == "__main__":

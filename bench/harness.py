@@ -37,6 +37,8 @@ CAP = 0.4         # capped rows: each worker's share of a core (2 x 0.4 leaves w
 CACHE_ENTRIES = 10_000
 AUTHZ_PREFIX = "/authz"  # [authz] path_prefix: the Envoy http_service endpoint
 GRPC_CHECK = "/envoy.service.auth.v3.Authorization/Check"
+DPOP_ORIGIN = "http://bench.test"  # [proxy] public_origin of the DPoP rows: the proofs' htu
+DPOP_RATE = 32_000  # proofs generated per second of load (warm-up + timed runs): above any row's rate
 STARTED: list[subprocess.Popen] = []
 
 
@@ -308,7 +310,7 @@ class Sidecar(Proxy):
     kind = "jwks-sidecar"
 
     def __init__(self, work, name, upstream, jwks, cache, level=None, workers=1, cpus=PROXY_CPU,
-                 front="proxy", assertion=None):
+                 front="proxy", assertion=None, dpop=None):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
@@ -337,6 +339,17 @@ enabled = true
 audience = "app"
 algorithm = "{assertion}"
 """
+        proxy_extra = ""
+        if dpop:
+            # DPoP rows: the proofs name DPOP_ORIGIN (not the listener's port), may be up to an
+            # hour old (generated before the row), and every one of them fits the replay cache
+            proxy_extra = f'public_origin = "{DPOP_ORIGIN}"\n'
+            authz += f"""
+[dpop]
+max_age = "1h"
+replay_cache_entries = {dpop}
+"""
+        self.dpop = dpop
         self.cfg = os.path.join(self.dir, "config.toml")
         with open(self.cfg, "w") as f:
             f.write(f"""[proxy]
@@ -344,7 +357,7 @@ listen = "127.0.0.1:{self.port}"
 upstream = "http://127.0.0.1:{upstream.port}"
 public_paths = ["/public"]
 payload_header = "x-jwt-payload"
-
+{proxy_extra}
 [admin]
 listen = "127.0.0.1:{self.admin}"
 
@@ -407,6 +420,18 @@ sub = "x-jwt-sub"
                 for k in out:
                     if f'"{k}"' in line:
                         out[k] += int(float(line.split()[-1]))
+        return out
+
+    def dpop_stats(self) -> dict:
+        """jwks_sidecar_dpop_proofs_total by result, and the replay cache's evictions."""
+        _, body = http_get(f"http://127.0.0.1:{self.admin}/metrics")
+        out = {"evictions": 0}
+        for line in body.splitlines():
+            if line.startswith("jwks_sidecar_dpop_proofs_total{") and 'result="' in line:
+                k = line.split('result="', 1)[1].split('"', 1)[0]
+                out[k] = out.get(k, 0) + int(float(line.split()[-1]))
+            elif line.startswith("jwks_sidecar_dpop_replay_evictions_total "):
+                out["evictions"] = int(float(line.split()[-1]))
         return out
 
 
@@ -548,6 +573,53 @@ def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
     if failed:
         raise RuntimeError(f"sanity failed for {proxy.kind}: " + "; ".join(failed))
     return f"{len(checks)}/{len(checks)} checks"
+
+
+def sanity_dpop(proxy: "Sidecar", tokens: str) -> str:
+    """DPoP rows: public 200; the bound token with a fresh proof 200 with x-jwt-sub and
+    x-jwt-payload; the same proof again 401 (replay); the bound token as Bearer 401
+    (downgrade); no token, the DPoP scheme without a proof, and a proof for another path 401.
+    Its proofs are made here (htu /api/echo), not taken from the row's file."""
+    from gen_dpop import Prover, load_holder
+    base = proxy.url()
+    good = first_line(tokens)
+    holder = load_holder(os.path.join(os.path.dirname(tokens), "dpop-holder-es256.pem"))
+    echo = Prover(holder, "GET", DPOP_ORIGIN + "/api/echo", good)
+    other = Prover(holder, "GET", DPOP_ORIGIN + "/api/bench", good)
+    checks = []
+    code, _ = http_get(base + "/public/echo")
+    checks.append(("public path, no token -> 200", code == 200, code))
+    proof = echo.proof("sanity-1")
+    code, body = http_get(base + "/api/echo", {"Authorization": "DPoP " + good, "DPoP": proof})
+    fwd = "sub=bench-user-0" in body and "payload=ey" in body
+    checks.append(("bound token + fresh proof -> 200 + x-jwt-sub + x-jwt-payload", code == 200 and fwd,
+                   f"{code} {body.strip()[:60]}"))
+    code, _ = http_get(base + "/api/echo", {"Authorization": "DPoP " + good, "DPoP": proof})
+    checks.append(("the same proof again -> 401", code == 401, code))
+    code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + good})
+    checks.append(("bound token as Bearer -> 401", code == 401, code))
+    code, _ = http_get(base + "/api/echo")
+    checks.append(("no token -> 401", code == 401, code))
+    code, _ = http_get(base + "/api/echo", {"Authorization": "DPoP " + good})
+    checks.append(("DPoP token without a proof -> 401", code == 401, code))
+    code, _ = http_get(base + "/api/echo", {"Authorization": "DPoP " + good, "DPoP": other.proof("sanity-2")})
+    checks.append(("proof for another path -> 401", code == 401, code))
+    failed = [f"{name} (got {got})" for name, ok, got in checks if not ok]
+    if failed:
+        raise RuntimeError(f"DPoP sanity failed for {proxy.kind}: " + "; ".join(failed))
+    return f"{len(checks)}/{len(checks)} checks"
+
+
+def gen_proofs(tokens: str, out: str, n: int, path: str) -> dict:
+    """n single-use proofs for `path` by the holder key of gen_tokens.py, one per line, signed
+    on both cores by gen_dpop.py (before the row's proxy starts: nothing is being timed)."""
+    holder = os.path.join(os.path.dirname(tokens), "dpop-holder-es256.pem")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "gen_dpop.py"), holder, tokens, out, str(n),
+                        "--htu", DPOP_ORIGIN + path], capture_output=True, text=True, timeout=900)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("GENJSON ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"gen_dpop.py failed ({r.returncode}): {(r.stdout + r.stderr)[-600:]}")
+    return json.loads(line[len("GENJSON "):])
 
 
 # ---------------------------------------------------------------- decision service (issue 5)
@@ -762,9 +834,10 @@ def run_h2load(proxy: Proxy, body_file: str, conns: int, dur: float, lg_cpu=LG_C
             "succeeded": int(req.group(4))}
 
 
-def run_wrk(proxy: Proxy, tokens: str | None, path: str, conns: int, dur: float, lg_cpu=LG_CPU) -> dict:
+def run_wrk(proxy: Proxy, tokens: str | None, path: str, conns: int, dur: float, lg_cpu=LG_CPU,
+            script="bench.lua", script_args=None) -> dict:
     cmd = ["taskset", "-c", lg_cpu, "wrk", "-t1", f"-c{conns}", f"-d{dur:g}s", "--timeout", "5s",
-           "-s", os.path.join(HERE, "wrk", "bench.lua"), proxy.url(), "--", tokens or "-", path]
+           "-s", os.path.join(HERE, "wrk", script), proxy.url(), "--"] + (script_args or [tokens or "-", path])
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + dur + 120
     out = p.stdout.read()  # wrk prints little; EOF when it exits
@@ -839,13 +912,31 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
         with open(body_file, "wb") as f:
             f.write(check_request(path, first_line(tokens) if tokens else None))
 
+    # DPoP rows: one single-use proof per request, read from a file by wrk/dpop.lua; each run
+    # starts where the previous one stopped (warm-up included), so no proof is sent twice
+    proofs = os.path.join(work, row["id"] + "-proofs.txt") if row.get("dpop_proofs") else None
+    cursor = {"offset": 0, "used": 0, "exhausted": 0}
+
     def load(seconds, lg_cpu=LG_CPU):
         if body_file:
             return run_h2load(proxy, body_file, conns, seconds, lg_cpu)
+        if proofs:
+            w = run_wrk(proxy, tokens, path, conns, seconds, lg_cpu, script="dpop.lua",
+                        script_args=[tokens, proofs, str(cursor["offset"]), path])
+            cursor["offset"] = w["proof_next"]
+            cursor["used"] += w["proofs_used"]
+            cursor["exhausted"] += w["proofs_exhausted"]
+            return w
         return run_wrk(proxy, tokens, path, conns, seconds, lg_cpu)
 
     caps = None
     try:
+        if proofs:
+            log(f"    generating {row['dpop_proofs']:,} DPoP proofs")
+            res["dpop_gen"] = gen_proofs(tokens, proofs, row["dpop_proofs"], path)
+            g = res["dpop_gen"]
+            log(f"    {g['proofs']:,} {g['alg']} proofs in {g['seconds']:.1f} s on {g['procs']} processes "
+                f"({g['us_per_proof']:.1f} us/proof wall, {g['bytes'] / 1e6:.0f} MB)")
         proxy.start()
         if row.get("cap"):
             caps = WorkerCaps(proxy, row["cap"], row["id"])
@@ -853,16 +944,25 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
             res["sanity"] = sanity_authz_http(proxy, tokens, toks_dir)
         elif front == "authz-grpc":
             res["sanity"] = sanity_authz_grpc(proxy, tokens, toks_dir, body_file)
+        elif proofs:
+            res["sanity"] = sanity_dpop(proxy, tokens)
         else:
             res["sanity"] = sanity(proxy, tokens, toks_dir) if proxy.kind != "direct" else "n/a"
         load(args.warmup)  # warm-up: pools, caches, page faults
         stats0 = proxy.cache_stats() if row.get("cache") else None
-        dec0 = proxy.decisions() if front != "proxy" else None
+        # DPoP rows count decisions too: a denied proof must make the row invalid
+        dec0 = proxy.decisions() if front != "proxy" or proofs else None
+        dp0 = proxy.dpop_stats() if proofs else None
         for _ in range(args.reps):
             res["reps"].append(measure(proxy, upstream, load, dur, row.get("lg_cpu", LG_CPU), caps))
         if dec0 is not None:  # a gRPC denial is still HTTP 200: count the decisions themselves
             dec1 = proxy.decisions()
             res["decisions"] = {k: dec1.get(k, 0) - dec0.get(k, 0) for k in dec1}
+        if dp0 is not None:
+            dp1 = proxy.dpop_stats()
+            res["dpop_stats"] = {"timed": {k: dp1.get(k, 0) - dp0.get(k, 0) for k in dp1}, "total": dp1,
+                           "proofs_sent": cursor["used"], "runs_without_proof": cursor["exhausted"],
+                           "generated": row["dpop_proofs"], "replay_cache_entries": proxy.dpop}
         if row.get("cache"):
             s1 = proxy.cache_stats()
             h, m = s1["hit"] - stats0["hit"], s1["miss"] - stats0["miss"]
@@ -879,6 +979,8 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
         proxy.stop()
         if caps:
             caps.remove()
+        if proofs and os.path.exists(proofs):
+            os.remove(proofs)  # ~0.5 KB a proof
     return res
 
 
@@ -939,7 +1041,7 @@ def run_pair(rows: list[dict], upstream: Upstream, args, work: str, toks_dir: st
 
 # ---------------------------------------------------------------- rows
 
-def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[dict]:
+def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool, dpop_proofs: int = 1_000_000) -> list[dict]:
     rows = []
 
     def add(id_, label, make, **kw):
@@ -966,6 +1068,14 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool) -> list[d
             tokens=tok, cache=True, alg=alg)
         add(f"sc-{a}-c", f"jwks-sidecar {alg}, 1 token, cache on (default)", sc(f"sc-{a}-c", True),
             tokens=tok, cache=True, alg=alg)
+        if alg in ("ES256", "EdDSA"):
+            # DPoP (RFC 9449): the cached row with the token bound to a client key and a fresh
+            # ES256 proof on every request (a proof is single-use: one per request, from a file);
+            # the replay cache holds every proof of the row (no early eviction)
+            entries = max(100_000, -(-dpop_proofs * 11 // 10))
+            add(f"sc-{a}-c-dpop", f"jwks-sidecar {alg}, 1 DPoP-bound token, cache on, fresh ES256 proof per request",
+                sc(f"sc-{a}-c-dpop", True, dpop=entries), tokens=f"tokens-{a}-dpop-1.txt", cache=True, alg=alg,
+                dpop_proofs=dpop_proofs, bearer=f"sc-{a}-c")
         if alg == "RS256":
             # the decision service (issue 5): the same verification asked by a gateway over
             # HTTP (Envoy http_service endpoint) and gRPC (Authorization/Check), next to the
@@ -1100,6 +1210,36 @@ def report(results: list[dict], meta: dict) -> str:
     L.append("proxy core % below ~90 means the proxy was not the bottleneck: core 0 (wrk + nginx, "
              "shown as total (wrk+nginx)) was, so req/s understates the proxy; compare CPU µs/req there.")
     L.append("")
+    dpop = [r for r in results if r.get("dpop_proofs")]
+    if dpop:
+        L.append("## DPoP proofs (RFC 9449, 1 token, 32 connections)")
+        L.append("")
+        L.append("The cached row with its token bound to a client key (`cnf.jkt`) and sent as "
+                 "`Authorization: DPoP`, each request with a fresh ES256 proof in `DPoP` (its own jti, "
+                 f"htu `{DPOP_ORIGIN}/api/bench` via `[proxy] public_origin`, `[dpop] max_age = \"1h\"`), "
+                 "read from a file of single-use proofs pre-generated before the row (`bench/gen_dpop.py`). "
+                 "The replay cache (`replay_cache_entries`) holds every proof of the row. DPoP cost is the "
+                 "CPU per request over the bearer row's (same token algorithm, cache on). The sanity pass also "
+                 "checks: the same proof twice 401, the bound token as Bearer 401, a proof for another path 401.")
+        L.append("")
+        L.append("| row | req/s | proxy CPU µs/req | bearer row µs/req | DPoP cost µs/req | proofs used / generated | replay evictions | proofs ok / refused (timed) | generation |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in dpop:
+            base = by.get(r.get("bearer", ""))
+            b = med(base, "cpu_us_per_req") if base else None
+            c = med(r, "cpu_us_per_req")
+            cost = f"{c - b:+.1f}" if b is not None and c is not None else "–"
+            dp, g = r.get("dpop_stats") or {}, r.get("dpop_gen") or {}
+            t = dp.get("timed", {})
+            ok = t.get("ok", 0)
+            bad = sum(v for k, v in t.items() if k not in ("ok", "evictions"))
+            gen = (f"{g['proofs']:,} {g['alg']} in {g['seconds']:.0f} s ({g['procs']} processes, "
+                   f"{g['us_per_proof']:.0f} µs/proof wall)" if g else "–")
+            err = "; ERROR: " + r["error"][:100] if r.get("error") else ""
+            L.append(f"| {r['label']}{err} | {fmt_rps(r)} | {fmt_cpu(r)} | {'–' if b is None else f'{b:.1f}'} | "
+                     f"{cost} | {dp.get('proofs_sent', 0):,} / {r['dpop_proofs']:,} | "
+                     f"{t.get('evictions', '–')} | {ok:,} / {bad:,} | {gen} |")
+        L.append("")
     authz = [by[i] for i in ("sc-rs256", "sc-authz-http", "sc-authz-grpc",
                              "sc-rs256-c", "sc-authz-http-c", "sc-authz-grpc-c") if i in by]
     if any(r["id"].startswith("sc-authz") for r in authz):
@@ -1203,6 +1343,12 @@ def row_line(r: dict) -> str:
         rss = [x["rss_kib"] for x in r.get("reps", []) if x.get("rss_kib")]
         if rss:
             notes.append("RSS after each rep " + "/".join(f"{k / 1024:.1f}" for k in rss) + " MiB")
+    dp = r.get("dpop_stats")
+    if dp:
+        notes.append(f"{dp['proofs_sent']:,} proofs sent of {dp['generated']:,}, "
+                     f"{dp['timed'].get('evictions', 0)} replay evictions")
+        if dp["runs_without_proof"]:
+            notes.append(f"**proof file ran out: {dp['runs_without_proof']:,} requests without a proof — invalid**")
     dec = r.get("decisions")
     if dec is not None:
         denied = sum(v for k, v in dec.items() if k != "allow")
@@ -1342,10 +1488,14 @@ def main() -> int:
                                    "or 'scaling' (1 vs 2 workers, capped and uncapped)")
     ap.add_argument("--quiet-wait", type=float, default=240, help="seconds to wait for compilers to finish")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (keys, configs, logs)")
+    ap.add_argument("--dpop-proofs", type=int, help="DPoP proofs generated per DPoP row "
+                    f"(default {DPOP_RATE:,} per second of warm-up and timed runs)")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     args.duration = int(args.duration or (3 if args.quick else 10))
     args.warmup = 1 if args.quick else 2
+    # full run: 32,000 x (2 + 3 x 10 s) = 1,024,000; a row that uses them up is marked invalid
+    args.dpop_proofs = args.dpop_proofs or DPOP_RATE * (args.warmup + args.reps * args.duration)
 
     global ENVOY_BIN
     work = tempfile.mkdtemp(prefix="jwks-bench-")
@@ -1360,7 +1510,7 @@ def main() -> int:
 
     upstream = Upstream(work)
     upstream.start()
-    rows = define_rows(work, upstream, jwks, args.quick)
+    rows = define_rows(work, upstream, jwks, args.quick, args.dpop_proofs)
     if args.only:
         keep = set()
         for x in args.only.split(","):
@@ -1446,6 +1596,7 @@ ENVOY_BIN = ""
 # --only accepts these names for several rows
 ROW_GROUPS = {
     "authz": ["sc-rs256", "sc-rs256-c", "sc-authz-http", "sc-authz-http-c", "sc-authz-grpc", "sc-authz-grpc-c"],
+    "dpop": ["sc-es256-c", "sc-es256-c-dpop", "sc-eddsa-c", "sc-eddsa-c-dpop", "envoy-es256-c"],
     "scaling": ["sc-rs256", "envoy-rs256", "sc-rs256-2w", "envoy-rs256-2w"]
                + [f"{p}-{a}-cap{n}" for a in ("rs256", "es256") for p in ("sc", "envoy") for n in (1, 2)]
                + ["sc-grpc-c-cap1", "sc-grpc-c-cap2"],

@@ -31,6 +31,7 @@ import http.client
 import http.server
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -496,6 +497,9 @@ def sidecar_config(idp: IdP, ports, echo_port, dead_port):
         ('listen = "127.0.0.1:9001"', f'listen = "127.0.0.1:{ports["authz_http"]}"'),
         ('grpc_listen = "127.0.0.1:9002"', f'grpc_listen = "127.0.0.1:{ports["authz_grpc"]}"'),
     ])
+    # Envoy's x-forwarded-client-cert is trusted on the Envoy endpoints (the gateways here
+    # sanitise it, or never pass it); the forward-auth and nginx endpoints never read it.
+    authz += "trust_forwarded_client_cert = true\n"
     return f"""[proxy]
 listen = "127.0.0.1:{ports['proxy']}"
 upstream = "http://127.0.0.1:{echo_port}"
@@ -678,6 +682,17 @@ def run_dpop_checks(name, port, idp, echo, res: Results):
         ("no proof", dict(proofs=[])),
         ("the bound token as Bearer (downgrade)", dict(scheme="Bearer", proofs=[])),
     ]
+    # A certificate-bound token (RFC 8705) with a client-sent x-forwarded-client-cert naming
+    # its certificate: the gateway strips or never forwards it (Envoy), or the sidecar never
+    # reads it on that endpoint (nginx, Traefik, Caddy): no mutual TLS here, so refused.
+    digest = secrets.token_bytes(32)
+    x5t = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    cert_token = idp.sign({"sub": "alice", "scope": "orders:read", "cnf": {"x5t#S256": x5t}})
+    rid = uuid.uuid4().hex
+    st, h, _ = http_request(port, path, [("Authorization", f"Bearer {cert_token}"), ("x-test-rid", rid),
+                                         ("X-Forwarded-Client-Cert", f"Hash={digest.hex()}")])
+    res.check(f"{name}: certificate-bound token with a client-sent x-forwarded-client-cert -> 401",
+              st == 401 and rid not in echo.seen, f"status {st}")
     for label, kw in cases:
         st, www, rid = send(**kw)
         challenge_ok = nginx or (len(www) == 1 and www[0].startswith("DPoP ") and "algs=" in www[0])

@@ -181,8 +181,9 @@ impl AuthzHttp {
         let decision = match split_target(&target) {
             Some((path, query)) => {
                 let host = original_host(conv, &req);
-                let cert = policy
-                    .trust_forwarded_client_cert
+                // Envoy's header, read on Envoy's endpoint only: nginx, Traefik and Caddy pass
+                // a client's copy on untouched.
+                let cert = (policy.trust_forwarded_client_cert && conv == Convention::Envoy)
                     .then(|| req.headers().get("x-forwarded-client-cert"))
                     .flatten()
                     .and_then(|v| v.to_str().ok())

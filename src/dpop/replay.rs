@@ -8,8 +8,11 @@
 //! accepted). A generation never holds more than its share of `max_entries`: when one is full
 //! it turns early and drops entries still inside their window. That is counted (`evictions`),
 //! and it fails closed: the shard then refuses every proof whose `iat` is not newer than the
-//! newest dropped one, so a flood can delay clients (their fresh proofs pass) but never let an
-//! evicted proof replay. Size it for the peak proof rate times two windows.
+//! newest dropped one (its iat, at most its insertion time), so an evicted proof can never
+//! replay. Fresh proofs keep passing while a generation takes more than a second to fill, i.e.
+//! below about `max_entries / 2` proofs per second; a faster flood (which needs valid bound
+//! tokens) makes clients retry with a new proof a second later. Size it for the peak proof
+//! rate times two windows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +98,10 @@ impl ReplayCache {
             s.previous = std::mem::take(&mut s.current);
             s.started = now;
         }
-        s.current.insert(key, iat);
+        // A client picks its iat, up to the leeway ahead: the floor is kept at or below the
+        // insertion time, so a flood of future-dated proofs cannot push it past now and
+        // refuse everyone's fresh proofs.
+        s.current.insert(key, iat.min(now));
         Seen::New
     }
 
@@ -171,5 +177,17 @@ mod tests {
         );
         // A fresh proof (a newer iat) still passes.
         assert_eq!(c.check_and_insert("victim", "w", 5002, 5002), Seen::New);
+    }
+
+    #[test]
+    fn future_dated_proofs_cannot_push_the_floor_past_now() {
+        // A flood dated 5 s ahead (within the leeway) fills the cache; a client's proof made
+        // a second later still passes.
+        let c = ReplayCache::new(70, 1000);
+        for i in 0..5_000u64 {
+            c.check_and_insert("attacker", &i.to_string(), 5005, 5000);
+        }
+        assert!(c.evictions.load(Ordering::Relaxed) > 0);
+        assert_eq!(c.check_and_insert("client", "fresh", 5001, 5001), Seen::New);
     }
 }
