@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import http.client
 import http.server
 import json
@@ -35,6 +36,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -701,6 +703,120 @@ def run_dpop_checks(name, port, idp, echo, res: Results):
                   f"status {st}, WWW-Authenticate {www}")
 
 
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])}: {r.stderr.strip()[-300:]}")
+
+
+def make_pki(d):
+    """A CA made for this run, a server certificate for localhost, and client certificates a
+    and b, as PEM files in d (P-256 keys, one day)."""
+    os.makedirs(d, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=jwks-sidecar test CA", cwd=d)
+    for name, ext in (("tls", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+                      ("client-a", "extendedKeyUsage=clientAuth"), ("client-b", "extendedKeyUsage=clientAuth")):
+        write(os.path.join(d, f"{name}.ext"), ext + "\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext", cwd=d)
+
+
+def https_request(port, path, cert_dir, client, headers=()):
+    """One request over TLS to 127.0.0.1:port, presenting client certificate `client`."""
+    ctx = ssl.create_default_context(cafile=os.path.join(cert_dir, "ca.crt"))
+    ctx.check_hostname = False  # the chain is still verified against the run's CA
+    ctx.load_cert_chain(os.path.join(cert_dir, f"{client}.crt"), os.path.join(cert_dir, f"{client}.key"))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+def run_envoy_mtls_checks(workdir, ports, idp, echo, procs, res: Results, require_all):
+    """Certificate-bound tokens (RFC 8705) through Envoy ending mutual TLS: Envoy sets
+    x-forwarded-client-cert (SANITIZE_SET), jwks-sidecar (trust_forwarded_client_cert) matches
+    its Hash to the token's cnf["x5t#S256"]."""
+    name = "envoy-http-mtls"
+    binary = which("envoy")
+    if not binary or not shutil.which("openssl"):
+        missing = "envoy or openssl not found"
+        if require_all:
+            res.check(f"{name}: installed", False, missing)
+        else:
+            print(f"  SKIPPED {name}: {missing}")
+        return
+    d = os.path.join(workdir, name)
+    try:
+        make_pki(d)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        res.check(f"{name}: test PKI made with openssl", False, str(e))
+        return
+    port = free_port()
+    text = render("envoy/envoy-http-mtls.yaml", [
+        ("socket_address: {address: 0.0.0.0, port_value: 8000}", f"socket_address: {{address: 127.0.0.1, port_value: {port}}}"),
+        ("port_value: 3000}", f"port_value: {echo.port}}}"),
+        ("port_value: 9001}", f"port_value: {ports['authz_http']}}}"),
+        ("uri: http://127.0.0.1:9001", f"uri: http://127.0.0.1:{ports['authz_http']}"),
+        ("/etc/envoy/tls.crt", os.path.join(d, "tls.crt")),
+        ("/etc/envoy/tls.key", os.path.join(d, "tls.key")),
+        ("/etc/envoy/client-ca.pem", os.path.join(d, "ca.crt")),
+    ])
+    cfg = write(os.path.join(d, "envoy.yaml"), text)
+    print(f"-- {name} on 127.0.0.1:{port} (TLS, client certificates required)")
+    procs.start(name, [binary, "-c", cfg, "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"])
+
+    def ready():
+        if procs.procs[name].poll() is not None:
+            raise RuntimeError("exited")
+        try:
+            st, _, _ = https_request(port, "/public/ready", d, "client-a")
+        except OSError as e:
+            return False, repr(e)
+        return st == 200, st
+    try:
+        ok, last = wait_until(ready, 30)
+    except RuntimeError as e:
+        ok, last = False, str(e)
+    if not res.check(f"{name}: starts and serves a public path over mutual TLS", ok, f"last: {last}"):
+        print(procs.log_tail(name))
+        return
+    with open(os.path.join(d, "client-a.crt")) as f:
+        der_a = ssl.PEM_cert_to_DER_cert(f.read())
+    digest_a = hashlib.sha256(der_a).digest()
+    x5t_a = base64.urlsafe_b64encode(digest_a).rstrip(b"=").decode()
+    bound = idp.sign({"sub": "alice", "scope": "orders:read", "cnf": {"x5t#S256": x5t_a}})
+    plain = idp.sign({"sub": "alice", "scope": "orders:read"})
+
+    def send(client, token, extra=()):
+        rid = uuid.uuid4().hex
+        st, h, _ = https_request(port, "/orders/1", d, client,
+                                 [("Authorization", f"Bearer {token}"), ("x-test-rid", rid), *extra])
+        return st, rid
+
+    st, rid = send("client-a", bound)
+    up = echo.seen.get(rid)
+    res.check(f"{name}: certificate-bound token with its client certificate -> upstream reached",
+              st == 200 and up is not None and header_values(up, "x-jwt-sub") == ["alice"], f"status {st}")
+    st, rid = send("client-b", bound)
+    res.check(f"{name}: certificate-bound token with another client certificate -> 401",
+              st == 401 and rid not in echo.seen, f"status {st}")
+    st, rid = send("client-b", bound, [("X-Forwarded-Client-Cert", f"Hash={digest_a.hex()}")])
+    res.check(f"{name}: another certificate plus a client-sent x-forwarded-client-cert naming the right one -> 401",
+              st == 401 and rid not in echo.seen, f"status {st}")
+    st, rid = send("client-b", plain)
+    res.check(f"{name}: an unbound token over mutual TLS -> upstream reached", st == 200 and rid in echo.seen,
+              f"status {st}")
+    procs.stop(name)
+
+
 def norm(name):
     """A header name as an app framework may merge it: lower case, "_" read as "-"."""
     return name.lower().replace("_", "-")
@@ -907,6 +1023,13 @@ def run(args, res, procs, workdir):
         except (OSError, http.client.HTTPException) as e:
             res.check(f"{name}: checks ran", False, repr(e))
             print(procs.log_tail(name))
+
+    if not only or "envoy-http-mtls" in only:
+        try:
+            run_envoy_mtls_checks(workdir, ports, idp, echo, procs, res, args.require_all)
+        except (OSError, http.client.HTTPException) as e:
+            res.check("envoy-http-mtls: checks ran", False, repr(e))
+            print(procs.log_tail("envoy-http-mtls"))
 
     print("-- sidecar stopped: every gateway must fail closed")
     procs.stop("sidecar")
