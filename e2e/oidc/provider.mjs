@@ -5,6 +5,8 @@
 //   node provider.mjs --port 0        (0: any free port; a fixed port to restart in place)
 //   stdin:  one JSON line {"keys": [{"kid": "...", "pkcs8": "<base64 DER>"}, ...],
 //                          "clients": [<oidc-provider client metadata>, ...]}
+//           (a client with tls_client_certificate_bound_access_tokens gets tokens bound to the
+//           certificate sent as URL-encoded PEM in x-e2e-client-cert: see mTLS below)
 //   stdout: one JSON line {"issuer": "http://127.0.0.1:<port>", "port": <port>, "kids": [...]}
 //           once listening, or {"error": "...", "code": "EADDRINUSE"} and exit 1.
 //   SIGTERM, SIGINT, or the end of stdin (the parent went away): close, exit 0.
@@ -41,6 +43,18 @@ function buildProvider({ issuer, keys, clients }) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // Certificate-bound access tokens (RFC 8705) for clients registered with
+      // tls_client_certificate_bound_access_tokens. The provider stands in for one behind a
+      // proxy that ends mutual TLS: the client certificate (URL-encoded PEM) comes in the
+      // x-e2e-client-cert header, which only the test sends.
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate: (ctx) => {
+          const v = ctx.get('x-e2e-client-cert');
+          return v ? decodeURIComponent(v) : undefined;
+        },
+      },
       introspection: { enabled: false },
       revocation: { enabled: false },
       resourceIndicators: {

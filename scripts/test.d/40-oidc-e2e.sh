@@ -2,7 +2,8 @@
 # End-to-end test against a real OpenID Connect provider on loopback: the `oidc-provider`
 # npm package (e2e/oidc/provider.mjs) issues JWT access tokens (client_credentials),
 # jwks-sidecar finds its keys by OIDC discovery and verifies them in front of an echo app,
-# then the provider rotates its signing key. The driver is the Rust test
+# then the provider rotates its signing key; sender-constrained tokens too: a DPoP-bound one
+# (a proof at the token endpoint) and a certificate-bound one (RFC 8705). The driver is the Rust test
 # tests/oidc_provider/, `#[ignore]`d in a plain `cargo test` (it needs node and the npm
 # packages): this script installs them and runs it. Everything listens on 127.0.0.1; keys
 # and secrets are made per run.

@@ -1,7 +1,8 @@
 //! jwks-sidecar (the binary) against a real OpenID Connect provider: the `oidc-provider` npm
 //! package (`e2e/oidc/provider.mjs`, a child process), found by OIDC discovery, issuing JWT
-//! access tokens with the client_credentials grant and a resource indicator; then a
-//! signing-key rotation of that provider, and a key it never published.
+//! access tokens with the client_credentials grant and a resource indicator; DPoP-bound and
+//! certificate-bound tokens (RFC 9449, RFC 8705); then a signing-key rotation of that
+//! provider, and a key it never published.
 //!
 //! Needs node >= 20 and `npm ci` in e2e/oidc, so it is ignored by default:
 //! `scripts/test.d/40-oidc-e2e.sh` installs the packages and runs it with `--ignored`.
@@ -34,6 +35,8 @@ use util::{hex, random, tail};
 const AUDIENCE: &str = "https://api.test";
 const OTHER_AUDIENCE: &str = "https://other.test";
 const CLIENT_ID: &str = "e2e-client";
+/// A second client whose tokens are bound to its client certificate (RFC 8705).
+const MTLS_CLIENT_ID: &str = "e2e-mtls-client";
 const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/oidc");
 /// The whole run takes seconds; past this it fails as aborted (children are killed on drop).
 const RUN_LIMIT: Duration = Duration::from_secs(150);
@@ -100,6 +103,7 @@ async fn run(report: Arc<Report>, dir: PathBuf, tag: String) -> Result<()> {
     let t1 = phases::tokens_and_allowed_request(&ctx, &sc).await?;
     phases::refusals(&ctx, &sc, &t1).await?;
     phases::dpop(&ctx, &sc).await?;
+    phases::certificate_bound(&ctx, &sc).await?;
     let t2 = phases::rotation_new_key(&mut ctx, &sc, &t1).await?;
     let t3 = phases::rotation_retire_old_key(&mut ctx, &sc, &t1, &t2).await?;
     phases::unpublished_key(&ctx, &sc, &t3).await;

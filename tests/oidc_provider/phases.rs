@@ -16,7 +16,7 @@ use crate::report::Report;
 use crate::sidecar::{run_check, sidecar_config, Answer, Sidecar, FETCHES, OK_FETCHES};
 use crate::support::{free_addr, get, metric_series};
 use crate::util::{decode_jwt, describe, metric_sum, parse, random, terminate};
-use crate::{Result, AUDIENCE, CLIENT_ID, E2E_DIR, OTHER_AUDIENCE};
+use crate::{Result, AUDIENCE, CLIENT_ID, E2E_DIR, MTLS_CLIENT_ID, OTHER_AUDIENCE};
 
 /// What the phases share: set up once, by [`setup_and_discovery`].
 pub struct Ctx {
@@ -89,14 +89,18 @@ pub async fn setup_and_discovery(
 /// The provider, publishing and signing with key 1, with the test's client registered.
 async fn start_provider(r: &Report, key1: &SigningKey, secret: &str) -> Result<OpenIdProvider> {
     r.step("start the OpenID provider (oidc-provider), key 1 only");
-    let client = json!({
-        "client_id": CLIENT_ID,
-        "client_secret": secret,
-        "grant_types": ["client_credentials"],
-        "response_types": [],
-        "redirect_uris": [],
-        "token_endpoint_auth_method": "client_secret_basic",
-    });
+    let client = |id: &str, bound: bool| {
+        json!({
+            "client_id": id,
+            "client_secret": secret,
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "tls_client_certificate_bound_access_tokens": bound,
+        })
+    };
+    let client = json!([client(CLIENT_ID, false), client(MTLS_CLIENT_ID, true)]);
     let op = OpenIdProvider::start(0, &[key1], client, Arc::default()).await?;
     r.info(format!("issuer {}, keys {}", op.issuer, op.kids.join(", ")));
     Ok(op)
@@ -153,7 +157,7 @@ async fn discovery(
 pub async fn check_command(ctx: &Ctx) -> Result<()> {
     let (r, bin, dir, upstream, issuer) = (&ctx.r, &ctx.bin, &ctx.dir, &ctx.upstream, &ctx.issuer);
     r.step("jwks-sidecar check (validates the config, one discovery + JWKS fetch)");
-    let good = sidecar_config(free_addr(), free_addr(), upstream, issuer);
+    let good = sidecar_config(free_addr(), free_addr(), None, upstream, issuer);
     let (code, out) = run_check(bin, &dir.join("check-good.toml"), &good).await?;
     r.check(
         "check: exit 0",
@@ -167,7 +171,13 @@ pub async fn check_command(ctx: &Ctx) -> Result<()> {
     );
     // A very common mistake: the configured issuer differs from the discovery document's
     // (here by a trailing slash). The sidecar must refuse it, and say why.
-    let bad = sidecar_config(free_addr(), free_addr(), upstream, &format!("{issuer}/"));
+    let bad = sidecar_config(
+        free_addr(),
+        free_addr(),
+        None,
+        upstream,
+        &format!("{issuer}/"),
+    );
     let (code, out) = run_check(bin, &dir.join("check-bad.toml"), &bad).await?;
     r.check(
         "check: issuer with a trailing slash fails (exit non-zero)",
@@ -186,7 +196,8 @@ pub async fn check_command(ctx: &Ctx) -> Result<()> {
 pub async fn start_sidecar(ctx: &Ctx, echo: EchoUpstream) -> Result<Sidecar> {
     let (r, key1) = (&ctx.r, &ctx.key1);
     r.step("start jwks-sidecar (provider found by discovery)");
-    let config = |proxy, admin| sidecar_config(proxy, admin, &ctx.upstream, &ctx.issuer);
+    let config =
+        |proxy, admin, authz| sidecar_config(proxy, admin, Some(authz), &ctx.upstream, &ctx.issuer);
     let sc = Sidecar::start(&ctx.bin, &ctx.dir, r.clone(), echo, config).await?;
     let (st, _, body) = get(&sc.admin("/readyz"), &[]).await;
     r.check(
@@ -391,6 +402,97 @@ pub async fn dpop(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
     r.check(
         "the bound token as Bearer: 401 dpop_bound_as_bearer",
         refused(&a, "dpop_bound_as_bearer"),
+        a.describe(),
+    );
+    Ok(())
+}
+
+/// Certificate-bound tokens with a real issuer: oidc-provider binds the second client's token
+/// to its client certificate (`cnf["x5t#S256"]`); the sidecar's decision endpoint, trusting
+/// Envoy's `x-forwarded-client-cert` as behind an Envoy that ends mutual TLS, allows it with
+/// that certificate's hash and refuses it with another's, without one, and on the proxy
+/// (no client certificate there).
+pub async fn certificate_bound(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
+    let r = &ctx.r;
+    r.step("mTLS: a token bound to the client's certificate by the provider (RFC 8705)");
+    let make = |cn: &str| {
+        let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| format!("params: {e}"))?;
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).map_err(|e| format!("certificate: {e}"))
+    };
+    let (cert, other) = (make("e2e-client")?, make("someone-else")?);
+    let hex = |c: &rcgen::Certificate| -> String {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.der())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let pem: String = cert
+        .pem()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (token, _) = ctx
+        .oauth
+        .token_for(
+            MTLS_CLIENT_ID,
+            AUDIENCE,
+            Some("api:read"),
+            &[("x-e2e-client-cert", &pem)],
+        )
+        .await?;
+    let (_, claims) = decode_jwt(&token);
+    let x5t = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der()).as_ref());
+    r.check(
+        "the access token is bound to the client certificate (cnf[\"x5t#S256\"])",
+        claims["cnf"]["x5t#S256"] == x5t.as_str(),
+        &claims,
+    );
+    let url = format!("http://{}/authz/api/hello", sc.authz);
+    let auth = format!("Bearer {token}");
+    let ask = |xfcc: Option<String>| {
+        let (url, auth) = (url.clone(), auth.clone());
+        async move {
+            let mut h = vec![("authorization", auth.as_str())];
+            let v = xfcc.unwrap_or_default();
+            if !v.is_empty() {
+                h.push(("x-forwarded-client-cert", v.as_str()));
+            }
+            let (st, _, body) = get(&url, &h).await;
+            (
+                st.as_u16(),
+                parse(&body)["reason"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    let own = ask(Some(format!("By=spiffe://envoy;Hash={}", hex(&cert)))).await;
+    r.check(
+        "decision endpoint, the token's certificate: 200",
+        own.0 == 200,
+        format!("{own:?}"),
+    );
+    let theirs = ask(Some(format!("Hash={}", hex(&other)))).await;
+    r.check(
+        "decision endpoint, another certificate: 401 certificate_bound",
+        theirs == (401, "certificate_bound".into()),
+        format!("{theirs:?}"),
+    );
+    let none = ask(None).await;
+    r.check(
+        "decision endpoint, no certificate: 401 certificate_bound",
+        none == (401, "certificate_bound".into()),
+        format!("{none:?}"),
+    );
+    let a = sc.proxied(&token, &[]).await;
+    r.check(
+        "proxy (plain HTTP, no client certificate): 401 certificate_bound",
+        a.status == 401 && !a.reached && a.json["reason"] == "certificate_bound",
         a.describe(),
     );
     Ok(())

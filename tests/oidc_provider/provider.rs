@@ -45,7 +45,13 @@ impl OpenIdProvider {
         let keys: Vec<_> = (keys.iter())
             .map(|k| json!({"kid": k.kid, "pkcs8": STANDARD.encode(k.pkcs8_der())}))
             .collect();
-        let config = json!({"keys": keys, "clients": [client]});
+        // One client, or a list of them.
+        let clients = if client.is_array() {
+            client.clone()
+        } else {
+            json!([client])
+        };
+        let config = json!({"keys": keys, "clients": clients});
         let mut last = String::new();
         for attempt in 1..=5u64 {
             let mut child = Command::new("node")
@@ -152,6 +158,18 @@ impl OAuthClient {
         scope: Option<&str>,
         dpop: Option<&str>,
     ) -> Result<(String, String)> {
+        let extra: Vec<(&str, &str)> = dpop.map(|p| ("dpop", p)).into_iter().collect();
+        self.token_for(CLIENT_ID, resource, scope, &extra).await
+    }
+
+    /// A client_credentials token for `client_id` (same secret), with extra request headers.
+    pub async fn token_for(
+        &self,
+        client_id: &str,
+        resource: &str,
+        scope: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Result<(String, String)> {
         let mut form = format!(
             "grant_type=client_credentials&resource={}",
             urlencode(resource)
@@ -159,15 +177,13 @@ impl OAuthClient {
         if let Some(scope) = scope {
             form.push_str(&format!("&scope={}", urlencode(scope)));
         }
-        let credentials = format!("{}:{}", urlencode(CLIENT_ID), urlencode(&self.secret));
+        let credentials = format!("{}:{}", urlencode(client_id), urlencode(&self.secret));
         let basic = format!("Basic {}", STANDARD.encode(credentials));
         let mut headers = vec![
             ("authorization", basic.as_str()),
             ("content-type", "application/x-www-form-urlencoded"),
         ];
-        if let Some(p) = dpop {
-            headers.push(("dpop", p));
-        }
+        headers.extend_from_slice(extra);
         let body = Bytes::from(form);
         let (st, _, body) = request("POST", &self.token_endpoint, &headers, body).await;
         let doc = parse(&body);

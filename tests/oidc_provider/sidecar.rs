@@ -24,9 +24,15 @@ pub const OK_FETCHES: &str = r#"provider="oidc",result="ok""#;
 pub fn sidecar_config(
     proxy: SocketAddr,
     admin: SocketAddr,
+    authz: Option<SocketAddr>,
     upstream: &str,
     issuer: &str,
 ) -> String {
+    // The decision listener, trusting x-forwarded-client-cert as behind an Envoy that ends
+    // mutual TLS (certificate-bound tokens).
+    let authz = authz
+        .map(|a| format!("[authz]\nlisten = \"{a}\"\ntrust_forwarded_client_cert = true\n"))
+        .unwrap_or_default();
     format!(
         r#"# written by tests/oidc_provider/
 [proxy]
@@ -36,6 +42,7 @@ upstream = "{upstream}"
 [admin]
 listen = "{admin}"
 
+{authz}
 [log]
 format = "json"
 
@@ -102,6 +109,8 @@ pub struct Sidecar {
     pub child: Child,
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// The decision listener (Envoy's endpoint at /authz).
+    pub authz: SocketAddr,
     echo: EchoUpstream,
     r: Arc<Report>,
     pub allowed: AtomicUsize,
@@ -109,7 +118,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the binary with `config(proxy, admin)` and waits until it is ready (every
+    /// Starts the binary with `config(proxy, admin, authz)` and waits until it is ready (every
     /// provider has keys). The addresses are picked free just before the sidecar binds them:
     /// if another process took one in between, it tries again with new ones.
     pub async fn start(
@@ -117,12 +126,13 @@ impl Sidecar {
         dir: &Path,
         r: Arc<Report>,
         echo: EchoUpstream,
-        config: impl Fn(SocketAddr, SocketAddr) -> String,
+        config: impl Fn(SocketAddr, SocketAddr, SocketAddr) -> String,
     ) -> Result<Sidecar> {
         let (file, log) = (dir.join("sidecar.toml"), dir.join("sidecar.log"));
         for attempt in 1..=3 {
-            let (proxy, admin) = (free_addr(), free_addr());
-            std::fs::write(&file, config(proxy, admin)).map_err(|e| format!("config: {e}"))?;
+            let (proxy, admin, authz) = (free_addr(), free_addr(), free_addr());
+            std::fs::write(&file, config(proxy, admin, authz))
+                .map_err(|e| format!("config: {e}"))?;
             let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
             let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
             let mut child = (sidecar_command(bin).arg("--config").arg(&file))
@@ -134,7 +144,7 @@ impl Sidecar {
                 ready = wait_ready(proxy, admin) => {
                     if ready {
                         let (allowed, denied) = (AtomicUsize::new(0), AtomicUsize::new(0));
-                        return Ok(Sidecar { child, proxy, admin, echo, r, allowed, denied });
+                        return Ok(Sidecar { child, proxy, admin, authz, echo, r, allowed, denied });
                     }
                     format!("not ready within {DEADLINE:?}")
                 }
