@@ -740,11 +740,12 @@ def https_request(port, path, cert_dir, client, headers=()):
         conn.close()
 
 
-def run_envoy_mtls_checks(workdir, ports, idp, echo, procs, res: Results, require_all):
-    """Certificate-bound tokens (RFC 8705) through Envoy ending mutual TLS: Envoy sets
-    x-forwarded-client-cert (SANITIZE_SET), jwks-sidecar (trust_forwarded_client_cert) matches
-    its Hash to the token's cnf["x5t#S256"]."""
-    name = "envoy-http-mtls"
+def run_envoy_mtls_checks(kind, workdir, ports, idp, echo, procs, res: Results, require_all):
+    """Certificate-bound tokens (RFC 8705) through Envoy ending mutual TLS. http: Envoy sets
+    x-forwarded-client-cert (SANITIZE_SET) and passes it on; grpc: the check carries the
+    client certificate (include_peer_certificate). jwks-sidecar (trust_forwarded_client_cert)
+    matches it to the token's cnf["x5t#S256"]."""
+    name = f"envoy-{kind}-mtls"
     binary = which("envoy")
     if not binary or not shutil.which("openssl"):
         missing = "envoy or openssl not found"
@@ -754,21 +755,21 @@ def run_envoy_mtls_checks(workdir, ports, idp, echo, procs, res: Results, requir
             print(f"  SKIPPED {name}: {missing}")
         return
     d = os.path.join(workdir, name)
+    sidecar_port = ports["authz_http"] if kind == "http" else ports["authz_grpc"]
     try:
         make_pki(d)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
         res.check(f"{name}: test PKI made with openssl", False, str(e))
         return
     port = free_port()
-    text = render("envoy/envoy-http-mtls.yaml", [
+    text = render(f"envoy/envoy-{kind}-mtls.yaml", [
         ("socket_address: {address: 0.0.0.0, port_value: 8000}", f"socket_address: {{address: 127.0.0.1, port_value: {port}}}"),
         ("port_value: 3000}", f"port_value: {echo.port}}}"),
-        ("port_value: 9001}", f"port_value: {ports['authz_http']}}}"),
-        ("uri: http://127.0.0.1:9001", f"uri: http://127.0.0.1:{ports['authz_http']}"),
+        (f"port_value: {9001 if kind == 'http' else 9002}}}", f"port_value: {sidecar_port}}}"),
         ("/etc/envoy/tls.crt", os.path.join(d, "tls.crt")),
         ("/etc/envoy/tls.key", os.path.join(d, "tls.key")),
         ("/etc/envoy/client-ca.pem", os.path.join(d, "ca.crt")),
-    ])
+    ] + ([("uri: http://127.0.0.1:9001", f"uri: http://127.0.0.1:{ports['authz_http']}")] if kind == "http" else []))
     cfg = write(os.path.join(d, "envoy.yaml"), text)
     print(f"-- {name} on 127.0.0.1:{port} (TLS, client certificates required)")
     procs.start(name, [binary, "-c", cfg, "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"])
@@ -1024,12 +1025,15 @@ def run(args, res, procs, workdir):
             res.check(f"{name}: checks ran", False, repr(e))
             print(procs.log_tail(name))
 
-    if not only or "envoy-http-mtls" in only:
+    for kind in ("http", "grpc"):
+        name = f"envoy-{kind}-mtls"
+        if only and name not in only:
+            continue
         try:
-            run_envoy_mtls_checks(workdir, ports, idp, echo, procs, res, args.require_all)
+            run_envoy_mtls_checks(kind, workdir, ports, idp, echo, procs, res, args.require_all)
         except (OSError, http.client.HTTPException) as e:
-            res.check("envoy-http-mtls: checks ran", False, repr(e))
-            print(procs.log_tail("envoy-http-mtls"))
+            res.check(f"{name}: checks ran", False, repr(e))
+            print(procs.log_tail(name))
 
     print("-- sidecar stopped: every gateway must fail closed")
     procs.stop("sidecar")
