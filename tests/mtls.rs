@@ -225,23 +225,12 @@ async fn the_decision_service_trusts_the_gateways_certificate_header_only_when_t
     let pki = pki("authz");
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let cert_a = &pki.clients[0].0;
-    let hash_hex: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_a.der())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash_hex = sha256_hex(cert_a.der());
     let token = k.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "alice",
         "exp": now() + 300, "cnf": {"x5t#S256": x5t(cert_a)}}));
     let auth = format!("Bearer {token}");
     let xfcc_hash = format!("By=spiffe://gw;Hash={hash_hex};Subject=\"CN=client-a\"");
-    let pem: String = cert_a
-        .pem()
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let pem = urlencode(&cert_a.pem());
     let xfcc_cert = format!("Cert=\"{pem}\"");
     for trust in [false, true] {
         let mut c = base_config(&idp, &echo);

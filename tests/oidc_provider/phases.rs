@@ -415,29 +415,24 @@ pub async fn dpop(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
 pub async fn certificate_bound(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
     let r = &ctx.r;
     r.step("mTLS: a token bound to the client's certificate by the provider (RFC 8705)");
+    // Client certificates issued by a CA made for this run.
+    let e = |e: rcgen::Error| format!("test PKI: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "oidc-e2e CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
     let make = |cn: &str| {
-        let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| format!("params: {e}"))?;
+        let key = rcgen::KeyPair::generate().map_err(e)?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.self_signed(&key).map_err(|e| format!("certificate: {e}"))
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.signed_by(&key, &issuer).map_err(e)
     };
     let (cert, other) = (make("e2e-client")?, make("someone-else")?);
-    let hex = |c: &rcgen::Certificate| -> String {
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.der())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let pem: String = cert
-        .pem()
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let hex = |c: &rcgen::Certificate| crate::support::sha256_hex(c.der());
+    let pem = crate::util::urlencode(&cert.pem());
     let (token, _) = ctx
         .oauth
         .token_for(

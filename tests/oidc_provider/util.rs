@@ -48,16 +48,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 /// application/x-www-form-urlencoded: every byte but the unreserved ones as %XX.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use crate::support::urlencode;
 
 pub fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];

@@ -414,3 +414,25 @@ pub fn check_request(
         }),
     }
 }
+
+/// Percent-encoding of everything but RFC 3986 unreserved characters (form values, URL-encoded
+/// PEM as Envoy sends client certificates).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Lower-case hex SHA-256 (Envoy's `x-forwarded-client-cert` `Hash=`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
