@@ -193,11 +193,37 @@ impl Admin {
                 if let Some(name) = path.strip_prefix("/jwks/") {
                     if let Some(p) = auth.providers().iter().find(|p| p.name == name) {
                         return match p.keys.current() {
-                            Some(set) => respond(
-                                StatusCode::OK,
-                                "application/jwk-set+json",
-                                set.to_jwks().to_string(),
-                            ),
+                            // A tier other sidecars can mirror from: a strong ETag (304 to a
+                            // matching If-None-Match) and max-age = what is left of this
+                            // mirror's own freshness (0 once its keys are stale, which is
+                            // also said in x-jwks-sidecar-stale-since).
+                            Some(set) => {
+                                let status = p.keys.status();
+                                let now = crate::auth::now_unix();
+                                let stale = p.keys.is_stale();
+                                let max_age = if stale {
+                                    0
+                                } else {
+                                    status.fresh_until.map_or(0, |f| f.saturating_sub(now))
+                                };
+                                let mut r = cacheable(
+                                    &req,
+                                    Bytes::from(set.to_jwks().to_string()),
+                                    "application/jwk-set+json",
+                                    max_age,
+                                );
+                                if let Some(since) = status.stale_since.filter(|_| stale) {
+                                    if let Ok(v) = http::HeaderValue::from_str(&since.to_string()) {
+                                        r.headers_mut().insert(
+                                            http::HeaderName::from_static(
+                                                "x-jwks-sidecar-stale-since",
+                                            ),
+                                            v,
+                                        );
+                                    }
+                                }
+                                r
+                            }
                             None => respond(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 "application/json",
