@@ -345,13 +345,7 @@ pub struct ClientCert(pub Arc<str>);
 impl ClientCert {
     /// The thumbprint of a DER certificate.
     pub fn of_der(der: &[u8]) -> ClientCert {
-        use base64::Engine;
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-        ClientCert(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(d.as_ref())
-                .into(),
-        )
+        ClientCert(crate::jose::sha256_b64url(der).into())
     }
 }
 

@@ -7,8 +7,6 @@ mod support;
 
 use std::path::PathBuf;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -58,8 +56,7 @@ fn pki(name: &str) -> Pki {
 }
 
 fn x5t(cert: &rcgen::Certificate) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
-    URL_SAFE_NO_PAD.encode(d.as_ref())
+    jwks_sidecar::jose::sha256_b64url(cert.der())
 }
 
 /// An HTTPS client trusting the test server certificate, presenting `client` if given.

@@ -24,8 +24,7 @@ pub fn jkt(key: &SigningKey) -> String {
 
 /// base64url SHA-256 of an access token (a proof's `ath`).
 pub fn ath(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    URL_SAFE_NO_PAD.encode(d.as_ref())
+    crate::jose::sha256_b64url(token.as_bytes())
 }
 
 /// The header and claims of a valid proof by `holder` for `htm` `htu` and `token` (fresh

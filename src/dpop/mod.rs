@@ -331,8 +331,8 @@ impl Dpop {
             .and_then(Value::as_str)
             .filter(|j| !j.is_empty() && j.len() <= 256)
             .ok_or(ProofError::Jti)?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, req.token.as_bytes());
-        if claims.get("ath").and_then(Value::as_str) != Some(&URL_SAFE_NO_PAD.encode(digest)) {
+        let ath = crate::jose::sha256_b64url(req.token.as_bytes());
+        if claims.get("ath").and_then(Value::as_str) != Some(ath.as_str()) {
             return Err(ProofError::Ath);
         }
         if let Some(n) = &self.nonces {

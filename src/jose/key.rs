@@ -437,8 +437,7 @@ pub fn thumbprint(jwk: &Value) -> Option<String> {
         "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv")?, s("x")?),
         _ => return None,
     };
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-    Some(URL_SAFE_NO_PAD.encode(d.as_ref()))
+    Some(super::sha256_b64url(canonical.as_bytes()))
 }
 
 #[cfg(test)]

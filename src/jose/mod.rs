@@ -18,5 +18,13 @@ pub mod sign;
 pub mod trace;
 
 pub use alg::{Alg, KeyKind};
+
+/// base64url (no padding) of the SHA-256 of `bytes`: RFC 7638 thumbprints, DPoP's `ath`, a
+/// certificate's `x5t#S256` (RFC 8705).
+pub fn sha256_b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
 pub use key::{parse_jwk, Key, SkippedKey, Verifier};
 pub use trace::{Check, Observer, Trace};

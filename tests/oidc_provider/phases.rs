@@ -443,7 +443,7 @@ pub async fn certificate_bound(ctx: &Ctx, sc: &Sidecar) -> Result<()> {
         )
         .await?;
     let (_, claims) = decode_jwt(&token);
-    let x5t = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der()).as_ref());
+    let x5t = jwks_sidecar::jose::sha256_b64url(cert.der());
     r.check(
         "the access token is bound to the client certificate (cnf[\"x5t#S256\"])",
         claims["cnf"]["x5t#S256"] == x5t.as_str(),
