@@ -136,6 +136,63 @@ fn cacheable(
     r
 }
 
+/// `/jwks/{provider}`: a tier other sidecars mirror from. A strong ETag (304 to a matching
+/// If-None-Match) and max-age = what is left of this mirror's own freshness (0 once its keys
+/// are stale, which `STALE_SINCE_HEADER` also says, so a downstream counts its `max_stale`
+/// from the same moment). A downstream's kid miss arrives in `KID_MISS_HEADER`: an unknown
+/// kid goes through this mirror's own kid-miss gate (single-flight, rate-limited, negative
+/// cache) before the answer, so a new key travels up and down the tiers in one request.
+async fn mirrored_set(
+    req: &Request<Incoming>,
+    p: &crate::auth::Provider,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    use crate::jwks::source::{KID_MISS_HEADER, STALE_SINCE_HEADER};
+    let kid = req
+        .headers()
+        .get(KID_MISS_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let Some(kid) = kid {
+        let known = p.keys.with_current(|s| s.is_none_or(|s| s.has_kid(kid)));
+        if !known {
+            let result = p.keys.resolve_unknown_kid(kid).await;
+            metrics
+                .jwks_kid_miss_total
+                .with_label_values(&[&p.name, result.label()])
+                .inc();
+        }
+    }
+    let Some(set) = p.keys.current() else {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            json!({"error": "no keys loaded yet"}).to_string(),
+        );
+    };
+    let status = p.keys.status();
+    let stale = p.keys.is_stale();
+    let max_age = if stale {
+        0
+    } else {
+        status
+            .fresh_until
+            .map_or(0, |f| f.saturating_sub(crate::auth::now_unix()))
+    };
+    let mut r = cacheable(
+        req,
+        Bytes::from(set.to_jwks().to_string()),
+        "application/jwk-set+json",
+        max_age,
+    );
+    if let Some(since) = status.stale_since.filter(|_| stale) {
+        if let Ok(v) = http::HeaderValue::from_str(&since.to_string()) {
+            r.headers_mut()
+                .insert(http::HeaderName::from_static(STALE_SINCE_HEADER), v);
+        }
+    }
+    r
+}
+
 impl Admin {
     /// Serves one admin request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -190,47 +247,11 @@ impl Admin {
                 ),
             },
             path => {
-                if let Some(name) = path.strip_prefix("/jwks/") {
-                    if let Some(p) = auth.providers().iter().find(|p| p.name == name) {
-                        return match p.keys.current() {
-                            // A tier other sidecars can mirror from: a strong ETag (304 to a
-                            // matching If-None-Match) and max-age = what is left of this
-                            // mirror's own freshness (0 once its keys are stale, which is
-                            // also said in x-jwks-sidecar-stale-since).
-                            Some(set) => {
-                                let status = p.keys.status();
-                                let now = crate::auth::now_unix();
-                                let stale = p.keys.is_stale();
-                                let max_age = if stale {
-                                    0
-                                } else {
-                                    status.fresh_until.map_or(0, |f| f.saturating_sub(now))
-                                };
-                                let mut r = cacheable(
-                                    &req,
-                                    Bytes::from(set.to_jwks().to_string()),
-                                    "application/jwk-set+json",
-                                    max_age,
-                                );
-                                if let Some(since) = status.stale_since.filter(|_| stale) {
-                                    if let Ok(v) = http::HeaderValue::from_str(&since.to_string()) {
-                                        r.headers_mut().insert(
-                                            http::HeaderName::from_static(
-                                                "x-jwks-sidecar-stale-since",
-                                            ),
-                                            v,
-                                        );
-                                    }
-                                }
-                                r
-                            }
-                            None => respond(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "application/json",
-                                json!({"error": "no keys loaded yet"}).to_string(),
-                            ),
-                        };
-                    }
+                if let Some(p) = path
+                    .strip_prefix("/jwks/")
+                    .and_then(|name| auth.providers().iter().find(|p| p.name == name))
+                {
+                    return mirrored_set(&req, p, &self.metrics).await;
                 }
                 respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
             }

@@ -131,9 +131,13 @@ impl Runtime {
             }
         }
         if wait_for_new {
+            // The new mirrors all fetch at once; each is awaited up to its own deadline
+            // (start + its fetch timeout, at most 10 s), so a reload that adds a thousand
+            // providers, some dead, waits about one timeout, not one per dead provider.
+            let start = tokio::time::Instant::now();
             for (name, h) in &started {
-                let limit = h.settings.fetch.timeout.min(Duration::from_secs(10));
-                if tokio::time::timeout(limit, h.keys.wait_ready())
+                let deadline = start + h.settings.fetch.timeout.min(Duration::from_secs(10));
+                if tokio::time::timeout_at(deadline, h.keys.wait_ready())
                     .await
                     .is_err()
                 {

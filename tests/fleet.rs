@@ -90,3 +90,177 @@ async fn sidecars_mirror_from_one_sidecar_with_etags_and_the_idp_sees_only_the_m
     mirror.shutdown();
     mirror.wait().await;
 }
+
+/// One mirror and two sidecars with long-lived caches: a token signed by a key the IdP has
+/// just published is accepted by the first request to each sidecar, because the sidecar's
+/// kid miss travels up to the mirror (`x-jwks-sidecar-kid`), which refetches from the IdP
+/// once. Junk kids sent straight to the mirror go through its own gate: at most two more
+/// IdP fetches per interval, whatever their number.
+#[tokio::test]
+async fn a_new_kid_travels_up_the_tiers_in_one_request() {
+    let (k1, idp, echo) = idp_and_echo(Alg::ES256).await;
+    if let Ok(mut h) = idp.state.jwks_headers.lock() {
+        h.push(("cache-control".into(), "max-age=3600".into()));
+    }
+    let mirror = start_config(base_config(&idp, &echo)).await;
+    wait_keys_ready(&mirror).await;
+    let mirror_admin = mirror.admin_addr.expect("admin");
+    let tier = format!("http://{mirror_admin}/jwks/idp");
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let mut c = base_config(&idp, &echo);
+        c.providers[0].jwks_uri = Some(tier.clone());
+        // The sidecar's wait covers the mirror's own (2 s) plus the hop.
+        c.providers[0].kid_miss_wait = Duration::from_secs(4);
+        let s = start_config(c).await;
+        wait_keys_ready(&s).await;
+        fleet.push(s);
+    }
+    let before = idp.fetches();
+    let k2 = jwks_sidecar::testkit::SigningKey::generate(Alg::ES256, "rotated-in");
+    idp.set_keys(&[&k1, &k2]);
+    let token =
+        k2.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "bob", "exp": now() + 300}));
+    for (i, s) in fleet.iter().enumerate() {
+        let (st, _, body) = get_with_token(&format!("http://{}/x", s.proxy_addr), &token).await;
+        assert_eq!(
+            st, 200,
+            "sidecar {i}, first request with the new kid: {body}"
+        );
+    }
+    assert_eq!(
+        idp.fetches(),
+        before + 1,
+        "one IdP fetch (the mirror's) for the new kid across the fleet"
+    );
+    let m = get(&format!("http://{mirror_admin}/metrics"), &[]).await.2;
+    assert!(
+        m.has_sample(
+            r#"jwks_sidecar_jwks_kid_miss_total{provider="idp",result="refetched_found"}"#,
+            1.0
+        ),
+        "{m}"
+    );
+    // Junk kids at the mirror: its gate refuses them without fetching (the refetch above
+    // started its interval), leaving at most one deferred fetch.
+    for i in 0..20 {
+        let kid = format!("junk-{i}");
+        let (st, _, _) = get(&tier, &[("x-jwks-sidecar-kid", &kid)]).await;
+        assert_eq!(st, 200, "the set is still served");
+    }
+    assert!(
+        idp.fetches() <= before + 2,
+        "junk kids cost the IdP {} fetches",
+        idp.fetches() - before
+    );
+    let m = get(&format!("http://{mirror_admin}/metrics"), &[]).await.2;
+    assert!(
+        sample(
+            &m,
+            r#"jwks_sidecar_jwks_kid_miss_total{provider="idp",result="rate_limited"}"#
+        )
+        .unwrap_or(0.0)
+            >= 19.0,
+        "{m}"
+    );
+    for s in fleet {
+        s.shutdown();
+        s.wait().await;
+    }
+    mirror.shutdown();
+    mirror.wait().await;
+}
+
+/// When the identity provider fails, the mirror serves stale keys and says since when; a
+/// sidecar mirroring from it marks its own keys stale from that same moment and drops them
+/// at its own `max_stale`, although every fetch it makes from the mirror succeeds.
+#[tokio::test]
+async fn a_sidecar_never_treats_the_mirrors_stale_keys_as_fresh() {
+    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
+    if let Ok(mut h) = idp.state.jwks_headers.lock() {
+        h.push(("cache-control".into(), "max-age=1".into()));
+    }
+    let fast = |c: &mut jwks_sidecar::config::Config, max_stale: u64| {
+        let p = &mut c.providers[0];
+        p.refresh_interval = Duration::from_secs(1);
+        p.min_refresh = Duration::from_secs(1);
+        p.max_stale = Duration::from_secs(max_stale);
+    };
+    let mut mc = base_config(&idp, &echo);
+    fast(&mut mc, 600);
+    let mirror = start_config(mc).await;
+    wait_keys_ready(&mirror).await;
+    let mirror_admin = mirror.admin_addr.expect("admin");
+    let tier = format!("http://{mirror_admin}/jwks/idp");
+    let mut c = base_config(&idp, &echo);
+    fast(&mut c, 3);
+    c.providers[0].jwks_uri = Some(tier.clone());
+    let s = start_config(c).await;
+    wait_keys_ready(&s).await;
+    let admin = s.admin_addr.expect("admin");
+    let token =
+        k.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "alice", "exp": now() + 300}));
+    let url = format!("http://{}/x", s.proxy_addr);
+    assert_eq!(get_with_token(&url, &token).await.0, 200);
+    idp.fail_with(500);
+    // The mirror goes stale and says so.
+    let waiting = std::time::Instant::now();
+    let since = loop {
+        let (_, h, _) = get(&tier, &[]).await;
+        if let Some(v) = h.get("x-jwks-sidecar-stale-since") {
+            break v.to_str().expect("ascii").to_string();
+        }
+        assert!(
+            waiting.elapsed() < DEADLINE,
+            "the mirror never said its keys are stale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The sidecar's fetches from the mirror still succeed, yet its keys are stale since the
+    // mirror's moment...
+    wait_metric(
+        &format!("http://{admin}/metrics"),
+        r#"jwks_sidecar_jwks_stale{provider="idp"}"#,
+        |v| v == 1.0,
+    )
+    .await;
+    let p = get(&format!("http://{admin}/providers"), &[]).await.2;
+    let p: serde_json::Value = serde_json::from_str(&p).expect("json");
+    assert_eq!(
+        p["providers"][0]["status"]["stale_since"].to_string(),
+        since,
+        "{p}"
+    );
+    // ...and are dropped at its own max_stale (3 s), while the mirror (600 s) still serves.
+    wait_until(
+        "the sidecar to drop keys past its max_stale",
+        DEADLINE,
+        || {
+            let url = url.clone();
+            let token = token.clone();
+            async move { get_with_token(&url, &token).await.0 == 503 }
+        },
+    )
+    .await;
+    let mirror_url = format!("http://{}/x", mirror.proxy_addr);
+    assert_eq!(get_with_token(&mirror_url, &token).await.0, 200);
+    let m = get(&format!("http://{admin}/metrics"), &[]).await.2;
+    assert!(
+        sample(
+            &m,
+            r#"jwks_sidecar_jwks_fetch_total{provider="idp",result="connect"}"#
+        )
+        .unwrap_or(0.0)
+            + sample(
+                &m,
+                r#"jwks_sidecar_jwks_fetch_total{provider="idp",result="http_status"}"#
+            )
+            .unwrap_or(0.0)
+            == 0.0,
+        "the sidecar's own fetches never failed: {m}"
+    );
+    s.shutdown();
+    s.wait().await;
+    mirror.shutdown();
+    mirror.wait().await;
+}

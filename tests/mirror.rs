@@ -54,7 +54,11 @@ impl MemIdp {
 struct Mem(Arc<MemIdp>);
 
 impl Source for Mem {
-    async fn fetch(&self, v: &Validators) -> Result<SourceResponse, FetchError> {
+    async fn fetch(
+        &self,
+        v: &Validators,
+        _kid_miss: Option<&str>,
+    ) -> Result<SourceResponse, FetchError> {
         self.0.fetches.fetch_add(1, Ordering::SeqCst);
         self.0.seen.lock().expect("lock").push(v.clone());
         let delay = *self.0.delay.lock().expect("lock");

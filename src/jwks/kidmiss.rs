@@ -58,6 +58,9 @@ struct GateState {
     deferred: bool,
     last_start: Option<Instant>,
     negative: HashMap<String, Instant>,
+    /// The kid that asked for the pending refetch, passed up to a tier that understands it
+    /// (another sidecar's `/jwks/{provider}`), so the miss travels up the tiers.
+    kid: Option<String>,
 }
 
 /// The rendezvous between requests with unknown kids and the provider's refresher.
@@ -111,6 +114,7 @@ impl KidMissGate {
                     Some(due) => {
                         if !st.deferred {
                             st.deferred = true;
+                            st.kid = Some(kid.to_string());
                             // The refresher may be asleep until its next scheduled fetch:
                             // have it wake at `due` instead.
                             self.rearm.notify_one();
@@ -128,6 +132,7 @@ impl KidMissGate {
                         st.deferred = false;
                         st.requested = true;
                         st.last_start = Some(now);
+                        st.kid = Some(kid.to_string());
                         self.notify.notify_one();
                     }
                 }
@@ -201,10 +206,17 @@ impl KidMissGate {
         }
     }
 
+    /// Refresher side: the kid whose miss started the refetch now under way, if any.
+    pub fn pending_kid(&self) -> Option<String> {
+        let st = self.state.lock().ok()?;
+        st.requested.then(|| st.kid.clone()).flatten()
+    }
+
     /// Refresher side: the refetch finished (successfully or not); wake the waiters.
     pub fn complete(&self) {
         if let Ok(mut st) = self.state.lock() {
             st.requested = false;
+            st.kid = None;
             // Kids proved absent before this fetch may exist now.
             st.negative.clear();
             self.done.send_modify(|g| *g += 1);

@@ -92,11 +92,27 @@ struct MirrorState {
     fresh_until: Option<Instant>,
     failures: u32,
     stale_since: Option<SystemTime>,
+    /// Set while the source (another sidecar tier) says its keys are stale since then.
+    upstream_stale: Option<SystemTime>,
 }
 
 /// A successful fetch: its metric label, how long it is fresh, and the parsed set with the
 /// keys skipped (none for a 304).
 type Fetched = (&'static str, Duration, Option<(KeySet, Vec<SkippedKey>)>);
+
+/// When an upstream jwks-sidecar tier says its keys are stale (`STALE_SINCE_HEADER`), since
+/// when; never later than now.
+fn upstream_stale_since(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let secs = headers
+        .get(super::source::STALE_SINCE_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let since = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    Some(since.min(SystemTime::now()))
+}
 
 /// Everything one mirror task needs.
 pub struct Mirror<S: Source> {
@@ -139,7 +155,12 @@ impl<S: Source> Mirror<S> {
         let mut rng = seed();
         let mut kid_miss = false;
         loop {
-            let result = self.fetch_once(&mut st).await;
+            let kid = if kid_miss {
+                self.keys.gate.pending_kid()
+            } else {
+                None
+            };
+            let result = self.fetch_once(&mut st, kid.as_deref()).await;
             if kid_miss {
                 self.keys.gate.complete();
             }
@@ -197,19 +218,30 @@ impl<S: Source> Mirror<S> {
     }
 
     /// One fetch; returns the freshness of the result.
-    async fn fetch_once(&self, st: &mut MirrorState) -> Result<Duration, FetchError> {
+    async fn fetch_once(
+        &self,
+        st: &mut MirrorState,
+        kid_miss: Option<&str>,
+    ) -> Result<Duration, FetchError> {
         let name = self.keys.name.as_str();
         let started = Instant::now();
         let now_unix = unix_secs(SystemTime::now());
         self.keys.update_status(|s| s.last_fetch = Some(now_unix));
-        let fetched = self.source.fetch(&st.validators).await;
+        let fetched = self.source.fetch(&st.validators, kid_miss).await;
         self.metrics
             .jwks_fetch_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         match fetched.and_then(|response| self.read_response(response, st)) {
             Ok((label, fresh, parsed)) => {
-                let fresh_until = Instant::now() + fresh;
+                // Keys an upstream tier serves stale are never fresh here: they are stale
+                // since the upstream's moment, and max_stale counts from it.
+                let fresh_until = match st.upstream_stale {
+                    Some(since) => Instant::now()
+                        .checked_sub(SystemTime::now().duration_since(since).unwrap_or_default())
+                        .unwrap_or_else(Instant::now),
+                    None => Instant::now() + fresh,
+                };
                 st.fresh_until = Some(fresh_until);
                 st.failures = 0;
                 match parsed {
@@ -229,9 +261,15 @@ impl<S: Source> Mirror<S> {
                     .jwks_last_success
                     .with_label_values(&[name])
                     .set(now_unix as f64);
+                let upstream_stale = st.upstream_stale;
                 self.keys.update_status(|s| {
                     s.last_success = Some(now_unix);
-                    s.last_error = None;
+                    s.last_error = upstream_stale.map(|since| {
+                        format!(
+                            "the upstream tier has served stale keys since {}",
+                            unix_secs(since)
+                        )
+                    });
                     s.fresh_until = Some(unix_secs(wall_clock(fresh_until)));
                 });
                 Ok(fresh)
@@ -257,6 +295,12 @@ impl<S: Source> Mirror<S> {
         response: SourceResponse,
         st: &mut MirrorState,
     ) -> Result<Fetched, FetchError> {
+        let headers = match &response {
+            SourceResponse::NotModified { headers } | SourceResponse::Document { headers, .. } => {
+                headers
+            }
+        };
+        st.upstream_stale = upstream_stale_since(headers);
         match response {
             SourceResponse::NotModified { headers } => {
                 let fresh = freshness(&headers, &self.settings);
@@ -335,8 +379,12 @@ impl<S: Source> Mirror<S> {
         self.install(merged, st);
     }
 
-    /// Clears the stale state after a successful fetch.
+    /// Clears the stale state after a successful fetch (unless the upstream tier's keys are
+    /// stale: then `check_staleness` keeps or sets the stale state).
     fn mark_fresh(&self, st: &mut MirrorState) {
+        if st.upstream_stale.is_some() {
+            return;
+        }
         if st.stale_since.take().is_some() {
             tracing::info!(provider = %self.keys.name, "keys are fresh again");
         }
@@ -375,7 +423,8 @@ impl<S: Source> Mirror<S> {
             return;
         }
         if st.stale_since.is_none() {
-            let since = wall_clock(fresh_until);
+            // An upstream tier's own moment, exactly (not rounded through Instant).
+            let since = st.upstream_stale.unwrap_or_else(|| wall_clock(fresh_until));
             st.stale_since = Some(since);
             self.keys.set_stale(true);
             self.keys

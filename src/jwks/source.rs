@@ -74,11 +74,29 @@ pub enum SourceResponse {
 
 /// Where a mirror gets its documents.
 pub trait Source: Send + Sync + 'static {
-    /// One fetch, conditional on `validators` when the source supports it.
+    /// One fetch, conditional on `validators` when the source supports it. `kid_miss` names
+    /// the unknown kid that asked for this fetch, if one did.
     fn fetch(
         &self,
         validators: &Validators,
+        kid_miss: Option<&str>,
     ) -> impl Future<Output = Result<SourceResponse, FetchError>> + Send;
+}
+
+/// The request header that tells an upstream jwks-sidecar tier which kid a downstream missed,
+/// so the tier refetches from its own source (single-flight, rate-limited there too) before
+/// answering. Other servers ignore it.
+pub const KID_MISS_HEADER: &str = "x-jwks-sidecar-kid";
+
+/// The response header with which a tier says its keys are stale, and since when (Unix
+/// seconds): a downstream mirror counts its own `max_stale` from then.
+pub const STALE_SINCE_HEADER: &str = "x-jwks-sidecar-stale-since";
+
+/// A kid that may travel in `KID_MISS_HEADER`: visible ASCII, at most 256 bytes.
+pub fn kid_header_value(kid: &str) -> Option<HeaderValue> {
+    (!kid.is_empty() && kid.len() <= 256 && kid.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| HeaderValue::from_str(kid).ok())
+        .flatten()
 }
 
 /// The fetcher for a provider: the shared one, or one that also trusts its `ca_file`.
@@ -124,8 +142,11 @@ impl ConfiguredSource {
         }
     }
 
-    fn headers(&self, v: &Validators) -> Result<HeaderMap, FetchError> {
+    fn headers(&self, v: &Validators, kid_miss: Option<&str>) -> Result<HeaderMap, FetchError> {
         let mut h = HeaderMap::new();
+        if let Some(kid) = kid_miss.and_then(kid_header_value) {
+            h.insert(KID_MISS_HEADER, kid);
+        }
         if let Some(e) = &v.etag {
             h.insert(http::header::IF_NONE_MATCH, e.clone());
         }
@@ -170,9 +191,14 @@ impl ConfiguredSource {
         }
     }
 
-    async fn get(&self, url: &str, v: &Validators) -> Result<SourceResponse, FetchError> {
+    async fn get(
+        &self,
+        url: &str,
+        v: &Validators,
+        kid_miss: Option<&str>,
+    ) -> Result<SourceResponse, FetchError> {
         let opts = GetOptions {
-            headers: self.headers(v)?,
+            headers: self.headers(v, kid_miss)?,
             ..self.opts.clone()
         };
         let got = self.fetcher.get(url, &opts).await?;
@@ -190,7 +216,11 @@ impl ConfiguredSource {
 }
 
 impl Source for ConfiguredSource {
-    async fn fetch(&self, v: &Validators) -> Result<SourceResponse, FetchError> {
+    async fn fetch(
+        &self,
+        v: &Validators,
+        kid_miss: Option<&str>,
+    ) -> Result<SourceResponse, FetchError> {
         match &self.source {
             KeySource::Inline(doc) => Ok(SourceResponse::Document {
                 body: Bytes::from(doc.to_string()),
@@ -214,7 +244,7 @@ impl Source for ConfiguredSource {
             }
             KeySource::Uri(uri) => {
                 self.note_uri(uri);
-                self.get(uri, v).await
+                self.get(uri, v, kid_miss).await
             }
             KeySource::Discovery(url) => {
                 let cached = self.discovered.lock().ok().and_then(|d| d.clone());
@@ -222,7 +252,7 @@ impl Source for ConfiguredSource {
                     Some(u) => u,
                     None => {
                         let opts = GetOptions {
-                            headers: self.headers(&Validators::default())?,
+                            headers: self.headers(&Validators::default(), None)?,
                             ..self.opts.clone()
                         };
                         let u = self.fetcher.discover(url, &self.issuer, &opts).await?;
@@ -233,7 +263,7 @@ impl Source for ConfiguredSource {
                     }
                 };
                 self.note_uri(&jwks_uri);
-                let result = self.get(&jwks_uri, v).await;
+                let result = self.get(&jwks_uri, v, kid_miss).await;
                 if result.is_err() {
                     // The IdP may have moved its keys: discover again next time.
                     if let Ok(mut d) = self.discovered.lock() {
@@ -251,7 +281,7 @@ pub async fn fetch_key_set(
     source: &ConfiguredSource,
     keys: &ProviderKeys,
 ) -> Result<(KeySet, Vec<SkippedKey>), FetchError> {
-    match source.fetch(&Validators::default()).await? {
+    match source.fetch(&Validators::default(), None).await? {
         SourceResponse::Document { body, .. } => {
             KeySet::parse(&body, &keys.policy).map_err(|e| FetchError::Parse(e.0))
         }
