@@ -4,6 +4,7 @@
 #   bash bench/run.sh --quick    # smoke: 1 x 3 s per row, ~2 minutes
 # Other options go to bench/harness.py (--reps N, --duration S, --only id,id, --keep);
 # --only authz: the decision-service rows (HTTP and gRPC) and the inline RS256 rows they compare to.
+# --only fleet: 1 IdP, 1 mirror and 50 sidecar processes (bench/fleet.py), ~2 minutes.
 # Installs what it needs (idempotent), builds the release binary, generates keys and tokens in a
 # temp dir, runs every row on loopback and writes bench/results/<date>.md (printed at the end).
 # Never part of scripts/test.sh: nothing here asserts performance.
@@ -31,5 +32,13 @@ fi
 
 echo "bench: cargo build --release" >&2
 cargo build --release --quiet
+
+# --only fleet: 1 IdP, 1 mirror, 50 sidecar processes (bench/fleet.py; the test suite runs 8).
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "fleet" ]; then
+  mkdir -p bench/results
+  out="bench/results/fleet-$(date -u +%Y-%m-%dT%H%M).md"
+  timeout 900 python3 bench/fleet.py --bin target/release/jwks-sidecar --sidecars 50 --period 20 --markdown | tee "$out"
+  exit "${PIPESTATUS[0]}"
+fi
 
 exec timeout 2700 python3 bench/harness.py "$@"
