@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz` (alive), `/readyz` (every provider has had
-//! keys at least once; latched so an IdP outage cannot take the fleet out of service),
+//! keys at least once, or with `readiness = "attempted"` has had keys or failed its first
+//! fetch; latched so an IdP outage cannot take the fleet out of service),
 //! `/providers` (per-provider freshness) and `/jwks/{provider}` (the mirrored public keys).
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::config::Readiness;
 use crate::metrics::Metrics;
 
 /// State the admin endpoints read.
@@ -45,27 +47,30 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     crate::response::no_store(status, content_type, body)
 }
 
-/// 200 once every provider has had keys (latched), else 503 naming those without.
-fn readyz(auth: &crate::auth::Authenticator) -> Response<Full<Bytes>> {
-    let not_ready: Vec<&str> = auth
-        .providers()
+/// 200 once every provider has had keys (`readiness = "keys"`), or has had keys or failed its
+/// first fetch (`"attempted"`); latched. Else 503. Either way the body names the providers
+/// without keys.
+fn readyz(policy: &crate::policy::Policy) -> Response<Full<Bytes>> {
+    let providers = policy.auth.providers();
+    let without_keys: Vec<&str> = providers
         .iter()
         .filter(|p| !p.keys.ready())
         .map(|p| p.name.as_str())
         .collect();
-    if not_ready.is_empty() {
-        respond(
-            StatusCode::OK,
-            "application/json",
-            json!({"ready": true}).to_string(),
-        )
-    } else {
-        respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            json!({"ready": false, "providers_without_keys": not_ready}).to_string(),
-        )
+    let ready = match policy.readiness {
+        Readiness::Keys => without_keys.is_empty(),
+        Readiness::Attempted => providers.iter().all(|p| p.keys.attempted()),
+    };
+    let mut body = json!({"ready": ready});
+    if !without_keys.is_empty() {
+        body["providers_without_keys"] = json!(without_keys);
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond(status, "application/json", body.to_string())
 }
 
 /// Per-provider readiness, kids and mirror status.
@@ -224,13 +229,16 @@ impl Admin {
                 if let (false, Ok(_waiting)) = (wait.is_zero(), self.waiters.try_acquire()) {
                     let all = async {
                         for p in auth.providers() {
-                            p.keys.wait_ready().await;
+                            match policy.readiness {
+                                Readiness::Keys => p.keys.wait_ready().await,
+                                Readiness::Attempted => p.keys.wait_attempted().await,
+                            }
                         }
                     };
                     let _ = tokio::time::timeout(wait, all).await;
                 }
                 // The policy in force now (a reload may have replaced it while waiting).
-                readyz(&self.policy.load_full().auth)
+                readyz(&self.policy.load_full())
             }
             "/providers" => providers(auth),
             "/assertion/jwks.json" => match &policy.assertion {

@@ -45,6 +45,8 @@ pub struct Policy {
     pub listener_scheme: &'static str,
     /// `[authz] trust_forwarded_client_cert`.
     pub trust_forwarded_client_cert: bool,
+    /// `admin.readiness`.
+    pub readiness: crate::config::Readiness,
 }
 
 /// One (original) request as a decision sees it.
@@ -191,6 +193,7 @@ impl Policy {
             auth,
             path_options: config.proxy.path_options(),
             identity_spellings,
+            readiness: config.admin.readiness,
             dpop: plan.dpop.clone(),
             public_origin: config
                 .proxy

@@ -399,12 +399,29 @@ pub struct AdminConfig {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`, `/providers`, `/jwks/{name}`).
     /// Keep it on loopback or a pod-internal port.
     pub listen: Option<SocketAddr>,
+    /// When `/readyz` answers 200.
+    pub readiness: Readiness,
+}
+
+/// `admin.readiness`: what `/readyz` waits for (latched either way).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Every provider has had keys: no request is refused with 503 for want of keys at
+    /// start, but one dead identity provider keeps the pod out of service.
+    #[default]
+    Keys,
+    /// Every provider has had keys or has failed its first fetch (within its own
+    /// `fetch_timeout`): with many issuers, a dead one delays readiness by one timeout and
+    /// its own tokens get 503 until its keys load.
+    Attempted,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            readiness: Readiness::Keys,
         }
     }
 }

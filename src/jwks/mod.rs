@@ -86,6 +86,8 @@ pub struct ProviderKeys {
     current: ArcSwapOption<KeySet>,
     /// Latched true once keys were loaded (awaited by reload and tests).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Latched true once the first fetch ended, whatever its outcome.
+    attempted: tokio::sync::watch::Sender<bool>,
     stale: AtomicBool,
     status: Mutex<MirrorStatus>,
     /// Unknown-kid refetch coordination.
@@ -102,6 +104,7 @@ impl ProviderKeys {
             policy: settings.parse.clone(),
             current: ArcSwapOption::empty(),
             ready: tokio::sync::watch::Sender::new(false),
+            attempted: tokio::sync::watch::Sender::new(false),
             stale: AtomicBool::new(false),
             status: Mutex::new(MirrorStatus::default()),
             gate: kidmiss::KidMissGate::new(settings.kid_miss_min_interval, settings.kid_miss_wait),
@@ -161,6 +164,27 @@ impl ProviderKeys {
     pub async fn wait_ready(&self) {
         let mut rx = self.ready.subscribe();
         let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Notes that the first fetch ended (success or failure).
+    pub fn mark_attempted(&self) {
+        self.attempted
+            .send_if_modified(|a| !std::mem::replace(a, true));
+    }
+
+    /// Latched: keys were loaded, or the first fetch ended.
+    pub fn attempted(&self) -> bool {
+        self.ready() || *self.attempted.borrow()
+    }
+
+    /// Resolves once keys were loaded or the first fetch ended.
+    pub async fn wait_attempted(&self) {
+        let mut ready = self.ready.subscribe();
+        let mut attempted = self.attempted.subscribe();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => {}
+            _ = attempted.wait_for(|a| *a) => {}
+        }
     }
 
     /// A copy of the status.

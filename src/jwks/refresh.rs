@@ -161,6 +161,7 @@ impl<S: Source> Mirror<S> {
                 None
             };
             let result = self.fetch_once(&mut st, kid.as_deref()).await;
+            self.keys.mark_attempted();
             if kid_miss {
                 self.keys.gate.complete();
             }
