@@ -11,7 +11,7 @@ mod step_up;
 use step_up::nested_step_up;
 pub use step_up::{is_scope_token, StepUp};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use regex::Regex;
 use serde_json::Value;
@@ -77,8 +77,8 @@ pub enum Requirement {
     All(Vec<Requirement>),
     /// At least one part holds.
     Any(Vec<Requirement>),
-    /// The token's provider is one of these.
-    Providers(Vec<String>),
+    /// The token's provider is one of these (a set: a rule may list a thousand tenants).
+    Providers(BTreeSet<String>),
     /// The audience claim contains one of these.
     Audiences(Vec<String>),
     /// All these scopes are granted.
@@ -222,19 +222,26 @@ fn check_path(p: &str, at: &str, errs: &mut Vec<String>) {
 fn compile_requirement(
     r: &RequireConfig,
     at: &str,
-    providers: &[String],
+    providers: &BTreeSet<String>,
     errs: &mut Vec<String>,
 ) -> Requirement {
     let mut parts = Vec::new();
     if !r.providers.is_empty() {
         for p in &r.providers {
             if !providers.contains(p) {
+                let have = if providers.len() <= 10 {
+                    format!("{providers:?}")
+                } else {
+                    format!("{} providers", providers.len())
+                };
                 errs.push(format!(
-                    "{at}.providers: {p:?} is not a configured provider (have {providers:?})"
+                    "{at}.providers: {p:?} is not a configured provider (have {have})"
                 ));
             }
         }
-        parts.push(Requirement::Providers(r.providers.clone()));
+        parts.push(Requirement::Providers(
+            r.providers.iter().cloned().collect(),
+        ));
     }
     if !r.audiences.is_empty() {
         parts.push(Requirement::Audiences(r.audiences.clone()));
@@ -325,7 +332,7 @@ impl Requirement {
         match self {
             Requirement::All(parts) => parts.iter().all(|p| p.check(v)),
             Requirement::Any(parts) => parts.iter().any(|p| p.check(v)),
-            Requirement::Providers(ps) => ps.iter().any(|p| *p == v.provider.name),
+            Requirement::Providers(ps) => ps.contains(&v.provider.name),
             Requirement::Audiences(auds) => {
                 let have = audience_values(v);
                 auds.iter().any(|a| have.contains(&a.as_str()))
@@ -380,7 +387,7 @@ impl Rules {
     /// Compiles the rules of a config; all problems are reported together.
     pub fn compile(config: &Config) -> Result<Rules, Vec<String>> {
         let mut errs = Vec::new();
-        let providers: Vec<String> = config.providers.iter().map(|p| p.name.clone()).collect();
+        let providers: BTreeSet<String> = config.providers.iter().map(|p| p.name.clone()).collect();
         let mut rules = Vec::new();
         for (i, p) in config.proxy.public_paths.iter().enumerate() {
             rules.push(Rule {
@@ -513,7 +520,12 @@ impl Rules {
     }
 }
 
-fn compile_rule(r: &RuleConfig, i: usize, providers: &[String], errs: &mut Vec<String>) -> Rule {
+fn compile_rule(
+    r: &RuleConfig,
+    i: usize,
+    providers: &BTreeSet<String>,
+    errs: &mut Vec<String>,
+) -> Rule {
     let at = format!("rules[{i}]");
     let name = r.name.clone().unwrap_or_else(|| at.clone());
     if r.public && (r.allow_anonymous || r.require.is_some()) {
