@@ -24,6 +24,22 @@
           src/metrics.rs. A dashboard expression may only lack data when every metric it
           names is registered in src/metrics.rs but not yet updated anywhere else in src/
           (reported as PENDING, so the check tightens by itself once the code uses it).
+  e2e.py mirror BINARY MIRROR_RENDER SIDECAR_RENDER [--out DIR]
+      The JWKS-mirror deployment examples, end to end. MIRROR_RENDER is the rendered mirror
+      (helm template of helm/examples/mirror.yaml, or kubectl kustomize of
+      deploy/overlays/jwks-mirror), SIDECAR_RENDER the rendered sidecars that use it
+      (helm/examples/sidecar.yaml + sidecar-via-mirror.yaml). First, statically: every
+      sidecar provider's jwks_uri is http://<the mirror Service>.<namespace>.svc:<its admin
+      port>/jwks/<a provider the mirror has, same name> with allow_insecure_http; the mirror's
+      NetworkPolicy admits the sidecar pods' labels on the admin port and nobody unlabelled;
+      the sidecars' egress policy (if any) lets them reach the mirror's pods on that port.
+      Then on loopback: the fake IdP; the mirror with its rendered config (listeners on
+      127.0.0.1 free ports, each provider's key source replaced by the fake IdP's jwks_uri);
+      the sidecar with its rendered config (its jwks_uri hosts replaced by the mirror's admin
+      address, the upstream by an echo app). The sidecar must become ready, its /providers
+      must name the mirror URLs, a token from the fake IdP must pass it (keys went IdP ->
+      mirror -> sidecar), the mirror's own proxy must refuse that token, and the sidecar's
+      rendered config without allow_insecure_http must be refused by the binary.
 Processes started here are stopped on exit.
 """
 import atexit
@@ -675,11 +691,261 @@ fetch_timeout = "1s"
     log("e2e: all checks passed")
 
 
+# --- JWKS mirror deployment examples -------------------------------------------------------
+def _rendered(path):
+    """(docs, config dict) of a rendered manifest file: its one ConfigMap with config.toml."""
+    import tomllib
+
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    cms = [d for d in docs if d.get("kind") == "ConfigMap" and "config.toml" in (d.get("data") or {})]
+    if len(cms) != 1:
+        raise SystemExit(f"FAIL {path}: expected one ConfigMap with config.toml, found {len(cms)}")
+    return docs, tomllib.loads(cms[0]["data"]["config.toml"])
+
+
+def _one(docs, kind, path):
+    found = [d for d in docs if d.get("kind") == kind]
+    if len(found) != 1:
+        raise SystemExit(f"FAIL {path}: expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def _subset(want, have):
+    return bool(want) and all(have.get(k) == v for k, v in want.items())
+
+
+def _port_matches(rule_port, names, numbers):
+    p = rule_port.get("port")
+    return p is None or p in names or p in numbers
+
+
+def _peer_admits(peer, labels, ns, own_ns):
+    """Whether a NetworkPolicyPeer (without ipBlock) admits a pod with labels in namespace ns."""
+    if "ipBlock" in peer:
+        return False
+    pod_sel = peer.get("podSelector")
+    if pod_sel is not None and not all(labels.get(k) == v for k, v in (pod_sel.get("matchLabels") or {}).items()):
+        return False
+    if "namespaceSelector" not in peer:
+        return ns == own_ns
+    ns_labels = (peer["namespaceSelector"] or {}).get("matchLabels") or {}
+    return all(k == "kubernetes.io/metadata.name" and v == ns for k, v in ns_labels.items())
+
+
+def _to_toml(cfg):
+    """check_manifests.py's TOML writer (the one its config check starts the binary with)."""
+    sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from check_manifests import to_toml
+
+    return to_toml(cfg)
+
+
+def mirror_static_checks(mirror_path, sidecar_path):
+    """The sidecar render points at the mirror render, and the policies let exactly it through.
+    Returns (mirror config, sidecar config, {provider: mirror URL as rendered})."""
+    mdocs, mcfg = _rendered(mirror_path)
+    sdocs, scfg = _rendered(sidecar_path)
+    problems = []
+    mdep, sdep = _one(mdocs, "Deployment", mirror_path), _one(sdocs, "Deployment", sidecar_path)
+    mns, sns = mdep["metadata"].get("namespace"), sdep["metadata"].get("namespace")
+    if not mns or not sns:
+        raise SystemExit("FAIL the renders must carry namespaces (helm template -n, kustomize namespace:)")
+    mlabels = mdep["spec"]["template"]["metadata"].get("labels") or {}
+    slabels = sdep["spec"]["template"]["metadata"].get("labels") or {}
+    mcont = next(c for c in mdep["spec"]["template"]["spec"]["containers"] if c["name"] == "jwks-sidecar")
+    admin_port = next(p["containerPort"] for p in mcont["ports"] if p["name"] == "admin")
+    if mcfg.get("admin", {}).get("listen") != f"0.0.0.0:{admin_port}":
+        problems.append(f"mirror: [admin] listen is {mcfg.get('admin', {}).get('listen')!r}, not 0.0.0.0:{admin_port} (the Service could not reach it)")
+    # the Service port that reaches the admin listener
+    svc_hosts = set()
+    for svc in (d for d in mdocs if d.get("kind") == "Service"):
+        if not _subset(svc["spec"].get("selector") or {}, mlabels):
+            continue
+        for sp in svc["spec"].get("ports", []):
+            if sp.get("targetPort") in ("admin", admin_port):
+                name = svc["metadata"]["name"]
+                for suffix in ("svc", "svc.cluster.local"):
+                    svc_hosts.add(f"{name}.{mns}.{suffix}:{sp['port']}")
+    if not svc_hosts:
+        raise SystemExit(f"FAIL {mirror_path}: no Service selects the mirror pods with a port to the admin listener")
+    mnames = {p["name"] for p in mcfg.get("providers", [])}
+    urls = {}
+    for p in scfg.get("providers", []):
+        u = urllib.parse.urlsplit(p.get("jwks_uri", ""))
+        where = f"sidecar provider {p['name']}"
+        if u.scheme != "http" or u.netloc not in svc_hosts or u.path != f"/jwks/{p['name']}":
+            problems.append(f"{where}: jwks_uri {p.get('jwks_uri')!r} is not http://<{' or '.join(sorted(svc_hosts))}>/jwks/{p['name']}")
+        if p["name"] not in mnames:
+            problems.append(f"{where}: the mirror has no provider of that name (it has {sorted(mnames)})")
+        if p.get("allow_insecure_http") is not True:
+            problems.append(f"{where}: allow_insecure_http = true is needed for plain http to the mirror Service")
+        if any(k in p for k in ("discovery", "discovery_url", "jwks_file", "jwks")):
+            problems.append(f"{where}: a second key source besides the mirror")
+        urls[p["name"]] = p.get("jwks_uri")
+    # the mirror's ingress policy on the admin port: the sidecar pods, and no open rule
+    admin_names, admin_numbers = {"admin"}, {admin_port}
+    admitted = False
+    policies = [d for d in mdocs if d.get("kind") == "NetworkPolicy"
+                and _subset((d["spec"].get("podSelector") or {}).get("matchLabels") or {}, mlabels)]
+    if not any("Ingress" in d["spec"].get("policyTypes", ["Ingress"]) for d in policies):
+        problems.append("mirror: no NetworkPolicy restricts ingress to the mirror pods")
+    for np in policies:
+        for rule in np["spec"].get("ingress", []):
+            ports = rule.get("ports") or [{}]
+            if not any(_port_matches(rp, admin_names, admin_numbers) for rp in ports):
+                continue
+            peers = rule.get("from")
+            if not peers:
+                problems.append(f"mirror NetworkPolicy {np['metadata']['name']}: a rule admits anyone to the admin port")
+                admitted = True
+                continue
+            if any(_peer_admits(peer, slabels, sns, mns) for peer in peers):
+                admitted = True
+            if any(_peer_admits(peer, {}, sns, mns) for peer in peers):
+                problems.append(f"mirror NetworkPolicy {np['metadata']['name']}: pods without the client label reach the admin port")
+    if policies and not admitted:
+        problems.append(f"mirror NetworkPolicy: the sidecar pods (labels {slabels}, namespace {sns}) are not admitted to the admin port")
+    # the sidecars' egress policy, when there is one, lets them reach the mirror pods
+    for np in (d for d in sdocs if d.get("kind") == "NetworkPolicy"
+               and _subset((d["spec"].get("podSelector") or {}).get("matchLabels") or {}, slabels)
+               and "Egress" in d["spec"].get("policyTypes", [])):
+        ok = any(
+            any(_port_matches(rp, set(), {admin_port}) for rp in (rule.get("ports") or [{}]))
+            and (not rule.get("to") or any(_peer_admits(peer, mlabels, mns, sns) for peer in rule["to"]))
+            for rule in np["spec"].get("egress", []))
+        if not ok:
+            problems.append(f"sidecar NetworkPolicy {np['metadata']['name']}: egress to the mirror pods on {admin_port} not allowed")
+    for p in problems:
+        print(f"FAIL {p}")
+    if problems:
+        raise SystemExit(1)
+    hosts = sorted({urllib.parse.urlsplit(u).netloc for u in urls.values()})
+    log(f"static: {len(urls)} sidecar providers -> http://{', '.join(hosts)}/jwks/<name>, allow_insecure_http; "
+        f"mirror admin port {admin_port} admits the sidecar pods ({sns}) and no unlabelled pod"
+        + (", sidecar egress allows it" if any(d.get("kind") == "NetworkPolicy" for d in sdocs) else ""))
+    return mcfg, scfg, urls
+
+
+def _start(binary, cfg, path, log_path, env):
+    open(path, "w").write(_to_toml(cfg))
+    out = open(log_path, "w")
+    p = subprocess.Popen([binary, "--config", path], stdout=out, stderr=subprocess.STDOUT, env=env)
+    procs.append(p)
+    return p
+
+
+def _await_ready(p, admin, what, log_path, timeout=30):
+    try:
+        wait_for(lambda: p.poll() is not None or http_get(admin + "/readyz")[0] == 200, timeout, f"{what}'s /readyz")
+    except SystemExit:
+        raise SystemExit(f"FAIL {what} not ready within {timeout}s: /readyz {http_get(admin + '/readyz')[1][:200]!r}\n"
+                         f"{open(log_path).read()[-2000:]}")
+    if p.poll() is not None:
+        raise SystemExit(f"FAIL {what} exited ({p.returncode}):\n{open(log_path).read()[-2000:]}")
+
+
+def cmd_mirror(binary, mirror_path, sidecar_path, out_dir):
+    mcfg, scfg, urls = mirror_static_checks(mirror_path, sidecar_path)
+    work = tempfile.mkdtemp(prefix="jwks-mirror-e2e-")
+    out_dir = out_dir or work
+    tag = os.path.splitext(os.path.basename(mirror_path))[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JWKS_SIDECAR_") and k != "RUST_LOG"}
+    idp = Idp(binary=binary, log_path=os.path.join(out_dir, f"{tag}-idp.log"))
+    idp.start()
+
+    # The mirror: its rendered config, on loopback, with the fake IdP as every provider's source.
+    mports = {k: free_port() for k in ("proxy", "admin")}
+    mcfg["proxy"]["listen"] = f"127.0.0.1:{mports['proxy']}"
+    mcfg["admin"]["listen"] = f"127.0.0.1:{mports['admin']}"
+    mcfg.pop("authz", None)
+    if "cache_dir" in mcfg.get("jwks", {}):
+        mcfg["jwks"]["cache_dir"] = os.path.join(work, "mirror-cache")
+    for p in mcfg["providers"]:
+        for k in ("jwks_uri", "discovery", "discovery_url", "jwks_file", "jwks", "fetch_headers", "ca_file"):
+            p.pop(k, None)
+        p["jwks_uri"] = idp.jwks_uri
+    madmin = f"http://127.0.0.1:{mports['admin']}"
+    mlog = os.path.join(out_dir, f"{tag}-mirror.log")
+    mp = _start(binary, mcfg, os.path.join(work, "mirror.toml"), mlog, env)
+    _await_ready(mp, madmin, "the mirror", mlog)
+    for name in urls:
+        status, body = http_get(f"{madmin}/jwks/{name}")
+        if status != 200 or idp.kid not in body.decode():
+            raise SystemExit(f"FAIL the mirror's /jwks/{name}: {status} {body[:200]!r}")
+    log(f"mirror ready on {madmin} (rendered config, {len(mcfg['providers'])} providers from the fake IdP); /jwks/<name> serves the IdP's keys")
+
+    # The sidecar's rendered config is refused without allow_insecure_http (the mirror hop is
+    # plain http to a non-loopback host).
+    bad = json.loads(json.dumps(scfg))
+    for p in bad["providers"]:
+        p.pop("allow_insecure_http", None)
+    bad["proxy"]["listen"] = f"127.0.0.1:{free_port()}"
+    bad["admin"]["listen"] = f"127.0.0.1:{free_port()}"
+    blog = os.path.join(out_dir, f"{tag}-sidecar-insecure.log")
+    bp = _start(binary, bad, os.path.join(work, "sidecar-insecure.toml"), blog, env)
+    try:
+        bp.wait(30)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("FAIL the sidecar config without allow_insecure_http was accepted (still running after 30s)")
+    text = open(blog).read()
+    if bp.returncode == 0 or "allow_insecure_http" not in text:
+        raise SystemExit(f"FAIL without allow_insecure_http the binary should refuse the mirror URL naming the key; exit {bp.returncode}:\n{text[-1000:]}")
+    line = next(l for l in text.splitlines() if "allow_insecure_http" in l)
+    log("without allow_insecure_http the binary refuses the sidecar config: " + line[line.find("providers"):].strip()[:220])
+
+    # The sidecar: its rendered config, the mirror Service's host:port replaced by the mirror's
+    # loopback admin address (the path, /jwks/<name>, as rendered), the app by an echo server.
+    sports = {k: free_port() for k in ("proxy", "admin", "echo")}
+    echo = serve(echo_handler(), sports["echo"])
+    scfg["proxy"]["listen"] = f"127.0.0.1:{sports['proxy']}"
+    scfg["proxy"]["upstream"] = f"http://127.0.0.1:{sports['echo']}"
+    scfg["admin"]["listen"] = f"127.0.0.1:{sports['admin']}"
+    want = {}
+    for p in scfg["providers"]:
+        u = urllib.parse.urlsplit(p["jwks_uri"])
+        p["jwks_uri"] = want[p["name"]] = urllib.parse.urlunsplit(u._replace(netloc=f"127.0.0.1:{mports['admin']}"))
+    sadmin = f"http://127.0.0.1:{sports['admin']}"
+    slog = os.path.join(out_dir, f"{tag}-sidecar.log")
+    sp = _start(binary, scfg, os.path.join(work, "sidecar.toml"), slog, env)
+    _await_ready(sp, sadmin, "the sidecar", slog)
+    got = {p["name"]: (p.get("status") or {}).get("jwks_uri") for p in json.loads(http_get(sadmin + "/providers")[1])["providers"]}
+    if got != want:
+        raise SystemExit(f"FAIL the sidecar's /providers jwks_uri: {got}, want the mirror's {want}")
+    log(f"sidecar ready on {sadmin}; /providers jwks_uri = the mirror ({', '.join(f'{n}: {urls[n]}' for n in sorted(urls))} as rendered)")
+
+    # A token from the fake IdP for the first provider, with what its config requires.
+    p0 = scfg["providers"][0]
+    claims = {"iss": p0["issuer"], "aud": p0["audiences"][0], "sub": "mirror-e2e"}
+    if p0.get("required_scopes"):
+        claims["scope"] = " ".join(p0["required_scopes"])
+    token = idp.token(**claims)
+    status, body = http_get(f"http://127.0.0.1:{sports['proxy']}/orders", headers={"Authorization": f"Bearer {token}"})
+    if status != 200:
+        raise SystemExit(f"FAIL a token of provider {p0['name']} through the sidecar (keys via the mirror): {status} {body[:300]!r}\n{open(slog).read()[-1500:]}")
+    log(f"a token of provider {p0['name']} (kid {idp.kid}) passes the sidecar: keys went IdP -> mirror -> sidecar")
+    status, _ = http_get(f"http://127.0.0.1:{mports['proxy']}/orders", headers={"Authorization": f"Bearer {token}"})
+    if status not in (401, 403):
+        raise SystemExit(f"FAIL the mirror's own proxy listener answered {status} to a valid token (it must refuse everything)")
+    log(f"the mirror's proxy listener refuses the same token ({status}): it is no gateway")
+    stop_server(echo)
+    if out_dir != work:
+        shutil.rmtree(work, ignore_errors=True)
+    log("mirror e2e: all checks passed")
+
+
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "healthcheck":
         cmd_healthcheck(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "rules-coverage":
         cmd_rules_coverage(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 5 and sys.argv[1] == "mirror":
+        out = None
+        if "--out" in sys.argv:
+            out = sys.argv[sys.argv.index("--out") + 1]
+        cmd_mirror(sys.argv[2], sys.argv[3], sys.argv[4], out)
     elif len(sys.argv) >= 3 and sys.argv[1] == "run":
         out = None
         if "--out" in sys.argv:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deployment suite: container image lint, Helm chart, kustomize manifests, Prometheus rules,
-# Grafana dashboard, and an end-to-end run of the built binary scraped by a real Prometheus.
+# Grafana dashboard, an end-to-end run of the built binary scraped by a real Prometheus, and
+# the JWKS-mirror examples end to end (fake IdP -> mirror -> sidecar, from their rendered configs).
 # Installs its own tools (deploy/tests/install-tools.sh; skipped when present). Needs
 # target/debug/jwks-sidecar, which `cargo test --all-targets` builds before this runs
 # (JWKS_SIDECAR_BIN overrides the path). Every step that fails is reported; the suite
@@ -67,17 +68,27 @@ step "chart files/ are copies of deploy/ (alerts, dashboard)" bash -c '
 step "helm lint --strict (sidecar)" helm lint --strict "$CHART" -f helm/examples/sidecar.yaml
 step "helm lint --strict (standalone)" helm lint --strict "$CHART" -f helm/examples/standalone.yaml
 step "helm lint --strict (sidecar + monitoring)" helm lint --strict "$CHART" -f helm/examples/sidecar.yaml -f helm/examples/monitoring.yaml
+step "helm lint --strict (mirror)" helm lint --strict "$CHART" -f helm/examples/mirror.yaml
+step "helm lint --strict (sidecar via mirror)" helm lint --strict "$CHART" -f helm/examples/sidecar.yaml -f helm/examples/sidecar-via-mirror.yaml
 step "helm lint --strict (everything on)" helm lint --strict "$CHART" -f helm/examples/standalone.yaml -f helm/examples/monitoring.yaml -f deploy/tests/values-everything.yaml
 step "helm template (sidecar)" bash -c "helm template api $CHART -n shop -f helm/examples/sidecar.yaml > $OUT/helm-sidecar.yaml"
 step "helm template (standalone)" bash -c "helm template jwt-authz $CHART -n auth -f helm/examples/standalone.yaml > $OUT/helm-standalone.yaml"
 step "helm template (sidecar + monitoring)" bash -c "helm template api $CHART -n shop -f helm/examples/sidecar.yaml -f helm/examples/monitoring.yaml > $OUT/helm-monitoring.yaml"
 step "helm template (everything on)" bash -c "helm template jwt-authz $CHART -n auth -f helm/examples/standalone.yaml -f helm/examples/monitoring.yaml -f deploy/tests/values-everything.yaml > $OUT/helm-everything.yaml"
+step "helm template (mirror)" bash -c "helm template jwks-mirror $CHART -n auth -f helm/examples/mirror.yaml > $OUT/helm-mirror.yaml"
+step "helm template (sidecar via mirror)" bash -c "helm template api $CHART -n shop -f helm/examples/sidecar.yaml -f helm/examples/sidecar-via-mirror.yaml > $OUT/helm-sidecar-via-mirror.yaml"
 step "rendered manifests: Kubernetes schemas + restricted posture (sidecar)" \
   python3 deploy/tests/check_manifests.py validate --helm --sidecar "$OUT/helm-sidecar.yaml" "$OUT/helm-monitoring.yaml"
 step "rendered manifests: Kubernetes schemas + restricted posture (standalone)" \
   python3 deploy/tests/check_manifests.py validate --helm --standalone "$OUT/helm-standalone.yaml" "$OUT/helm-everything.yaml"
 step "rendered config.toml starts the real binary" \
   python3 deploy/tests/check_manifests.py config "$BIN" "$OUT/helm-sidecar.yaml" "$OUT/helm-standalone.yaml" "$OUT/helm-monitoring.yaml" "$OUT/helm-everything.yaml"
+step "rendered manifests: Kubernetes schemas + restricted posture (mirror)" \
+  python3 deploy/tests/check_manifests.py validate --helm --standalone "$OUT/helm-mirror.yaml"
+step "rendered manifests: Kubernetes schemas + restricted posture (sidecar via mirror)" \
+  python3 deploy/tests/check_manifests.py validate --helm --sidecar "$OUT/helm-sidecar-via-mirror.yaml"
+step "rendered config.toml starts the real binary (mirror, sidecar via mirror)" \
+  python3 deploy/tests/check_manifests.py config "$BIN" "$OUT/helm-mirror.yaml" "$OUT/helm-sidecar-via-mirror.yaml"
 step "config change rolls the pods (checksum/config changes)" bash -c "
   a=\$(grep -m1 checksum/config $OUT/helm-sidecar.yaml) &&
   b=\$(helm template api $CHART -n shop -f helm/examples/sidecar.yaml --set proxy.upstreamTimeout=10s | grep -m1 checksum/config) &&
@@ -94,15 +105,31 @@ step "a typo in the free-form config map is caught by the binary" bash -c "
   grep -q listen_adress $OUT/typo.log"
 
 section "deploy: kustomize overlays (kubectl kustomize, Kubernetes schemas)"
-for overlay in sidecar ext-authz-istio envoy-gateway; do
+for overlay in sidecar ext-authz-istio envoy-gateway jwks-mirror; do
   step "kubectl kustomize deploy/overlays/$overlay" bash -c "kubectl kustomize deploy/overlays/$overlay > $OUT/kustomize-$overlay.yaml"
 done
 step "kustomize output: schemas + posture (sidecar)" \
   python3 deploy/tests/check_manifests.py validate --sidecar "$OUT/kustomize-sidecar.yaml"
 step "kustomize output: schemas + posture (ext_authz: Istio CUSTOM, Envoy Gateway)" \
   python3 deploy/tests/check_manifests.py validate --standalone "$OUT/kustomize-ext-authz-istio.yaml" "$OUT/kustomize-envoy-gateway.yaml"
+step "kustomize output: schemas + posture (jwks-mirror)" \
+  python3 deploy/tests/check_manifests.py validate --standalone "$OUT/kustomize-jwks-mirror.yaml"
 step "kustomize config.toml starts the real binary" \
   python3 deploy/tests/check_manifests.py config "$BIN" "$OUT"/kustomize-*.yaml
+
+section "deploy: JWKS mirror end to end (fake IdP -> mirror -> sidecar, rendered configs, loopback)"
+# Static (sidecar jwks_uri = the mirror Service's admin port and provider names, the mirror's
+# NetworkPolicy admits the sidecar pods and nobody unlabelled, the sidecars' egress reaches the
+# mirror), then the two real binaries: the sidecar gets ready with its keys from the mirror
+# (/providers names the mirror URL) and lets a fake-IdP token through.
+step "mirror e2e: Helm mirror + sidecar via mirror" \
+  timeout 180 python3 deploy/tests/e2e.py mirror "$BIN" "$OUT/helm-mirror.yaml" "$OUT/helm-sidecar-via-mirror.yaml" --out "$OUT"
+step "mirror e2e: kustomize jwks-mirror + sidecar via mirror (same Service name)" \
+  timeout 180 python3 deploy/tests/e2e.py mirror "$BIN" "$OUT/kustomize-jwks-mirror.yaml" "$OUT/helm-sidecar-via-mirror.yaml" --out "$OUT"
+step "mirror e2e refuses sidecars the mirror's NetworkPolicy does not admit (no client label)" bash -c "
+  helm template api $CHART -n shop -f helm/examples/sidecar.yaml -f helm/examples/sidecar-via-mirror.yaml --set-string podLabels.jwks-sidecar/mirror-client=no > $OUT/sidecar-unlabelled.yaml &&
+  ! python3 deploy/tests/e2e.py mirror '$BIN' $OUT/helm-mirror.yaml $OUT/sidecar-unlabelled.yaml >$OUT/unlabelled.log 2>&1 &&
+  grep -q 'are not admitted to the admin port' $OUT/unlabelled.log"
 
 section "deploy: Prometheus rules (promtool)"
 step "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
