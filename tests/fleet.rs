@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use jwks_sidecar::config::Config;
 use jwks_sidecar::jose::Alg;
 use jwks_sidecar::testkit::now;
 use serde_json::json;
@@ -20,25 +21,79 @@ fn fetches(metrics: &str, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// An IdP answering with `cache_control`, a mirror sidecar fetching from it, and `n` sidecars
+/// mirroring from the mirror's `/jwks/idp`; `mirror` and `sidecar` adjust their configs.
+struct Tiers {
+    key: std::sync::Arc<jwks_sidecar::testkit::SigningKey>,
+    idp: jwks_sidecar::demo::FakeIdp,
+    _echo: jwks_sidecar::demo::EchoUpstream,
+    mirror: jwks_sidecar::Running,
+    fleet: Vec<jwks_sidecar::Running>,
+    /// The mirror's `/jwks/idp`.
+    url: String,
+}
+
+impl Tiers {
+    async fn start(
+        cache_control: &str,
+        n: usize,
+        mirror: impl Fn(&mut Config),
+        sidecar: impl Fn(&mut Config),
+    ) -> Tiers {
+        let (key, idp, echo) = idp_and_echo(Alg::ES256).await;
+        if let Ok(mut h) = idp.state.jwks_headers.lock() {
+            h.push(("cache-control".into(), cache_control.into()));
+        }
+        let mut mc = base_config(&idp, &echo);
+        mirror(&mut mc);
+        let m = start_config(mc).await;
+        wait_keys_ready(&m).await;
+        let url = format!("http://{}/jwks/idp", m.admin_addr.expect("admin"));
+        let mut fleet = Vec::new();
+        for _ in 0..n {
+            let mut c = base_config(&idp, &echo);
+            sidecar(&mut c);
+            c.providers[0].jwks_uri = Some(url.clone());
+            let s = start_config(c).await;
+            wait_keys_ready(&s).await;
+            fleet.push(s);
+        }
+        Tiers {
+            key,
+            idp,
+            _echo: echo,
+            mirror: m,
+            fleet,
+            url,
+        }
+    }
+
+    fn mirror_admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.mirror.admin_addr.expect("admin"))
+    }
+
+    async fn stop(self) {
+        for s in self.fleet {
+            s.shutdown();
+            s.wait().await;
+        }
+        self.mirror.shutdown();
+        self.mirror.wait().await;
+    }
+}
+
+/// Refresh every second.
+fn fast(c: &mut Config) {
+    let p = &mut c.providers[0];
+    p.refresh_interval = Duration::from_secs(1);
+    p.min_refresh = Duration::from_secs(1);
+}
+
 #[tokio::test]
 async fn sidecars_mirror_from_one_sidecar_with_etags_and_the_idp_sees_only_the_mirror() {
-    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    if let Ok(mut h) = idp.state.jwks_headers.lock() {
-        h.push(("cache-control".into(), "max-age=2".into()));
-    }
-    let fast = |c: &mut jwks_sidecar::config::Config| {
-        let p = &mut c.providers[0];
-        p.refresh_interval = Duration::from_secs(1);
-        p.min_refresh = Duration::from_secs(1);
-    };
-    let mut mc = base_config(&idp, &echo);
-    fast(&mut mc);
-    let mirror = start_config(mc).await;
-    wait_keys_ready(&mirror).await;
-    let mirror_admin = mirror.admin_addr.expect("admin");
-    let tier = format!("http://{mirror_admin}/jwks/idp");
+    let t = Tiers::start("max-age=2", 3, fast, fast).await;
     // The endpoint: ETag, 304, and max-age within the mirror's freshness (2 s).
-    let (st, h, body) = get(&tier, &[]).await;
+    let (st, h, body) = get(&t.url, &[]).await;
     assert_eq!(st, 200, "{body}");
     let etag = h["etag"].to_str().expect("etag").to_string();
     let cc = h["cache-control"].to_str().expect("cc").to_string();
@@ -48,26 +103,18 @@ async fn sidecars_mirror_from_one_sidecar_with_etags_and_the_idp_sees_only_the_m
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{cc}"));
     assert!(cc.starts_with("public") && max_age <= 2, "{cc}");
-    let (st, _, body) = get(&tier, &[("if-none-match", &etag)]).await;
+    let (st, _, body) = get(&t.url, &[("if-none-match", &etag)]).await;
     assert_eq!((st.as_u16(), body.as_str()), (304, ""));
     // Three sidecars mirror from it.
-    let mut fleet = Vec::new();
-    for _ in 0..3 {
-        let mut c = base_config(&idp, &echo);
-        fast(&mut c);
-        c.providers[0].jwks_uri = Some(tier.clone());
-        let s = start_config(c).await;
-        wait_keys_ready(&s).await;
-        fleet.push(s);
-    }
-    let token =
-        k.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "alice", "exp": now() + 300}));
-    for s in &fleet {
+    let token = t
+        .key
+        .mint(&json!({"iss": t.idp.issuer(), "aud": "api", "sub": "alice", "exp": now() + 300}));
+    for s in &t.fleet {
         let (st, _, body) = get_with_token(&format!("http://{}/x", s.proxy_addr), &token).await;
         assert_eq!(st, 200, "{body}");
     }
     // They revalidate against the mirror (304s), while only the mirror fetches from the IdP.
-    for s in &fleet {
+    for s in &t.fleet {
         let url = format!("http://{}/metrics", s.admin_addr.expect("admin"));
         wait_metric(
             &url,
@@ -76,19 +123,14 @@ async fn sidecars_mirror_from_one_sidecar_with_etags_and_the_idp_sees_only_the_m
         )
         .await;
     }
-    let m = get(&format!("http://{mirror_admin}/metrics"), &[]).await.2;
+    let m = get(&t.mirror_admin("/metrics"), &[]).await.2;
     let mirror_fetches = fetches(&m, "ok") + fetches(&m, "not_modified");
-    let idp_fetches = idp.fetches() as f64;
+    let idp_fetches = t.idp.fetches() as f64;
     assert!(
         idp_fetches <= mirror_fetches + 1.0,
         "the IdP saw {idp_fetches} fetches, the mirror made {mirror_fetches}: the fleet must not reach it"
     );
-    for s in fleet {
-        s.shutdown();
-        s.wait().await;
-    }
-    mirror.shutdown();
-    mirror.wait().await;
+    t.stop().await;
 }
 
 /// One mirror and two sidecars with long-lived caches: a token signed by a key the IdP has
@@ -98,30 +140,20 @@ async fn sidecars_mirror_from_one_sidecar_with_etags_and_the_idp_sees_only_the_m
 /// IdP fetches per interval, whatever their number.
 #[tokio::test]
 async fn a_new_kid_travels_up_the_tiers_in_one_request() {
-    let (k1, idp, echo) = idp_and_echo(Alg::ES256).await;
-    if let Ok(mut h) = idp.state.jwks_headers.lock() {
-        h.push(("cache-control".into(), "max-age=3600".into()));
-    }
-    let mirror = start_config(base_config(&idp, &echo)).await;
-    wait_keys_ready(&mirror).await;
-    let mirror_admin = mirror.admin_addr.expect("admin");
-    let tier = format!("http://{mirror_admin}/jwks/idp");
-    let mut fleet = Vec::new();
-    for _ in 0..2 {
-        let mut c = base_config(&idp, &echo);
-        c.providers[0].jwks_uri = Some(tier.clone());
-        // The sidecar's wait covers the mirror's own (2 s) plus the hop.
-        c.providers[0].kid_miss_wait = Duration::from_secs(4);
-        let s = start_config(c).await;
-        wait_keys_ready(&s).await;
-        fleet.push(s);
-    }
-    let before = idp.fetches();
+    // The sidecars' wait covers the mirror's own (2 s) plus the hop.
+    let t = Tiers::start(
+        "max-age=3600",
+        2,
+        |_| {},
+        |c| c.providers[0].kid_miss_wait = Duration::from_secs(4),
+    )
+    .await;
+    let before = t.idp.fetches();
     let k2 = jwks_sidecar::testkit::SigningKey::generate(Alg::ES256, "rotated-in");
-    idp.set_keys(&[&k1, &k2]);
+    t.idp.set_keys(&[&t.key, &k2]);
     let token =
-        k2.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "bob", "exp": now() + 300}));
-    for (i, s) in fleet.iter().enumerate() {
+        k2.mint(&json!({"iss": t.idp.issuer(), "aud": "api", "sub": "bob", "exp": now() + 300}));
+    for (i, s) in t.fleet.iter().enumerate() {
         let (st, _, body) = get_with_token(&format!("http://{}/x", s.proxy_addr), &token).await;
         assert_eq!(
             st, 200,
@@ -129,46 +161,34 @@ async fn a_new_kid_travels_up_the_tiers_in_one_request() {
         );
     }
     assert_eq!(
-        idp.fetches(),
+        t.idp.fetches(),
         before + 1,
         "one IdP fetch (the mirror's) for the new kid across the fleet"
     );
-    let m = get(&format!("http://{mirror_admin}/metrics"), &[]).await.2;
-    assert!(
-        m.has_sample(
-            r#"jwks_sidecar_jwks_kid_miss_total{provider="idp",result="refetched_found"}"#,
-            1.0
-        ),
-        "{m}"
-    );
+    let kid_misses = |m: &str, result: &str| {
+        sample(
+            m,
+            &format!("jwks_sidecar_jwks_kid_miss_total{{provider=\"idp\",result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let m = get(&t.mirror_admin("/metrics"), &[]).await.2;
+    assert_eq!(kid_misses(&m, "refetched_found"), 1.0, "{m}");
     // Junk kids at the mirror: its gate refuses them without fetching (the refetch above
     // started its interval), leaving at most one deferred fetch.
     for i in 0..20 {
         let kid = format!("junk-{i}");
-        let (st, _, _) = get(&tier, &[("x-jwks-sidecar-kid", &kid)]).await;
+        let (st, _, _) = get(&t.url, &[("x-jwks-sidecar-kid", &kid)]).await;
         assert_eq!(st, 200, "the set is still served");
     }
     assert!(
-        idp.fetches() <= before + 2,
+        t.idp.fetches() <= before + 2,
         "junk kids cost the IdP {} fetches",
-        idp.fetches() - before
+        t.idp.fetches() - before
     );
-    let m = get(&format!("http://{mirror_admin}/metrics"), &[]).await.2;
-    assert!(
-        sample(
-            &m,
-            r#"jwks_sidecar_jwks_kid_miss_total{provider="idp",result="rate_limited"}"#
-        )
-        .unwrap_or(0.0)
-            >= 19.0,
-        "{m}"
-    );
-    for s in fleet {
-        s.shutdown();
-        s.wait().await;
-    }
-    mirror.shutdown();
-    mirror.wait().await;
+    let m = get(&t.mirror_admin("/metrics"), &[]).await.2;
+    assert!(kid_misses(&m, "rate_limited") >= 19.0, "{m}");
+    t.stop().await;
 }
 
 /// When the identity provider fails, the mirror serves stale keys and says since when; a
@@ -176,37 +196,31 @@ async fn a_new_kid_travels_up_the_tiers_in_one_request() {
 /// at its own `max_stale`, although every fetch it makes from the mirror succeeds.
 #[tokio::test]
 async fn a_sidecar_never_treats_the_mirrors_stale_keys_as_fresh() {
-    let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    if let Ok(mut h) = idp.state.jwks_headers.lock() {
-        h.push(("cache-control".into(), "max-age=1".into()));
-    }
-    let fast = |c: &mut jwks_sidecar::config::Config, max_stale: u64| {
-        let p = &mut c.providers[0];
-        p.refresh_interval = Duration::from_secs(1);
-        p.min_refresh = Duration::from_secs(1);
-        p.max_stale = Duration::from_secs(max_stale);
-    };
-    let mut mc = base_config(&idp, &echo);
-    fast(&mut mc, 600);
-    let mirror = start_config(mc).await;
-    wait_keys_ready(&mirror).await;
-    let mirror_admin = mirror.admin_addr.expect("admin");
-    let tier = format!("http://{mirror_admin}/jwks/idp");
-    let mut c = base_config(&idp, &echo);
-    fast(&mut c, 3);
-    c.providers[0].jwks_uri = Some(tier.clone());
-    let s = start_config(c).await;
-    wait_keys_ready(&s).await;
+    let t = Tiers::start(
+        "max-age=1",
+        1,
+        |c| {
+            fast(c);
+            c.providers[0].max_stale = Duration::from_secs(600);
+        },
+        |c| {
+            fast(c);
+            c.providers[0].max_stale = Duration::from_secs(3);
+        },
+    )
+    .await;
+    let s = &t.fleet[0];
     let admin = s.admin_addr.expect("admin");
-    let token =
-        k.mint(&json!({"iss": idp.issuer(), "aud": "api", "sub": "alice", "exp": now() + 300}));
+    let token = t
+        .key
+        .mint(&json!({"iss": t.idp.issuer(), "aud": "api", "sub": "alice", "exp": now() + 300}));
     let url = format!("http://{}/x", s.proxy_addr);
     assert_eq!(get_with_token(&url, &token).await.0, 200);
-    idp.fail_with(500);
+    t.idp.fail_with(500);
     // The mirror goes stale and says so.
     let waiting = std::time::Instant::now();
     let since = loop {
-        let (_, h, _) = get(&tier, &[]).await;
+        let (_, h, _) = get(&t.url, &[]).await;
         if let Some(v) = h.get("x-jwks-sidecar-stale-since") {
             break v.to_str().expect("ascii").to_string();
         }
@@ -242,25 +256,18 @@ async fn a_sidecar_never_treats_the_mirrors_stale_keys_as_fresh() {
         },
     )
     .await;
-    let mirror_url = format!("http://{}/x", mirror.proxy_addr);
+    let mirror_url = format!("http://{}/x", t.mirror.proxy_addr);
     assert_eq!(get_with_token(&mirror_url, &token).await.0, 200);
     let m = get(&format!("http://{admin}/metrics"), &[]).await.2;
-    assert!(
-        sample(
-            &m,
-            r#"jwks_sidecar_jwks_fetch_total{provider="idp",result="connect"}"#
-        )
-        .unwrap_or(0.0)
-            + sample(
+    let failed: f64 = ["connect", "http_status", "timeout"]
+        .iter()
+        .filter_map(|r| {
+            sample(
                 &m,
-                r#"jwks_sidecar_jwks_fetch_total{provider="idp",result="http_status"}"#
+                &format!("jwks_sidecar_jwks_fetch_total{{provider=\"idp\",result=\"{r}\"}}"),
             )
-            .unwrap_or(0.0)
-            == 0.0,
-        "the sidecar's own fetches never failed: {m}"
-    );
-    s.shutdown();
-    s.wait().await;
-    mirror.shutdown();
-    mirror.wait().await;
+        })
+        .sum();
+    assert_eq!(failed, 0.0, "the sidecar's own fetches never failed: {m}");
+    t.stop().await;
 }
