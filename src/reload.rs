@@ -193,7 +193,13 @@ impl Runtime {
 
     /// Loads the file again and swaps the policy if the new config is valid.
     pub async fn reload(&self) -> Result<(), String> {
-        let loaded = plan::load(self.file.as_deref(), &self.cli).map_err(|e| e.to_string());
+        // Reading and compiling a thousand providers takes ~20 ms: off the runtime's threads,
+        // so accept loops and key refreshes do not stall behind it.
+        let (file, cli) = (self.file.clone(), self.cli.clone());
+        let loaded = tokio::task::spawn_blocking(move || plan::load(file.as_deref(), &cli))
+            .await
+            .map_err(|e| format!("config load task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
         let result = match loaded {
             Ok(plan) => {
                 let new = &plan.config;

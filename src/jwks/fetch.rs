@@ -164,7 +164,10 @@ impl Fetcher {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // The idle timeout is enforced only with a pool timer: without one, the connections
+        // of a start-up with many providers stayed open until the IdP closed them.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
         Fetcher { client }
