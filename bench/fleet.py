@@ -152,6 +152,9 @@ def main() -> int:
         return 1
     work = tempfile.mkdtemp(prefix="fleet-")
     procs: list[Proc] = []
+    # socketserver's default listen backlog is 5: fifty sidecars forwarding at once would
+    # overflow it and wait out a 1 s SYN retransmit.
+    httpserver.ThreadingHTTPServer.request_queue_size = 1024
     echo = httpserver.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     results: dict = {"sidecars": args.sidecars}
@@ -268,8 +271,18 @@ def run(args, work: str, procs: list, upstream: int, res: dict) -> bool:
     res["rotation_all_accepted_s"] = time.monotonic() - t_rot
     res["rotation_first_statuses"] = sorted({st for st, _ in first})
     res["rotation_slowest_first_s"] = max(d for _, d in first)
+    res["rotation_median_first_s"] = sorted(d for _, d in first)[len(first) // 2]
+    outcomes: dict = {}
+    for m in all_of(scrape) + [http("GET", f"http://127.0.0.1:{m_admin}/metrics")[1]]:
+        for line in m.splitlines():
+            if line.startswith("jwks_sidecar_jwks_kid_miss_total{"):
+                result = line.split('result="')[1].split('"')[0]
+                outcomes[result] = outcomes.get(result, 0) + float(line.split()[-1])
+    res["rotation_kid_miss_outcomes"] = {k: int(v) for k, v in sorted(outcomes.items()) if v}
     second = all_of(timed)
     res["rotation_second_statuses"] = sorted({st for st, _ in second})
+    res["rotation_median_second_s"] = sorted(d for _, d in second)[len(second) // 2]
+    res["rotation_slowest_second_s"] = max(d for _, d in second)
     res["rotation_idp_fetches"] = stats()["jwks_fetches"] - before
     targets.append(("rotation: every sidecar's first request with the new kid is accepted",
                     all(st == 200 for st, _ in first),
@@ -279,9 +292,13 @@ def run(args, work: str, procs: list, upstream: int, res: dict) -> bool:
                     f"slowest {res['rotation_slowest_first_s']:.3f} s <= {KID_MISS_WAIT} s"))
     targets.append(("rotation: no 401 after the first request",
                     all(st == 200 for st, _ in second), f"statuses {res['rotation_second_statuses']}"))
-    targets.append(("rotation: IdP fetches for the whole fleet <= 2 (the mirror's kid miss, "
-                    "maybe its scheduled refresh)", res["rotation_idp_fetches"] <= 2,
-                    str(res["rotation_idp_fetches"])))
+    # The mirror keeps its own schedule meanwhile: one fetch per refresh interval, plus the
+    # one kid-miss refetch for the whole fleet.
+    window = time.monotonic() - t_rot
+    rot_limit = int(window / REFRESH) + 1 + 1
+    targets.append(("rotation: IdP fetches <= the mirror's scheduled ones + 1 kid-miss refetch "
+                    "for the whole fleet", res["rotation_idp_fetches"] <= rot_limit,
+                    f"{res['rotation_idp_fetches']} <= {rot_limit} in {window:.1f} s"))
 
     # Mirror outage: the sidecars ride it out on stale keys, then drop them at max_stale.
     mirror.stop()
@@ -346,7 +363,11 @@ def report(res: dict, markdown: bool) -> None:
         row(f"sidecar fetches from the mirror in {res['period_s']:.0f} s", f"{res['fleet_fetches']:.0f}")
     if "rotation_first_statuses" in res:
         row("rotation: first-request statuses", res["rotation_first_statuses"])
-        row("rotation: slowest first request", f"{res['rotation_slowest_first_s'] * 1000:.0f} ms")
+        row("rotation: first request, median / slowest",
+            f"{res['rotation_median_first_s'] * 1000:.0f} / {res['rotation_slowest_first_s'] * 1000:.0f} ms")
+        row("rotation: second request (key known), median / slowest",
+            f"{res['rotation_median_second_s'] * 1000:.0f} / {res['rotation_slowest_second_s'] * 1000:.0f} ms")
+        row("rotation: kid-miss outcomes (sidecars and mirror)", res["rotation_kid_miss_outcomes"])
         row("rotation: all sidecars accepted after", f"{res['rotation_all_accepted_s'] * 1000:.0f} ms")
         row("rotation: IdP fetches", res["rotation_idp_fetches"])
     if "outage_all_stale_s" in res:
