@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""jwks-sidecar vs Envoy jwt_authn benchmark (issue 7). Run through bench/run.sh.
+"""jwks-sidecar vs Envoy jwt_authn benchmark (issue 7), with Apache httpd + mod_auth_openidc as a
+second peer (issue 20). Run through bench/run.sh.
 
 Placement on the 2-core machine: wrk (load generator) and the nginx upstream on core 0, the
 proxy under test alone on core 1 (taskset), with one worker thread (`[runtime] worker_threads = 1`,
@@ -39,6 +40,11 @@ AUTHZ_PREFIX = "/authz"  # [authz] path_prefix: the Envoy http_service endpoint
 GRPC_CHECK = "/envoy.service.auth.v3.Authorization/Check"
 DPOP_ORIGIN = "http://bench.test"  # [proxy] public_origin of the DPoP rows: the proofs' htu
 DPOP_RATE = 32_000  # proofs generated per second of load (warm-up + timed runs): above any row's rate
+APACHE_BIN = "/usr/sbin/apache2"  # Debian's apache2 + libapache2-mod-auth-openidc (bench/run.sh installs them)
+APACHE_MODULES = "/usr/lib/apache2/modules"
+# mpm_event worker threads of Apache's one child: twice wrk's 32 connections (with 32, mpm_event
+# ran short of idle workers and closed keep-alive connections: ~0.2 % read errors in wrk)
+APACHE_THREADS = 64
 STARTED: list[subprocess.Popen] = []
 
 
@@ -267,7 +273,7 @@ http {{
   server {{
     listen 127.0.0.1:{self.port} backlog=4096;
     default_type text/plain;
-    location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload assertion=$http_x_jwt_assertion\\n"; }}
+    location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload assertion=$http_x_jwt_assertion email=$http_x_jwt_email\\n"; }}
     location /public/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
     location / {{ return 200 "hello from upstream\\n"; }}
   }}
@@ -289,9 +295,14 @@ http {{
 class Proxy:
     kind = "?"
     port = 0
+    forwards_payload = True  # x-jwt-payload (the token's payload segment) reaches the upstream
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The processes whose CPU and memory are the proxy's (Apache: parent and child)."""
+        return [self.proc.pid]
 
 
 class Direct(Proxy):
@@ -540,6 +551,221 @@ class Envoy(Proxy):
         return out
 
 
+class JwksHttps:
+    """The bench's jwks.json over HTTPS for mod_auth_openidc, whose OIDCOAuthVerifyJwksUri takes
+    only an https URL: a second Debian nginx (1 worker, on core 0 with wrk and the upstream) with a
+    self-signed P-256 certificate for 127.0.0.1 that Apache trusts through OIDCCABundlePath, so the
+    module's certificate check stays on. It answers with the content of the file the other proxies
+    read (inlined in its config: nginx's workers may not read the root-only temp dir). The module
+    fetches it once per Apache start and keeps it in its shm cache, so this nginx idles during
+    timed runs.
+    Started by the first Apache row; stopped with everything else at exit."""
+
+    def __init__(self, work: str, jwks: str):
+        self.dir, self.jwks = os.path.join(work, "jwks-https"), jwks
+        self.proc = None
+        self.port = 0
+        self.cert = ""  # world-readable file in /tmp: Apache's child (www-data) reads it, not the temp dir
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/jwks.json"
+
+    def _make_cert(self, key_file: str) -> None:
+        import ipaddress
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                               critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .sign(key, hashes.SHA256()))
+        with open(key_file, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        fd, self.cert = tempfile.mkstemp(prefix="jwks-bench-ca-", suffix=".pem")
+        atexit.register(lambda path=self.cert: os.path.exists(path) and os.remove(path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        os.chmod(self.cert, 0o644)
+
+    def start(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            return
+        import ssl
+        d = self.dir
+        os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+        key = os.path.join(d, "key.pem")
+        self._make_cert(key)
+        self.port = free_port()
+        with open(self.jwks) as f:
+            want = json.load(f)
+        body = json.dumps(want, separators=(",", ":"))
+        if any(c in body for c in "'\\$"):
+            raise RuntimeError("the JWKS cannot be inlined in an nginx string")
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{self.port} ssl;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {key};
+    location = /jwks.json {{ default_type application/json; return 200 '{body}'; }}
+  }}
+}}
+""")
+        self.proc = start(["nginx", "-p", d, "-e", f"{d}/error.log", "-c", conf], LG_CPU,
+                          os.path.join(d, "stdout.log"))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(
+            context=ssl.create_default_context(cafile=self.cert)))
+        deadline, err = time.monotonic() + 10, None
+        while time.monotonic() < deadline:  # ready once the JWKS comes back over verified TLS
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JWKS nginx exited with {self.proc.returncode}")
+            try:
+                with opener.open(self.url, timeout=1) as r:
+                    if json.load(r) == want:
+                        return
+            except (OSError, ValueError) as e:
+                err = e
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.url} not ready after 10s: {err}")
+
+
+class Apache(Proxy):
+    """Apache httpd (mpm_event) + mod_auth_openidc 2.4.12 as an OAuth 2.0 resource server
+    (AuthType oauth20): the same tokens checked against the same JWKS (over HTTPS, JwksHttps),
+    issuer and audience by `Require claim`, every claim passed to the upstream as an
+    `X-Jwt-<claim>` header. One child process with APACHE_THREADS worker threads (twice wrk's
+    connections), never replaced, on the proxy core like the others; its CPU and memory are the
+    parent's plus the child's. No access log (like Envoy). The module has no cache of verified
+    JWTs (only of introspection results) and no Ed25519."""
+    kind = "apache"
+    forwards_payload = False  # no payload header: each claim is a header of its own (x-jwt-email, ...)
+
+    def __init__(self, work, name, upstream, jwks_https: JwksHttps, cpus=PROXY_CPU, threads=APACHE_THREADS):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port, self.cpus, self.jwks, self.upstream = free_port(), cpus, jwks_https, upstream
+        self.threads = threads
+        self.proc, self.child = None, None
+        self.cfg = os.path.join(self.dir, "httpd.conf")
+        self.logfile = os.path.join(self.dir, "stdout.log")
+
+    def config(self) -> str:
+        d, m, n = self.dir, APACHE_MODULES, self.threads
+        # as root, Apache must hand its child to another user
+        user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+        return f"""ServerRoot "{d}"
+PidFile "{d}/httpd.pid"
+DefaultRuntimeDir "{d}"
+ErrorLog "{d}/error.log"
+LogLevel warn
+ServerName 127.0.0.1
+Listen 127.0.0.1:{self.port}
+{user}LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authn_core_module {m}/mod_authn_core.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule authz_user_module {m}/mod_authz_user.so
+LoadModule proxy_module {m}/mod_proxy.so
+LoadModule proxy_http_module {m}/mod_proxy_http.so
+LoadModule auth_openidc_module {m}/mod_auth_openidc.so
+
+# one child process, {n} worker threads, never replaced
+StartServers 1
+ServerLimit 1
+ThreadsPerChild {n}
+ThreadLimit {n}
+MaxRequestWorkers {n}
+MinSpareThreads 1
+MaxSpareThreads {n}
+MaxConnectionsPerChild 0
+ListenBacklog 4096
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 300
+
+OIDCCryptoPassphrase "{os.urandom(16).hex()}"
+OIDCCacheType shm
+OIDCOAuthVerifyJwksUri {self.jwks.url}
+OIDCCABundlePath "{self.jwks.cert}"
+OIDCOAuthRemoteUserClaim sub
+OIDCClaimPrefix X-Jwt-
+OIDCPassClaimsAs headers
+
+ProxyPass "/" "http://127.0.0.1:{self.upstream.port}/"
+<Location "/">
+  AuthType oauth20
+  <RequireAll>
+    Require valid-user
+    Require claim iss:{ISSUER}
+    Require claim aud:{AUDIENCE}
+  </RequireAll>
+</Location>
+<Location "/public/">
+  AuthType None
+  Require all granted
+</Location>
+"""
+
+    def start(self):
+        for f in (APACHE_BIN, os.path.join(APACHE_MODULES, "mod_auth_openidc.so")):
+            if not os.path.exists(f):
+                raise RuntimeError(f"{f} missing: bash bench/run.sh installs apache2 and libapache2-mod-auth-openidc")
+        self.jwks.start()
+        with open(self.cfg, "w") as f:
+            f.write(self.config())
+        r = subprocess.run([APACHE_BIN, "-t", "-f", self.cfg], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"apache2 -t: {(r.stdout + r.stderr).strip()[-600:]}")
+        self.proc = start([APACHE_BIN, "-f", self.cfg, "-DFOREGROUND"], self.cpus, self.logfile)
+        wait_http(self.url() + "/public/ready", lambda c, b: c == 200, 15, self.proc)
+        kids = children(self.proc.pid)
+        if len(kids) != 1:
+            raise RuntimeError(f"expected one apache2 child process, found {kids}")
+        self.child = kids[0]
+
+    def pids(self) -> list[int]:
+        kids = children(self.proc.pid)
+        if kids != [self.child]:  # a replaced child's CPU time would be lost from the figures
+            raise RuntimeError(f"apache2 replaced its child process ({self.child} -> {kids})")
+        return [self.proc.pid, self.child]
+
+    def stop(self):
+        if self.proc is None:
+            return
+        kids = children(self.proc.pid) if self.proc.poll() is None else []
+        stop(self.proc)  # SIGTERM: the parent stops its child, then exits
+        for k in kids:
+            try:
+                with open(f"/proc/{k}/comm") as f:
+                    if f.read().strip() == "apache2":
+                        os.kill(k, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
 # ---------------------------------------------------------------- one row
 
 def first_line(path: str) -> str:
@@ -557,9 +783,12 @@ def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
         good = first_line(tokens)
         bad = first_line(os.path.join(toks_dir, "tampered-" + os.path.basename(tokens)))
         code, body = http_get(base + "/api/echo", {"Authorization": "Bearer " + good})
-        fwd = "sub=bench-user-0" in body and "payload=ey" in body
-        checks.append(("good token -> 200 + x-jwt-sub + x-jwt-payload", code == 200 and fwd,
-                       f"{code} {body.strip()[:60]}"))
+        if proxy.forwards_payload:
+            fwd, what = "sub=bench-user-0" in body and "payload=ey" in body, "x-jwt-payload"
+        else:  # Apache: no payload header; each claim arrives as a header of its own
+            fwd, what = "sub=bench-user-0" in body and "email=user0@bench.example" in body, "x-jwt-email"
+        checks.append((f"good token -> 200 + x-jwt-sub + {what}", code == 200 and fwd,
+                       f"{code} {body.strip()[:90]}"))
         if getattr(proxy, "assertion", None):
             checks.append(("good token -> the app gets x-jwt-assertion", "assertion=ey" in body,
                            body.strip()[-60:]))
@@ -569,6 +798,17 @@ def sanity(proxy: Proxy, tokens: str | None, toks_dir: str) -> str:
         checks.append(("tampered signature -> 401", code == 401, code))
         code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + good[:-1]})
         checks.append(("truncated signature -> 401", code == 401, code))
+        if proxy.kind == "apache":
+            # claim headers sent by the client are replaced (OIDCScrubRequestHeaders, on by default)
+            code, body = http_get(base + "/api/echo", {"Authorization": "Bearer " + good,
+                                                       "X-Jwt-Sub": "spoofed", "X-Jwt-Email": "spoofed"})
+            checks.append(("good token + client's own x-jwt-sub/x-jwt-email -> the token's claims reach the upstream",
+                           code == 200 and "sub=bench-user-0" in body and "email=user0@bench.example" in body,
+                           f"{code} {body.strip()[:90]}"))
+            # the documented gap: mod_auth_openidc 2.4.12 (cjose) has no Ed25519 / OKP keys
+            ed = first_line(os.path.join(toks_dir, "tokens-eddsa-1.txt"))
+            code, _ = http_get(base + "/api/echo", {"Authorization": "Bearer " + ed})
+            checks.append(("EdDSA token -> 401 (mod_auth_openidc cannot verify Ed25519)", code == 401, code))
     failed = [f"{name} (got {got})" for name, ok, got in checks if not ok]
     if failed:
         raise RuntimeError(f"sanity failed for {proxy.kind}: " + "; ".join(failed))
@@ -858,18 +1098,28 @@ def run_wrk(proxy: Proxy, tokens: str | None, path: str, conns: int, dur: float,
     return res
 
 
+def proxy_ticks(proxy: Proxy) -> int:
+    return sum(cpu_ticks(p) for p in proxy.pids())
+
+
+def proxy_kib(proxy: Proxy, field: str) -> int:
+    """A /proc status field summed over the proxy's processes (Apache: parent + child, so pages
+    they share count twice)."""
+    return sum(status_kib(p, field) for p in proxy.pids())
+
+
 def measure(proxy: Proxy, upstream: Upstream, load, dur: float, lg_cpu: str, caps) -> dict:
     """One timed load run: the load generator's figures plus the proxy's CPU per request,
     its threads' and nginx's share of a core, other load on the machine, and RSS."""
     pid = proxy.proc.pid if proxy.proc else None
-    p0 = cpu_ticks(pid) if pid else 0
+    p0 = proxy_ticks(proxy) if pid else 0
     c0 = caps.ticks() if caps else None
     u0, s0 = upstream.ticks(), sys_ticks()
     t0 = time.monotonic()
     w = load(dur, lg_cpu)
     w["compilers_after"] = len(compilers_running())
     wall = time.monotonic() - t0
-    p1 = cpu_ticks(pid) if pid else 0
+    p1 = proxy_ticks(proxy) if pid else 0
     c1 = caps.ticks() if caps else None
     u1, s1 = upstream.ticks(), sys_ticks()
     reqs = max(1, w["requests"])
@@ -887,7 +1137,7 @@ def measure(proxy: Proxy, upstream: Upstream, load, dur: float, lg_cpu: str, cap
                              / wall / os.cpu_count()),
         "softirq_pct": 100 * (s1["irq"] - s0["irq"]) / CLK / wall / os.cpu_count(),
         "steal_pct": 100 * (s1["steal"] - s0["steal"]) / CLK / wall / os.cpu_count(),
-        "rss_kib": status_kib(pid, "VmRSS") if pid else None,
+        "rss_kib": proxy_kib(proxy, "VmRSS") if pid else None,
         # capped rows: each worker thread's CPU (% of a core) and everything else's
         "worker_cpu_pct": [100 * (b - a) / CLK / wall for a, b in zip(c0, c1)] if caps else None,
         "other_threads_cpu_pct": 100 * ((p1 - p0) - (sum(c1) - sum(c0))) / CLK / wall if caps else None,
@@ -968,8 +1218,8 @@ def run_row(row: dict, upstream: Upstream, args, work: str, toks_dir: str) -> di
             h, m = s1["hit"] - stats0["hit"], s1["miss"] - stats0["miss"]
             res["cache_hit_pct"] = 100 * h / (h + m) if h + m else None
         if proxy.proc:
-            res["hwm_kib"] = status_kib(proxy.proc.pid, "VmHWM")
-            res["threads"] = status_kib(proxy.proc.pid, "Threads")
+            res["hwm_kib"] = proxy_kib(proxy, "VmHWM")
+            res["threads"] = proxy_kib(proxy, "Threads")
         if proxy.kind == "jwks-sidecar" and row.get("level") is None:
             res["log_bytes"] = os.path.getsize(proxy.logfile)
     except Exception as e:  # a failed row is reported, not hidden
@@ -1053,6 +1303,11 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool, dpop_proo
     def ev(name, jwt, cache, **kw):
         return lambda: Envoy(work, name, upstream, jwks, jwt, cache, **kw)
 
+    jwks_https = JwksHttps(work, jwks)  # started by the first Apache row
+
+    def ap(name):
+        return lambda: Apache(work, name, upstream, jwks_https)
+
     add("direct", "direct to upstream (ceiling)", lambda: Direct(upstream))
     add("envoy-pass", "Envoy passthrough", ev("envoy-pass", False, False))
     add("sc-public", "jwks-sidecar, public path", sc("sc-public", True))
@@ -1061,6 +1316,9 @@ def define_rows(work: str, upstream: Upstream, jwks: str, quick: bool, dpop_proo
         a = alg.lower()
         add(f"envoy-{a}", f"Envoy jwt_authn {alg}, 1 token, no cache", ev(f"envoy-{a}", True, False),
             tokens=tok, cache=False, alg=alg)
+        if alg != "EdDSA":  # mod_auth_openidc cannot load Ed25519 keys (its sanity pass checks that)
+            add(f"apache-{a}", f"Apache mod_auth_openidc {alg}, 1 token (it has no token cache)",
+                ap(f"apache-{a}"), tokens=tok, cache=False, alg=alg)
         add(f"sc-{a}", f"jwks-sidecar {alg}, 1 token, cache off", sc(f"sc-{a}", False),
             tokens=tok, cache=False, alg=alg)
         # cache on: jwks-sidecar's default configuration; Envoy's jwt_cache is opt-in
@@ -1180,23 +1438,25 @@ def mib(kib):
 def report(results: list[dict], meta: dict) -> str:
     by = {r["id"]: r for r in results}
     L = []
-    L.append(f"# jwks-sidecar vs Envoy jwt_authn — {meta['date']}")
+    peers = "Envoy jwt_authn" + (" and Apache mod_auth_openidc" if meta.get("apache") else "")
+    L.append(f"# jwks-sidecar vs {peers} — {meta['date']}")
     L.append("")
     L.append(f"- Machine: {meta['machine']}")
     L.append(f"- Versions: jwks-sidecar {meta['sidecar_rev']} (release build), {meta['envoy']}, "
-             f"{meta['wrk']}, {meta['nginx']}")
+             + (f"{meta['apache']}, " if meta.get("apache") else "") + f"{meta['wrk']}, {meta['nginx']}")
     L.append(f"- Mode: {meta['mode']}: {meta['reps']} × {meta['duration']:g} s per row at 32 connections "
              f"({max(1, int(meta['duration'] // 2))} s at 1 connection), {meta['warmup']:g} s warm-up; "
              f"median and (min–max) over the repetitions")
     L.append("- Placement: wrk (-t1) and the nginx upstream (1 worker, `return 200`, 20-byte body) on "
              "core 0; the proxy under test alone on core 1 with one worker thread "
-             "(jwks-sidecar: `[runtime] worker_threads = 1`, a current-thread runtime, default log level info; Envoy: --concurrency 1). Each row restarts its proxy.")
+             "(jwks-sidecar: `[runtime] worker_threads = 1`, a current-thread runtime, default log level info; Envoy: --concurrency 1; "
+             f"Apache: one mpm_event child process with {APACHE_THREADS} worker threads on that core). Each row restarts its proxy.")
     L.append(f"- Noise: {meta['quiet']}; other load on the machine during timed runs (share of both "
              f"cores, processes other than proxy, nginx and wrk): median {meta['other_med']:.0f} %, max "
              f"{meta['other_max']:.0f} %; hypervisor steal max {meta['steal_max']:.0f} %")
     L.append("- Sanity before timing, every proxy row: public path 200; good token 200 with x-jwt-sub and "
-             "x-jwt-payload reaching the upstream; no token, tampered and truncated signature 401. "
-             "Rows with any non-2xx or socket error during timing are marked.")
+             "x-jwt-payload reaching the upstream (Apache, which has no payload header: x-jwt-email); no token, "
+             "tampered and truncated signature 401. Rows with any non-2xx or socket error during timing are marked.")
     L.append("")
     L.append("## 32 connections")
     L.append("")
@@ -1210,6 +1470,8 @@ def report(results: list[dict], meta: dict) -> str:
     L.append("proxy core % below ~90 means the proxy was not the bottleneck: core 0 (wrk + nginx, "
              "shown as total (wrk+nginx)) was, so req/s understates the proxy; compare CPU µs/req there.")
     L.append("")
+    if any(r.get("kind") == "apache" for r in results):
+        L.extend(apache_section(by))
     dpop = [r for r in results if r.get("dpop_proofs")]
     if dpop:
         L.append("## DPoP proofs (RFC 9449, 1 token, 32 connections)")
@@ -1325,6 +1587,57 @@ def report(results: list[dict], meta: dict) -> str:
         L.append(f"| {t[0]} | {t[1]} | {t[2]} |")
     L.append("")
     return "\n".join(L)
+
+
+def apache_section(by: dict) -> list[str]:
+    """Apache + mod_auth_openidc beside Envoy, with jwks-sidecar's figures as multiples of each."""
+    L = ["## Apache httpd + mod_auth_openidc beside Envoy (1 token, 32 connections)", ""]
+    L.append(f"Apache httpd (mpm_event: one child process with {APACHE_THREADS} worker threads, on core 1 like "
+             "the other proxies, no access log) with mod_auth_openidc as an OAuth 2.0 resource server "
+             "(`AuthType oauth20`): the signature against the same JWKS (`OIDCOAuthVerifyJwksUri`, served over "
+             "HTTPS by a second, idle nginx: the module takes only https URLs), `exp` when present, issuer and "
+             "audience by `Require claim iss:…` / `Require claim aud:…`; every claim reaches the upstream as an "
+             "`X-Jwt-<claim>` header (`OIDCClaimPrefix X-Jwt-`, `OIDCPassClaimsAs headers`; no payload header). "
+             "It does not check `nbf`, accepts a token without `exp`, and has no cache of verified JWTs (only of "
+             "introspection results): every request is verified, and the JWKS, kept in its shm cache, is "
+             "parsed again on every request. Its CPU and RSS are the parent's plus the child's. "
+             "**No EdDSA row: mod_auth_openidc (cjose) cannot load Ed25519 (OKP) keys**; its sanity pass "
+             "checks that an EdDSA token is refused (401), and that claim headers sent by the client are "
+             "replaced by the token's.")
+    L.append("")
+    L.append("jwks-sidecar ÷ peer, same run: req/s above 1, CPU/req and p99 below 1 favour jwks-sidecar.")
+    L.append("")
+    L.append("| token | peer | req/s | CPU µs/req | p99 ms | peak RSS MiB | jwks-sidecar cache off ÷ peer: "
+             "req/s, CPU/req, p99 | jwks-sidecar cache on (default) ÷ peer: req/s, CPU/req, p99 |")
+    L.append("|---|---|---:|---:|---:|---:|---|---|")
+
+    def ratios(sc, peer):
+        out = []
+        for key in ("rps", "cpu_us_per_req", "p99_us"):
+            a = med(sc, key) if sc and not sc.get("error") else None
+            b = med(peer, key) if not peer.get("error") else None
+            out.append("–" if a is None or not b else f"{a / b:.2f}×")
+        return " / ".join(out)
+
+    for a, A in (("rs256", "RS256"), ("es256", "ES256")):
+        for rid, name in ((f"envoy-{a}", "Envoy jwt_authn, no cache"), (f"envoy-{a}-c", "Envoy jwt_authn, jwt_cache"),
+                          (f"apache-{a}", "Apache mod_auth_openidc (no token cache)")):
+            r = by.get(rid)
+            if not r:
+                continue
+            err = "; ERROR: " + r["error"][:100] if r.get("error") else ""
+            L.append(f"| {A} | {name}{err} | {fmt_rps(r)} | {fmt_cpu(r)} | {fmt_ms(med(r, 'p99_us'))} | "
+                     f"{mib(r.get('hwm_kib'))} | {ratios(by.get(f'sc-{a}'), r)} | {ratios(by.get(f'sc-{a}-c'), r)} |")
+    L.append("| EdDSA | Apache mod_auth_openidc | not run: cannot load Ed25519 keys | | | | | |")
+    L.append("")
+    return L
+
+
+def apache_version() -> str:
+    v = tool_version([APACHE_BIN, "-v"]).split("Apache/")[-1].split()[0]
+    m = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libapache2-mod-auth-openidc"],
+                       capture_output=True, text=True).stdout.strip()
+    return f"Apache httpd {v} (mpm_event) + mod_auth_openidc {m or '?'}"
 
 
 def row_line(r: dict) -> str:
@@ -1485,7 +1798,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int)
     ap.add_argument("--duration", type=int, help="seconds per timed run")
     ap.add_argument("--only", help="comma-separated row ids, or 'authz' (decision service + inline RS256 rows), "
-                                   "or 'scaling' (1 vs 2 workers, capped and uncapped)")
+                                   "or 'scaling' (1 vs 2 workers, capped and uncapped), "
+                                   "or 'apache' (Apache mod_auth_openidc RS256/ES256 + the rows it is compared with)")
     ap.add_argument("--quiet-wait", type=float, default=240, help="seconds to wait for compilers to finish")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (keys, configs, logs)")
     ap.add_argument("--dpop-proofs", type=int, help="DPoP proofs generated per DPoP row "
@@ -1503,6 +1817,11 @@ def main() -> int:
         atexit.register(lambda: (_cleanup(), shutil.rmtree(work, True)))
     ENVOY_BIN = envoy_binary(work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.only and "scale" in args.only.split(","):  # many issuers (issue 20): bench/scale.py
+        import scale
+        if args.only != "scale":
+            log("--only scale runs alone (its own keys, IdP and report): the other ids are ignored")
+        return scale.main(sys.modules[__name__], args, work)
     toks = os.path.join(work, "tokens")
     log(f"generating keys and tokens in {toks}")
     subprocess.run([sys.executable, os.path.join(HERE, "gen_tokens.py"), toks, ISSUER, AUDIENCE], check=True)
@@ -1569,6 +1888,7 @@ def main() -> int:
                    f"{platform.system()} {platform.release()}, {tool_version(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}",
         "sidecar_rev": rev + (" + uncommitted src changes" if dirty else ""),
         "envoy": "Envoy " + tool_version([ENVOY_BIN, "--version"]).split("version:")[-1].split("/")[1],
+        "apache": apache_version() if any(r.get("kind") == "apache" for r in results) else "",
         "wrk": tool_version(["wrk", "-v"]).split(" [")[0],
         "nginx": tool_version(["nginx", "-v"]).split(": ")[-1],
         "mode": "quick" if args.quick else "full",
@@ -1597,6 +1917,9 @@ ENVOY_BIN = ""
 ROW_GROUPS = {
     "authz": ["sc-rs256", "sc-rs256-c", "sc-authz-http", "sc-authz-http-c", "sc-authz-grpc", "sc-authz-grpc-c"],
     "dpop": ["sc-es256-c", "sc-es256-c-dpop", "sc-eddsa-c", "sc-eddsa-c-dpop", "envoy-es256-c"],
+    # Apache httpd + mod_auth_openidc (issue 20) and the rows its table compares it with
+    "apache": [f"{p}-{a}{c}" for a in ("rs256", "es256") for p in ("envoy", "sc") for c in ("", "-c")]
+              + ["apache-rs256", "apache-es256"],
     "scaling": ["sc-rs256", "envoy-rs256", "sc-rs256-2w", "envoy-rs256-2w"]
                + [f"{p}-{a}-cap{n}" for a in ("rs256", "es256") for p in ("sc", "envoy") for n in (1, 2)]
                + ["sc-grpc-c-cap1", "sc-grpc-c-cap2"],
