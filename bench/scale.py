@@ -455,49 +455,22 @@ class ScaleEnvoy(_Proxy):
         requires = ({"provider_name": "p0"} if n == 1 else
                     {"requires_any": {"requirements": [{"provider_name": f"p{i}"} for i in range(n)]}})
         many = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
-        cfg = {
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
-            "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "codec_type": "AUTO",
-                            "route_config": {"name": "local", "virtual_hosts": [{
-                                "name": "app", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
-                            "http_filters": [
-                                {"name": "envoy.filters.http.jwt_authn", "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                                    "providers": providers,
-                                    "rules": [{"match": {"prefix": "/public/"}},
-                                              {"match": {"prefix": "/"}, "requires": requires}],
-                                }},
-                                {"name": "envoy.filters.http.router", "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                            ],
-                        },
-                    }]}],
-                }],
-                "clusters": [
-                    {"name": "app", "type": "STATIC", "connect_timeout": "5s",
-                     "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
-                         "endpoint": {"address": {"socket_address": {
-                             "address": "127.0.0.1", "port_value": upstream.port}}}}]}]}},
-                    # the IdP: every provider's http_uri names it; circuit breakers raised from
-                    # their 1024 defaults so 1,000 fetches at once are never refused
-                    {"name": "idp", "type": "STATIC", "connect_timeout": "5s",
-                     "circuit_breakers": {"thresholds": [many]},
-                     "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{
-                         "endpoint": {"address": {"socket_address": {
-                             "address": "127.0.0.1", "port_value": port}}}}]}]}},
-                ],
-            },
-        }
+        filters = [
+            {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": providers,
+                "rules": [{"match": {"prefix": "/public/"}},
+                          {"match": {"prefix": "/"}, "requires": requires}],
+            }},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ]
+        # the IdP: every provider's http_uri names it; circuit breakers raised from their
+        # 1024 defaults so 1,000 fetches at once are never refused
+        cfg = self.H.envoy_bootstrap(self.admin, self.port, filters, [
+            self.H.static_cluster("app", upstream.port),
+            self.H.static_cluster("idp", port, circuit_breakers={"thresholds": [many]}),
+        ])
         self.cfg = os.path.join(self.dir, "envoy.json")
         with open(self.cfg, "w") as f:
             json.dump(cfg, f)
