@@ -23,6 +23,10 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// `/readyz?wait` requests waiting at once (at most `MAX_READY_WAITERS`).
     waiters: tokio::sync::Semaphore,
+    /// Set the first time `/readyz` found the pod ready: it stays ready for the process's
+    /// life, so neither an IdP outage nor a reload that adds a provider whose keys have not
+    /// loaded (yet, or ever) takes a serving pod out of its Service.
+    latched: std::sync::atomic::AtomicBool,
 }
 
 /// More `/readyz?wait` requests than this answer at once instead of waiting, so waiting
@@ -39,6 +43,7 @@ impl Admin {
             policy,
             metrics,
             waiters: tokio::sync::Semaphore::new(MAX_READY_WAITERS),
+            latched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -50,17 +55,24 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 /// 200 once every provider has had keys (`readiness = "keys"`), or has had keys or failed its
 /// first fetch (`"attempted"`); latched. Else 503. Either way the body names the providers
 /// without keys.
-fn readyz(policy: &crate::policy::Policy) -> Response<Full<Bytes>> {
+fn readyz(
+    policy: &crate::policy::Policy,
+    latched: &std::sync::atomic::AtomicBool,
+) -> Response<Full<Bytes>> {
     let providers = policy.auth.providers();
     let without_keys: Vec<&str> = providers
         .iter()
         .filter(|p| !p.keys.ready())
         .map(|p| p.name.as_str())
         .collect();
-    let ready = match policy.readiness {
-        Readiness::Keys => without_keys.is_empty(),
-        Readiness::Attempted => providers.iter().all(|p| p.keys.attempted()),
-    };
+    let ready = latched.load(std::sync::atomic::Ordering::Relaxed)
+        || match policy.readiness {
+            Readiness::Keys => without_keys.is_empty(),
+            Readiness::Attempted => providers.iter().all(|p| p.keys.attempted()),
+        };
+    if ready {
+        latched.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut body = json!({"ready": ready});
     if !without_keys.is_empty() {
         body["providers_without_keys"] = json!(without_keys);
@@ -152,10 +164,11 @@ async fn mirrored_set(
     p: &crate::auth::Provider,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
-    use crate::jwks::source::{KID_MISS_HEADER, STALE_SINCE_HEADER};
+    use crate::jwks::source::{KID_MISS_HEADER, STALE_SINCE_HEADER, TIER_HEADER};
     let kid = req
         .headers()
         .get(KID_MISS_HEADER)
+        .filter(|_| req.method() == Method::GET)
         .and_then(|v| v.to_str().ok());
     if let Some(kid) = kid {
         let known = p.keys.with_current(|s| s.is_none_or(|s| s.has_kid(kid)));
@@ -175,13 +188,15 @@ async fn mirrored_set(
         );
     };
     let status = p.keys.status();
-    let stale = p.keys.is_stale();
+    let now = crate::auth::now_unix();
+    // Past its freshness counts as stale at once, not only once a failed refresh said so
+    // (keys restored from the cache file, a refresh still queued or retrying).
+    let overdue = status.fresh_until.filter(|f| *f < now);
+    let stale = p.keys.is_stale() || overdue.is_some();
     let max_age = if stale {
         0
     } else {
-        status
-            .fresh_until
-            .map_or(0, |f| f.saturating_sub(crate::auth::now_unix()))
+        status.fresh_until.map_or(0, |f| f.saturating_sub(now))
     };
     let mut r = cacheable(
         req,
@@ -189,12 +204,16 @@ async fn mirrored_set(
         "application/jwk-set+json",
         max_age,
     );
-    if let Some(since) = status.stale_since.filter(|_| stale) {
+    if let Some(since) = status.stale_since.or(overdue).filter(|_| stale) {
         if let Ok(v) = http::HeaderValue::from_str(&since.to_string()) {
             r.headers_mut()
                 .insert(http::HeaderName::from_static(STALE_SINCE_HEADER), v);
         }
     }
+    r.headers_mut().insert(
+        http::HeaderName::from_static(TIER_HEADER),
+        http::HeaderValue::from_static("1"),
+    );
     r
 }
 
@@ -226,7 +245,10 @@ impl Admin {
                     .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("wait=")))
                     .and_then(|v| v.parse::<u64>().ok())
                     .map_or(Duration::ZERO, |s| Duration::from_secs(s.min(30)));
-                if let (false, Ok(_waiting)) = (wait.is_zero(), self.waiters.try_acquire()) {
+                let latched = self.latched.load(std::sync::atomic::Ordering::Relaxed);
+                if let (false, false, Ok(_waiting)) =
+                    (latched, wait.is_zero(), self.waiters.try_acquire())
+                {
                     let all = async {
                         for p in auth.providers() {
                             match policy.readiness {
@@ -238,7 +260,7 @@ impl Admin {
                     let _ = tokio::time::timeout(wait, all).await;
                 }
                 // The policy in force now (a reload may have replaced it while waiting).
-                readyz(&self.policy.load_full())
+                readyz(&self.policy.load_full(), &self.latched)
             }
             "/providers" => providers(auth),
             "/assertion/jwks.json" => match &policy.assertion {

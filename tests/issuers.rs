@@ -106,3 +106,39 @@ async fn a_dead_provider_among_a_hundred_delays_readiness_by_its_own_timeout_onl
     s.shutdown();
     s.wait().await;
 }
+
+/// Readiness is latched for the process's life: a reload that adds a dead provider does not
+/// take a serving pod out of its Service (its tokens get 503; `/readyz` names it).
+#[tokio::test]
+async fn a_reload_adding_a_dead_provider_keeps_a_ready_pod_ready() {
+    let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
+    let (dead, _hole) = black_hole().await;
+    let dir = std::env::temp_dir().join(format!("jwks-sidecar-latch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("config.toml");
+    let mut c = base_config(&idp, &echo);
+    std::fs::write(&file, to_toml(&c)).expect("write");
+    let plan = jwks_sidecar::plan::load(Some(&file), &Default::default()).expect("config");
+    let s = jwks_sidecar::start_with(plan, Some(file.clone()), Default::default())
+        .await
+        .expect("start");
+    let admin = s.admin_addr.expect("admin");
+    let (st, _, body) = get(&format!("http://{admin}/readyz?wait=20"), &[]).await;
+    assert_eq!(st, 200, "{body}");
+    let mut p = c.providers[0].clone();
+    p.name = "dead".into();
+    p.issuer = format!("{}/dead", idp.issuer());
+    p.jwks_uri = Some(format!("http://{dead}/jwks.json"));
+    p.fetch_timeout = Duration::from_secs(1);
+    c.providers.push(p);
+    std::fs::write(&file, to_toml(&c)).expect("write");
+    s.runtime.reload().await.expect("reload");
+    assert_eq!(s.current_auth().providers().len(), 2);
+    let (st, _, body) = get(&format!("http://{admin}/readyz"), &[]).await;
+    assert_eq!(st, 200, "still ready after the reload: {body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["providers_without_keys"], json!(["dead"]), "{body}");
+    s.shutdown();
+    s.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,9 @@ pub enum FetchError {
     IssuerMismatch(String),
     /// A fetch header's secret could not be read.
     Credentials(String),
+    /// An upstream jwks-sidecar tier serves keys stale for longer than this mirror's
+    /// `max_stale`: not taken.
+    UpstreamStale(String),
 }
 
 impl FetchError {
@@ -54,6 +57,7 @@ impl FetchError {
             FetchError::File(_) => "file",
             FetchError::IssuerMismatch(_) => "issuer_mismatch",
             FetchError::Credentials(_) => "credentials",
+            FetchError::UpstreamStale(_) => "upstream_stale",
         }
     }
 }
@@ -70,6 +74,7 @@ impl std::fmt::Display for FetchError {
             FetchError::File(e) => write!(f, "file: {e}"),
             FetchError::IssuerMismatch(e) => write!(f, "{e}"),
             FetchError::Credentials(e) => write!(f, "credentials: {e}"),
+            FetchError::UpstreamStale(e) => write!(f, "{e}"),
         }
     }
 }
@@ -96,8 +101,12 @@ pub struct GetOptions {
     pub max_bytes: usize,
     /// Allow plain http to non-loopback hosts.
     pub allow_insecure_http: bool,
-    /// Extra request headers (conditional validators, credentials).
+    /// Extra request headers (conditional validators, credentials). Sent to the configured
+    /// origin only: a redirect to another scheme, host or port drops them.
     pub headers: HeaderMap,
+    /// Skip the `MAX_CONCURRENT_FETCHES` queue (kid-miss refetches: the kid-miss gate already
+    /// bounds them, and a queue full of dead providers must not hold back a new key).
+    pub unqueued: bool,
 }
 
 /// The shared HTTP(S) client used for every JWKS and discovery fetch.
@@ -177,7 +186,11 @@ impl Fetcher {
     /// Waiting for one of the `MAX_CONCURRENT_FETCHES` slots does not count against the
     /// timeout.
     pub async fn get(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {
-        let _slot = FETCH_SLOTS.acquire().await;
+        let _slot = if opts.unqueued {
+            None
+        } else {
+            FETCH_SLOTS.acquire().await.ok()
+        };
         tokio::time::timeout(opts.timeout, self.get_inner(url, opts))
             .await
             .map_err(|_| FetchError::Timeout)?
@@ -188,6 +201,7 @@ impl Fetcher {
             .parse()
             .map_err(|_| FetchError::Parse(format!("invalid URL {url:?}")))?;
         check_scheme(&uri, opts.allow_insecure_http)?;
+        let origin = (uri.scheme().cloned(), uri.authority().cloned());
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::get(uri.clone())
                 .header(
@@ -200,7 +214,9 @@ impl Fetcher {
                 )
                 .body(Empty::new())
                 .map_err(|e| FetchError::Parse(e.to_string()))?;
-            req.headers_mut().extend(opts.headers.clone());
+            if (uri.scheme().cloned(), uri.authority().cloned()) == origin {
+                req.headers_mut().extend(opts.headers.clone());
+            }
             let resp = self
                 .client
                 .request(req)

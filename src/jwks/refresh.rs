@@ -101,17 +101,17 @@ struct MirrorState {
 type Fetched = (&'static str, Duration, Option<(KeySet, Vec<SkippedKey>)>);
 
 /// When an upstream jwks-sidecar tier says its keys are stale (`STALE_SINCE_HEADER`), since
-/// when; never later than now.
+/// when; never later than now. A value that is not a Unix time means "stale since now".
 fn upstream_stale_since(headers: &http::HeaderMap) -> Option<SystemTime> {
-    let secs = headers
-        .get(super::source::STALE_SINCE_HEADER)?
+    let value = headers.get(super::source::STALE_SINCE_HEADER)?;
+    let now = SystemTime::now();
+    let since = value
         .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    let since = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-    Some(since.min(SystemTime::now()))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .unwrap_or(now);
+    Some(since.min(now))
 }
 
 /// Everything one mirror task needs.
@@ -160,12 +160,17 @@ impl<S: Source> Mirror<S> {
             } else {
                 None
             };
-            let result = self.fetch_once(&mut st, kid.as_deref()).await;
+            // Waiting for a fetch slot can be long with many dead providers: a stop wins.
+            let result = tokio::select! {
+                r = self.fetch_once(&mut st, kid.as_deref()) => r,
+                _ = shutdown.changed() => return,
+            };
             self.keys.mark_attempted();
+            // Keys past max_stale go before the kid-miss waiters look at them.
+            self.check_staleness(&mut st);
             if kid_miss {
                 self.keys.gate.complete();
             }
-            self.check_staleness(&mut st);
             let now = Instant::now();
             let mut delay = match result {
                 Ok(fresh) => jittered(fresh, self.settings.jitter, next_f64(&mut rng)),
@@ -237,10 +242,20 @@ impl<S: Source> Mirror<S> {
             Ok((label, fresh, parsed)) => {
                 // Keys an upstream tier serves stale are never fresh here: they are stale
                 // since the upstream's moment, and max_stale counts from it.
+                // A freshness already earned (another replica of the tier answered fresh) is
+                // not taken back by one stale answer.
                 let fresh_until = match st.upstream_stale {
-                    Some(since) => Instant::now()
-                        .checked_sub(SystemTime::now().duration_since(since).unwrap_or_default())
-                        .unwrap_or_else(Instant::now),
+                    Some(since) => {
+                        let age = SystemTime::now().duration_since(since).unwrap_or_default();
+                        let at = Instant::now().checked_sub(age);
+                        match (at, st.fresh_until) {
+                            (Some(at), Some(earned)) => at.max(earned),
+                            (Some(at), None) => at,
+                            // An Instant cannot go that far back: stale longer than any
+                            // max_stale; read_response refused it already.
+                            (None, earned) => earned.unwrap_or_else(Instant::now),
+                        }
+                    }
                     None => Instant::now() + fresh,
                 };
                 st.fresh_until = Some(fresh_until);
@@ -302,6 +317,16 @@ impl<S: Source> Mirror<S> {
             }
         };
         st.upstream_stale = upstream_stale_since(headers);
+        if let Some(since) = st.upstream_stale {
+            let age = SystemTime::now().duration_since(since).unwrap_or_default();
+            if age > self.settings.max_stale {
+                return Err(FetchError::UpstreamStale(format!(
+                    "the upstream tier has served stale keys for {} s, past max_stale ({} s)",
+                    age.as_secs(),
+                    self.settings.max_stale.as_secs()
+                )));
+            }
+        }
         match response {
             SourceResponse::NotModified { headers } => {
                 let fresh = freshness(&headers, &self.settings);
@@ -425,7 +450,10 @@ impl<S: Source> Mirror<S> {
         }
         if st.stale_since.is_none() {
             // An upstream tier's own moment, exactly (not rounded through Instant).
-            let since = st.upstream_stale.unwrap_or_else(|| wall_clock(fresh_until));
+            let since = st.upstream_stale.map_or_else(
+                || wall_clock(fresh_until),
+                |s| s.max(wall_clock(fresh_until)),
+            );
             st.stale_since = Some(since);
             self.keys.set_stale(true);
             self.keys
@@ -446,4 +474,34 @@ fn skip_summary(skipped: &[SkippedKey]) -> String {
         .map(|s| s.reason)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            super::super::source::STALE_SINCE_HEADER,
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+        h
+    }
+
+    #[test]
+    fn upstream_staleness_is_read_safely() {
+        let now = SystemTime::now();
+        assert_eq!(upstream_stale_since(&http::HeaderMap::new()), None);
+        assert_eq!(
+            upstream_stale_since(&with_header("1000")),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1000))
+        );
+        // Garbage, an overflowing time and a future time all mean "stale since now": never
+        // fresh, never a panic.
+        for v in ["garbage", "18446744073709551615", "-5", "99999999999"] {
+            let since = upstream_stale_since(&with_header(v)).expect(v);
+            assert!(since >= now && since <= SystemTime::now(), "{v}: {since:?}");
+        }
+    }
 }

@@ -85,16 +85,22 @@ pub trait Source: Send + Sync + 'static {
 
 /// The request header that tells an upstream jwks-sidecar tier which kid a downstream missed,
 /// so the tier refetches from its own source (single-flight, rate-limited there too) before
-/// answering. Other servers ignore it.
+/// answering. Sent only to a source that said it is a tier (`TIER_HEADER`), never to an
+/// identity provider (a WAF in front of one may refuse odd header values).
 pub const KID_MISS_HEADER: &str = "x-jwks-sidecar-kid";
+
+/// The response header with which `/jwks/{provider}` says it is a jwks-sidecar tier.
+pub const TIER_HEADER: &str = "x-jwks-sidecar-tier";
 
 /// The response header with which a tier says its keys are stale, and since when (Unix
 /// seconds): a downstream mirror counts its own `max_stale` from then.
 pub const STALE_SINCE_HEADER: &str = "x-jwks-sidecar-stale-since";
 
-/// A kid that may travel in `KID_MISS_HEADER`: visible ASCII, at most 256 bytes.
+/// A kid that may travel in `KID_MISS_HEADER`: at most 256 bytes of letters, digits and
+/// `._~:+/=-` (base64, base64url, UUIDs, thumbprints); anything else is not passed on.
 pub fn kid_header_value(kid: &str) -> Option<HeaderValue> {
-    (!kid.is_empty() && kid.len() <= 256 && kid.bytes().all(|b| b.is_ascii_graphic()))
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"._~:+/=-".contains(&b);
+    (!kid.is_empty() && kid.len() <= 256 && kid.bytes().all(ok))
         .then(|| HeaderValue::from_str(kid).ok())
         .flatten()
 }
@@ -117,6 +123,8 @@ pub struct ConfiguredSource {
     fetch_headers: Vec<FetchHeader>,
     discovered: Mutex<Option<String>>,
     keys: Option<Arc<ProviderKeys>>,
+    /// The source answered with `TIER_HEADER`: kid misses are passed up to it.
+    tier: std::sync::atomic::AtomicBool,
 }
 
 impl ConfiguredSource {
@@ -135,16 +143,19 @@ impl ConfiguredSource {
                 max_bytes: settings.fetch.max_bytes,
                 allow_insecure_http: settings.fetch.allow_insecure_http,
                 headers: HeaderMap::new(),
+                unqueued: false,
             },
             fetch_headers: settings.fetch.headers.clone(),
             discovered: Mutex::new(None),
             keys,
+            tier: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn headers(&self, v: &Validators, kid_miss: Option<&str>) -> Result<HeaderMap, FetchError> {
         let mut h = HeaderMap::new();
-        if let Some(kid) = kid_miss.and_then(kid_header_value) {
+        let tier = self.tier.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(kid) = kid_miss.filter(|_| tier).and_then(kid_header_value) {
             h.insert(KID_MISS_HEADER, kid);
         }
         if let Some(e) = &v.etag {
@@ -199,9 +210,14 @@ impl ConfiguredSource {
     ) -> Result<SourceResponse, FetchError> {
         let opts = GetOptions {
             headers: self.headers(v, kid_miss)?,
+            unqueued: kid_miss.is_some(),
             ..self.opts.clone()
         };
         let got = self.fetcher.get(url, &opts).await?;
+        self.tier.store(
+            got.headers.contains_key(TIER_HEADER),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(if got.status == http::StatusCode::NOT_MODIFIED {
             SourceResponse::NotModified {
                 headers: got.headers,
