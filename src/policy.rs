@@ -398,13 +398,17 @@ impl Policy {
             Ok(()) => format!("sender constraint {required:?}: {kind} token accepted"),
             Err(e) => format!("sender constraint {required:?}: {}", e.description()),
         });
-        m.sender_constraint_total
-            .with_label_values(&[
-                provider,
-                kind,
-                result.as_ref().err().map_or("ok", Reject::reason),
-            ])
-            .inc();
+        match (kind, &result) {
+            ("bearer", Ok(())) => v.provider.bearer_ok_counter(m).inc(),
+            _ => m
+                .sender_constraint_total
+                .with_label_values(&[
+                    provider,
+                    kind,
+                    result.as_ref().err().map_or("ok", Reject::reason),
+                ])
+                .inc(),
+        }
         result
     }
 
@@ -560,16 +564,27 @@ impl Policy {
         request_id: &str,
         started: Instant,
     ) {
-        self.auth
-            .metrics
-            .requests_total
-            .with_label_values(&[
-                listener,
-                d.provider().unwrap_or(""),
-                d.decision(),
-                d.reason(),
-            ])
-            .inc();
+        let m = &self.auth.metrics;
+        match &d.outcome {
+            Ok(Some(v)) if d.reason() == "ok" => match v.provider.allowed_counter(listener, m) {
+                Some(c) => c.inc(),
+                None => m
+                    .requests_total
+                    .with_label_values(&[listener, &v.provider.name, "allow", "ok"])
+                    .inc(),
+            },
+            _ => self
+                .auth
+                .metrics
+                .requests_total
+                .with_label_values(&[
+                    listener,
+                    d.provider().unwrap_or(""),
+                    d.decision(),
+                    d.reason(),
+                ])
+                .inc(),
+        }
         tracing::info!(
             target: crate::telemetry::ACCESS_TARGET,
             listener,

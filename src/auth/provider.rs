@@ -13,6 +13,31 @@ use crate::config::ProviderConfig;
 use crate::jwks::ProviderKeys;
 use crate::metrics::Metrics;
 
+/// The listeners that record decisions (the `listener` label of `requests_total`).
+pub const LISTENERS: [&str; 3] = ["proxy", "authz_http", "authz_grpc"];
+
+impl Provider {
+    /// `requests_total{listener, this provider, "allow", "ok"}`, when `listener` is one of
+    /// `LISTENERS` (resolved at its first use, so the series appears with its first count).
+    pub fn allowed_counter(&self, listener: &str, metrics: &Metrics) -> Option<&IntCounter> {
+        let i = LISTENERS.iter().position(|l| *l == listener)?;
+        Some(self.allowed[i].get_or_init(|| {
+            metrics
+                .requests_total
+                .with_label_values(&[listener, &self.name, "allow", "ok"])
+        }))
+    }
+
+    /// `sender_constraint_total{this provider, "bearer", "ok"}` (resolved at its first use).
+    pub fn bearer_ok_counter(&self, metrics: &Metrics) -> &IntCounter {
+        self.bearer_ok.get_or_init(|| {
+            metrics
+                .sender_constraint_total
+                .with_label_values(&[&self.name, "bearer", "ok"])
+        })
+    }
+}
+
 /// One configured issuer, ready for the request path.
 pub struct Provider {
     /// Name (metric label).
@@ -35,6 +60,12 @@ pub struct Provider {
     pub sender_constraint: crate::config::SenderConstraint,
     pub(crate) lookup_hit: IntCounter,
     pub(crate) lookup_miss: IntCounter,
+    /// `requests_total{listener, provider, "allow", "ok"}` per listener of `LISTENERS`, and
+    /// `sender_constraint_total{provider, "bearer", "ok"}`: the common outcomes, resolved
+    /// once, so an allowed request does no label lookup (with a thousand providers those
+    /// lookups touch a cold hash map entry each).
+    allowed: [std::sync::OnceLock<IntCounter>; LISTENERS.len()],
+    bearer_ok: std::sync::OnceLock<IntCounter>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -89,6 +120,8 @@ impl Provider {
             lookup_miss: metrics
                 .key_lookups_total
                 .with_label_values(&[&cfg.name, "miss"]),
+            allowed: Default::default(),
+            bearer_ok: std::sync::OnceLock::new(),
         }
     }
 }
