@@ -565,17 +565,14 @@ impl Policy {
         started: Instant,
     ) {
         let m = &self.auth.metrics;
-        match &d.outcome {
-            Ok(Some(v)) if d.reason() == "ok" => match v.provider.allowed_counter(listener, m) {
-                Some(c) => c.inc(),
-                None => m
-                    .requests_total
-                    .with_label_values(&[listener, &v.provider.name, "allow", "ok"])
-                    .inc(),
-            },
-            _ => self
-                .auth
-                .metrics
+        // An allowed request counts through its provider's counter, resolved once.
+        let allowed = match &d.outcome {
+            Ok(Some(v)) => v.provider.allowed_counter(listener, m),
+            _ => None,
+        };
+        match allowed {
+            Some(c) => c.inc(),
+            None => m
                 .requests_total
                 .with_label_values(&[
                     listener,
