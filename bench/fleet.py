@@ -28,7 +28,6 @@ import http.server as httpserver
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,10 +45,8 @@ class Failed(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "lib"))
+from ports import free_port  # noqa: E402  (never the same port twice in one process)
 
 
 def http(method: str, url: str, body=None, headers=None, timeout=10.0):

@@ -18,7 +18,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -180,10 +179,8 @@ def sys_ticks() -> dict:
     return {"proc": v[0] + v[1] + v[2], "irq": v[5] + v[6], "steal": v[7] if len(v) > 7 else 0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "lib"))
+from ports import free_port  # noqa: E402  (never the same port twice in one process)
 
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

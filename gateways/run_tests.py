@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -147,10 +146,8 @@ SMUGGLE_HEADERS = [
 # ---------------------------------------------------------------- small helpers
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "lib"))
+from ports import free_port  # noqa: E402  (never the same port twice in one process)
 
 
 def http_request(port, path, headers=(), method="GET", timeout=10.0):

@@ -193,7 +193,11 @@ pub async fn start_on(
         config.reload.watch,
         shutdown_rx,
     )));
-    tracing::info!(proxy = %proxy_addr, admin = ?admin_addr, authz = ?authz_addr, authz_grpc = ?authz_grpc_addr,
+    // The addresses actually bound (a `:0` port resolved), each only when configured: a
+    // supervisor or test reads them from this line instead of racing for a "free" port.
+    tracing::info!(proxy = %proxy_addr, admin = admin_addr.map(tracing::field::display),
+        authz = authz_addr.map(tracing::field::display),
+        authz_grpc = authz_grpc_addr.map(tracing::field::display),
         upstream = %config.proxy.upstream, providers = config.providers.len(), "jwks-sidecar started");
     Ok(Running {
         proxy_addr,

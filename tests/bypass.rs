@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_jwks-sidecar");
 
 /// A sidecar child process with every listener, its IdP and its app.
 struct Sidecar {
-    _child: tokio::process::Child,
+    _child: ChildSidecar,
     proxy: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     authz: std::net::SocketAddr,
@@ -48,7 +47,6 @@ impl Sidecar {
     ) -> Sidecar {
         let idp = FakeIdp::start(keys, 0).await.expect("idp");
         let echo = EchoUpstream::start().await.expect("echo");
-        let (proxy, admin, authz, grpc) = (free_addr(), free_addr(), free_addr(), free_addr());
         let mut toml = base_toml(
             &idp.jwks_uri(),
             &idp.issuer(),
@@ -58,42 +56,38 @@ impl Sidecar {
         )
         .replacen(
             "[admin]\n",
-            &format!("[authz]\nlisten = \"{authz}\"\ngrpc_listen = \"{grpc}\"\n[admin]\n"),
+            "[authz]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n[admin]\n",
             1,
         );
         if provider_extra.contains("public_key_") {
             // One key source per provider: the inline key replaces the IdP's JWKS URI.
             toml = toml.replacen(&format!("jwks_uri = \"{}\"\n", idp.jwks_uri()), "", 1);
         }
+        static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!("jwks-sidecar-bypass-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join(format!("{}.toml", proxy.port()));
+        let n = CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = dir.join(format!("sidecar-{n}.toml"));
         std::fs::write(&file, toml).expect("write config");
         let mut cmd = tokio::process::Command::new(BIN);
-        cmd.env("JWKS_SIDECAR_CONFIG", &file)
-            .args([
-                "--listen",
-                &proxy.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        cmd.env("JWKS_SIDECAR_CONFIG", &file).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn");
-        assert!(
-            wait_ready(proxy, admin).await,
-            "the sidecar did not become ready within {DEADLINE:?}"
-        );
+        let child = ChildSidecar::start(cmd)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         Sidecar {
+            proxy: child.proxy,
+            admin: child.admin(),
+            authz: child.authz.expect("authz listener"),
+            grpc: child.grpc.expect("gRPC listener"),
             _child: child,
-            proxy,
-            admin,
-            authz,
-            grpc,
             idp,
             _echo: echo,
         }

@@ -98,28 +98,21 @@ async fn check_fails_with_a_precise_message_when_the_idp_is_down() {
 #[tokio::test]
 async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let (proxy, admin) = (free_addr(), free_addr());
     let text = |rules: &str| {
         let base = base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", "");
         let mut c = config(&format!("{base}{rules}"));
-        c.proxy.listen = proxy;
-        c.admin.listen = Some(admin);
+        c.proxy.listen = loopback();
+        c.admin.listen = Some(loopback());
         c.reload.watch = false;
         to_toml(&c)
     };
     let file = write_config("sighup.toml", &text(""));
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    assert!(
-        wait_ready(proxy, admin).await,
-        "the sidecar did not become ready"
-    );
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["--config"]).arg(&file);
+    let mut child = ChildSidecar::start(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (proxy, admin) = (child.proxy, child.admin());
     let t = k.mint(&serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "s", "exp": jwks_sidecar::testkit::now() + 60}));
     let url = format!("http://{proxy}/locked");
     assert_eq!(get_with_token(&url, &t).await.0, 200);
@@ -128,7 +121,7 @@ async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
             .args(["-HUP", &pid.to_string()])
             .status();
     };
-    let pid = child.id().expect("pid");
+    let pid = child.child.id().expect("pid");
     let metrics = format!("http://{admin}/metrics");
     // Invalid first: rejected (the reload ran: its error is counted), still 200.
     std::fs::write(&file, text("[[rules]]\nmatch = { path_regex = \"([\" }\n")).expect("write");
@@ -175,7 +168,7 @@ async fn sighup_reloads_the_config_and_an_invalid_one_is_kept_out() {
         |v| v == 1.0,
     )
     .await;
-    let _ = child.kill().await;
+    let _ = child.child.kill().await;
 }
 
 #[test]
@@ -223,31 +216,22 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
         "layer.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
     );
-    let (proxy_env, proxy_flag, admin_flag) = (free_addr(), free_addr(), free_addr());
-    let mut child = tokio::process::Command::new(BIN)
-        .env("JWKS_SIDECAR_CONFIG", &file)
+    // The env's listen address cannot be bound here (TEST-NET-1): the sidecar only comes up
+    // if the flag's loopback address overrides it.
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("JWKS_SIDECAR_CONFIG", &file)
         .env("JWKS_SIDECAR_PROXY__UPSTREAM", echo.url())
-        .env("JWKS_SIDECAR_PROXY__LISTEN", proxy_env.to_string())
-        .env("JWKS_SIDECAR_LOG__FORMAT", "json")
-        .args([
-            "--listen",
-            &proxy_flag.to_string(),
-            "--admin-listen",
-            &admin_flag.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let url = format!("http://{proxy_flag}/x");
-    assert!(
-        wait_ready(proxy_flag, admin_flag).await,
-        "sidecar did not come up on the flag's address"
-    );
-    assert!(
-        tokio::net::TcpStream::connect(proxy_env).await.is_err(),
+        .env("JWKS_SIDECAR_PROXY__LISTEN", "192.0.2.1:9")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let mut child = ChildSidecar::start(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("flag overrides env: {e}"));
+    assert_eq!(
+        child.proxy.ip().to_string(),
+        "127.0.0.1",
         "flag overrides env"
     );
+    let url = format!("http://{}/x", child.proxy);
     let now = jwks_sidecar::testkit::now();
     let t = k.mint(
         &serde_json::json!({"iss": idp.issuer(), "aud": "api", "sub": "cli", "exp": now + 60}),
@@ -255,16 +239,8 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
     let (s, _, body) = get_with_token(&url, &t).await;
     assert_eq!(s, 200, "env upstream overrides the file: {body}");
     // SIGTERM: drain and exit 0.
-    sigterm_exits_zero(&mut child).await;
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .await
-        .expect("read");
+    sigterm_exits_zero(&mut child.child).await;
+    let stderr = child.finished_log().await;
     let access = stderr
         .lines()
         .find(|l| l.contains("\"request\"") || l.contains("\"message\":\"request\""))
@@ -278,19 +254,50 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
     );
 }
 
+/// A listen address that cannot be bound: the process exits non-zero at once, and its log
+/// names the config key and the address (the test helper reports a child that never started
+/// with its log, instead of a bare "not ready").
+#[tokio::test]
+async fn an_address_that_cannot_be_bound_is_named_and_the_process_exits() {
+    let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
+    let file = write_config(
+        "unbindable.toml",
+        &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
+    );
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("JWKS_SIDECAR_CONFIG", &file).args([
+        "--listen",
+        "192.0.2.1:9",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let started = std::time::Instant::now();
+    let Err(e) = ChildSidecar::start(cmd).await else {
+        panic!("a sidecar started on an address it cannot bind");
+    };
+    assert!(e.contains("proxy.listen 192.0.2.1:9"), "{e}");
+    assert!(
+        e.contains("it exited before its start line (exit status: 1)"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < DEADLINE,
+        "the failure was seen when the process exited"
+    );
+}
+
 /// `[runtime] worker_threads = 3`: three single-threaded connection workers beside the main
 /// runtime; connections spread over them, every request is served, SIGTERM still drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_connections_and_drain() {
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
     let file = write_config(
         "workers.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
     );
-    let mut child = spawn_with_grpc(&file, "3", proxy, admin, grpc);
-    assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
-    let pid = child.id().expect("pid");
+    let mut child = spawn_with_grpc(&file, "3").await;
+    let (proxy, grpc) = (child.proxy, child.grpc.expect("gRPC listener"));
+    let pid = child.child.id().expect("pid");
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("tasks")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
@@ -342,7 +349,7 @@ async fn several_workers_serve_connections_and_drain() {
         assert_eq!(c.await.expect("task"), want, "check {i}");
     }
 
-    sigterm_exits_zero(&mut child).await;
+    sigterm_exits_zero(&mut child.child).await;
 }
 
 /// One Check over a fresh gRPC connection (retried while the listener comes up); the
@@ -409,14 +416,13 @@ async fn open_grpc_stream_does_not_block_shutdown() {
     use tonic_health::pb::HealthCheckRequest;
     for workers in ["1", "2"] {
         let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
-        let (proxy, admin, grpc) = (free_addr(), free_addr(), free_addr());
         let file = write_config(&format!("grpc-drain-{workers}.toml"), &{
             let mut c = base_config(&idp, &echo);
             c.proxy.shutdown_grace = Duration::from_secs(1);
             to_toml(&c)
         });
-        let mut child = spawn_with_grpc(&file, workers, proxy, admin, grpc);
-        assert!(wait_ready(proxy, admin).await, "sidecar did not come up");
+        let mut child = spawn_with_grpc(&file, workers).await;
+        let grpc = child.grpc.expect("gRPC listener");
         let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
             .expect("uri")
             .connect()
@@ -433,7 +439,7 @@ async fn open_grpc_stream_does_not_block_shutdown() {
         let first = watch.message().await.expect("status").expect("one status");
         assert_eq!(first.status, 1, "SERVING");
         let started = std::time::Instant::now();
-        sigterm_exits_zero(&mut child).await;
+        sigterm_exits_zero(&mut child.child).await;
         assert!(
             started.elapsed() < Duration::from_secs(6),
             "{workers} worker(s): shutdown took {:?} with a stream open",
@@ -444,29 +450,16 @@ async fn open_grpc_stream_does_not_block_shutdown() {
 }
 
 /// The sidecar with config `file`, `workers` worker threads, and the proxy, admin and gRPC
-/// authz listeners on the given addresses.
-fn spawn_with_grpc(
-    file: &std::path::Path,
-    workers: &str,
-    proxy: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    grpc: std::net::SocketAddr,
-) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .env("JWKS_SIDECAR_CONFIG", file)
+/// authz listeners on loopback port 0, ready.
+async fn spawn_with_grpc(file: &std::path::Path, workers: &str) -> ChildSidecar {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("JWKS_SIDECAR_CONFIG", file)
         .env("JWKS_SIDECAR_RUNTIME__WORKER_THREADS", workers)
-        .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", grpc.to_string())
-        .args([
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn")
+        .env("JWKS_SIDECAR_AUTHZ__GRPC_LISTEN", "127.0.0.1:0")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    ChildSidecar::start(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `jwks-sidecar idp`, the fake IdP the Python and Node suites run: its first stdout line

@@ -286,7 +286,6 @@ async fn jwks_over_max_jwks_bytes_is_refused_and_counted() {
 async fn ten_thousand_idle_connections_against_the_binary() {
     // The binary runs in its own process, so client and server each stay under the fd limit.
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let (proxy, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = dir.join("c.toml");
@@ -297,23 +296,16 @@ async fn ten_thousand_idle_connections_against_the_binary() {
         "header_read_timeout = \"60s\"\nmax_connections = 20000",
         "",
     ));
-    c.proxy.listen = proxy;
-    c.admin.listen = Some(admin);
-    c.log.level = "error".into();
+    c.proxy.listen = loopback();
+    c.admin.listen = Some(loopback());
     std::fs::write(&cfg, to_toml(&c)).expect("write");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwks-sidecar"))
-        .args(["--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let pid = child.id().expect("pid");
-    assert!(
-        wait_ready(proxy, admin).await,
-        "the sidecar did not become ready"
-    );
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwks-sidecar"));
+    cmd.args(["--config"]).arg(&cfg);
+    let mut child = ChildSidecar::start(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (proxy, admin) = (child.proxy, child.admin());
+    let pid = child.child.id().expect("pid");
     let rss = || {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
@@ -360,6 +352,6 @@ async fn ten_thousand_idle_connections_against_the_binary() {
         "10,000 idle connections cost {} KiB",
         during - before
     );
-    let _ = child.kill().await;
+    let _ = child.child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

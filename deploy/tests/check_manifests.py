@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -260,10 +259,8 @@ def to_toml(doc):
     return "\n".join(out) + "\n"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "lib"))
+from ports import free_port  # noqa: E402  (never the same port twice in one process)
 
 
 def start_and_probe(binary, cfg):

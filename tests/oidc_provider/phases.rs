@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::provider::{OAuthClient, OpenIdProvider};
 use crate::report::Report;
 use crate::sidecar::{run_check, sidecar_config, Answer, Sidecar, FETCHES, OK_FETCHES};
-use crate::support::{free_addr, get, metric_series};
+use crate::support::{get, loopback, metric_series};
 use crate::util::{decode_jwt, describe, metric_sum, parse, random, terminate};
 use crate::{Result, AUDIENCE, CLIENT_ID, E2E_DIR, MTLS_CLIENT_ID, OTHER_AUDIENCE};
 
@@ -157,7 +157,7 @@ async fn discovery(
 pub async fn check_command(ctx: &Ctx) -> Result<()> {
     let (r, bin, dir, upstream, issuer) = (&ctx.r, &ctx.bin, &ctx.dir, &ctx.upstream, &ctx.issuer);
     r.step("jwks-sidecar check (validates the config, one discovery + JWKS fetch)");
-    let good = sidecar_config(free_addr(), free_addr(), None, upstream, issuer);
+    let good = sidecar_config(loopback(), loopback(), None, upstream, issuer);
     let (code, out) = run_check(bin, &dir.join("check-good.toml"), &good).await?;
     r.check(
         "check: exit 0",
@@ -172,8 +172,8 @@ pub async fn check_command(ctx: &Ctx) -> Result<()> {
     // A very common mistake: the configured issuer differs from the discovery document's
     // (here by a trailing slash). The sidecar must refuse it, and say why.
     let bad = sidecar_config(
-        free_addr(),
-        free_addr(),
+        loopback(),
+        loopback(),
         None,
         upstream,
         &format!("{issuer}/"),

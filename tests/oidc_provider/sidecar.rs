@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::report::Report;
-use crate::support::{free_addr, get, wait_ready, DEADLINE};
+use crate::support::{get, wait_ready, Started, DEADLINE};
 use crate::util::{decode_jwt, describe, metric_sum, parse, tail, terminate};
 use crate::{Result, AUDIENCE};
 
@@ -118,9 +118,9 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the binary with `config(proxy, admin, authz)` and waits until it is ready (every
-    /// provider has keys). The addresses are picked free just before the sidecar binds them:
-    /// if another process took one in between, it tries again with new ones.
+    /// Starts the binary with `config(proxy, admin, authz)`, every listener on loopback port
+    /// 0, and waits until it is ready (every provider has keys). The bound addresses come
+    /// from its "jwks-sidecar started" log line: no port is picked free and then raced for.
     pub async fn start(
         bin: &str,
         dir: &Path,
@@ -129,41 +129,47 @@ impl Sidecar {
         config: impl Fn(SocketAddr, SocketAddr, SocketAddr) -> String,
     ) -> Result<Sidecar> {
         let (file, log) = (dir.join("sidecar.toml"), dir.join("sidecar.log"));
-        for attempt in 1..=3 {
-            let (proxy, admin, authz) = (free_addr(), free_addr(), free_addr());
-            std::fs::write(&file, config(proxy, admin, authz))
-                .map_err(|e| format!("config: {e}"))?;
-            let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
-            let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
-            let mut child = (sidecar_command(bin).arg("--config").arg(&file))
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|e| format!("cannot run {bin}: {e}"))?;
-            let why = tokio::select! {
-                ready = wait_ready(proxy, admin) => {
-                    if ready {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        std::fs::write(&file, config(any, any, any)).map_err(|e| format!("config: {e}"))?;
+        let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
+        let mut child = (sidecar_command(bin).arg("--config").arg(&file))
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot run {bin}: {e}"))?;
+        let started = async {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(b) = text.lines().find_map(Started::parse) {
+                    break b;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let why = tokio::select! {
+            b = tokio::time::timeout(DEADLINE, started) => match b {
+                Ok(b) => {
+                    let (proxy, admin) = (b.proxy, b.admin.ok_or("no admin listener")?);
+                    let authz = b.authz.ok_or("no authz listener")?;
+                    if wait_ready(proxy, admin).await {
                         let (allowed, denied) = (AtomicUsize::new(0), AtomicUsize::new(0));
                         return Ok(Sidecar { child, proxy, admin, authz, echo, r, allowed, denied });
                     }
                     format!("not ready within {DEADLINE:?}")
                 }
-                status = child.wait() => match status {
-                    Ok(status) => format!("the sidecar exited ({status})"),
-                    Err(e) => format!("waiting for the sidecar: {e}"),
-                },
-            };
-            terminate(&mut child, Duration::from_secs(5)).await;
-            let log = tail(&log, 40);
-            if attempt < 3 && log.contains("Address already in use") {
-                r.info(format!(
-                    "a port was taken before the sidecar bound it ({why}); again"
-                ));
-                continue;
-            }
-            return Err(format!("{why}\n--- sidecar log (last lines):\n{log}"));
-        }
-        unreachable!("the last attempt returns")
+                Err(_) => format!("no start line within {DEADLINE:?}"),
+            },
+            status = child.wait() => match status {
+                Ok(status) => format!("the sidecar exited ({status})"),
+                Err(e) => format!("waiting for the sidecar: {e}"),
+            },
+        };
+        terminate(&mut child, Duration::from_secs(5)).await;
+        Err(format!(
+            "{why}\n--- sidecar log (last lines):\n{}",
+            tail(&log, 40)
+        ))
     }
 
     pub fn admin(&self, path: &str) -> String {

@@ -219,12 +219,138 @@ pub fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A loopback address that was free a moment ago (for a child process to bind).
-pub fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+/// The `jwks-sidecar` binary run as a child process with its listeners on 127.0.0.1 port 0.
+/// The addresses it bound are read from its "jwks-sidecar started" log line: no test picks
+/// a "free" port, releases it and then races every other test (and process) for it, which is
+/// how a child used to fail to bind once in a while and be reported as "not ready". Its
+/// stderr is kept and shown whenever it does not come up.
+pub struct ChildSidecar {
+    pub child: tokio::process::Child,
+    pub proxy: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+    pub authz: Option<std::net::SocketAddr>,
+    pub grpc: Option<std::net::SocketAddr>,
+    log: Arc<std::sync::Mutex<String>>,
+    drain: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a child's "jwks-sidecar started" line says it bound.
+pub struct Started {
+    pub proxy: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+    pub authz: Option<std::net::SocketAddr>,
+    pub grpc: Option<std::net::SocketAddr>,
+}
+
+impl Started {
+    /// The addresses of a JSON "jwks-sidecar started" log line (None for any other line).
+    pub fn parse(line: &str) -> Option<Started> {
+        let v: Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "jwks-sidecar started" {
+            return None;
+        }
+        let addr = |k: &str| v[k].as_str().and_then(|a| a.parse().ok());
+        Some(Started {
+            proxy: addr("proxy")?,
+            admin: addr("admin"),
+            authz: addr("authz"),
+            grpc: addr("authz_grpc"),
+        })
+    }
+}
+
+impl ChildSidecar {
+    /// Spawns `cmd` (JSON logs on a piped stderr, killed on drop) and waits for its start
+    /// line, then, when it has an admin listener, for `/readyz`. Every listener `cmd`
+    /// configures should be on port 0. Err (with the child's log) if it exits first or is
+    /// not ready within [`DEADLINE`].
+    pub async fn start(mut cmd: tokio::process::Command) -> Result<ChildSidecar, String> {
+        use tokio::io::AsyncBufReadExt;
+        cmd.env("JWKS_SIDECAR_LOG__FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let drain = tokio::spawn({
+            let log = log.clone();
+            async move {
+                let mut tx = Some(tx);
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(bound) = tx.is_some().then(|| Started::parse(&line)).flatten() {
+                        let _ = tx.take().expect("once").send(bound);
+                    }
+                    let mut log = log.lock().expect("log");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let tail = |log: &Arc<std::sync::Mutex<String>>| {
+            let log = log.lock().expect("log");
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        let bound = match tokio::time::timeout(DEADLINE, rx).await {
+            Ok(Ok(bound)) => bound,
+            failed => {
+                // No start line: stderr closed (the process is exiting) or the deadline.
+                let why = match failed {
+                    Err(_) => format!("no start line within {DEADLINE:?}"),
+                    _ => "it exited before its start line".to_string(),
+                };
+                let _ = child.start_kill();
+                let status = match tokio::time::timeout(DEADLINE, child.wait()).await {
+                    Ok(Ok(status)) => status.to_string(),
+                    other => format!("{other:?}"),
+                };
+                let _ = drain.await;
+                return Err(format!(
+                    "the sidecar did not start: {why} ({status}); its log:\n{}",
+                    tail(&log)
+                ));
+            }
+        };
+        let me = ChildSidecar {
+            child,
+            proxy: bound.proxy,
+            admin: bound.admin,
+            authz: bound.authz,
+            grpc: bound.grpc,
+            log,
+            drain: Some(drain),
+        };
+        if let Some(admin) = me.admin {
+            if !wait_ready(me.proxy, admin).await {
+                return Err(format!(
+                    "the sidecar was not ready within {DEADLINE:?}; its log:\n{}",
+                    tail(&me.log)
+                ));
+            }
+        }
+        Ok(me)
+    }
+
+    /// The admin address (panics when the child has no admin listener).
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.admin.expect("the child has an admin listener")
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Every log line, once the child has exited and its stderr is read to the end.
+    pub async fn finished_log(&mut self) -> String {
+        if let Some(drain) = self.drain.take() {
+            let _ = tokio::time::timeout(DEADLINE, drain).await;
+        }
+        self.log()
+    }
 }
 
 /// Waits (up to [`DEADLINE`]) until `listening` and `admin` accept connections (a child
