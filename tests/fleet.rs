@@ -225,10 +225,13 @@ async fn a_sidecar_never_treats_the_mirrors_stale_keys_as_fresh() {
             .contains_key("x-jwks-sidecar-stale-since")
     })
     .await;
-    let since = get(&t.url, &[]).await.1["x-jwks-sidecar-stale-since"]
+    let answer = get(&t.url, &[]).await.1;
+    let since = answer["x-jwks-sidecar-stale-since"]
         .to_str()
         .expect("ascii")
         .to_string();
+    // With the tier's Date, a sidecar reads the moment as an age on the tier's clock.
+    assert!(answer.contains_key("date"), "{answer:?}");
     // The sidecar's fetches from the mirror still succeed, yet its keys are stale since the
     // mirror's moment...
     wait_metric(

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jwks_sidecar::config::Readiness;
@@ -15,25 +17,33 @@ use support::*;
 
 const PROVIDERS: usize = 100;
 
-/// A listener that accepts connections and never answers (a hung identity provider).
-async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// A listener that accepts connections and never answers (a hung identity provider), and
+/// the number of connections it has accepted.
+async fn black_hole() -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             held.push(s);
         }
     });
-    (addr, task)
+    (addr, accepted, task)
 }
 
 #[tokio::test]
 async fn a_dead_provider_among_a_hundred_delays_readiness_by_its_own_timeout_only() {
     let (k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let (dead, _hole) = black_hole().await;
+    let (dead, _, _hole) = black_hole().await;
     let issuer = |i: usize| format!("{}/tenants/{i}", idp.issuer());
     let build = |readiness: Readiness| {
         let mut c = base_config(&idp, &echo);
@@ -112,7 +122,7 @@ async fn a_dead_provider_among_a_hundred_delays_readiness_by_its_own_timeout_onl
 #[tokio::test]
 async fn a_reload_adding_a_dead_provider_keeps_a_ready_pod_ready() {
     let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
-    let (dead, _hole) = black_hole().await;
+    let (dead, _, _hole) = black_hole().await;
     let dir = std::env::temp_dir().join(format!("jwks-sidecar-latch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("config.toml");
@@ -141,4 +151,51 @@ async fn a_reload_adding_a_dead_provider_keeps_a_ready_pod_ready() {
     s.shutdown();
     s.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Dead tenants on one host cannot keep the fetch queue full. Two hundred providers on a
+/// black hole are configured before a live one: the first wave (64, the process-wide bound)
+/// times out, the origin is marked slow, and the dead tenants still queued step aside into the
+/// 16-place slow lane. The live provider gets its keys after that first wave, not after every
+/// dead tenant has had its turn (three more waves); the dead ones are still all tried.
+#[tokio::test]
+async fn dead_tenants_on_one_host_step_aside_into_the_slow_lane() {
+    use jwks_sidecar::jwks::fetch::{is_slow_origin, MAX_CONCURRENT_FETCHES, SLOW_ORIGIN_FETCHES};
+    const DEAD: usize = 200;
+    let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
+    let (dead, accepted, _hole) = black_hole().await;
+    let mut c = base_config(&idp, &echo);
+    let template = c.providers[0].clone();
+    c.providers = (0..=DEAD)
+        .map(|i| {
+            let mut p = template.clone();
+            p.name = format!("t{i}");
+            p.issuer = format!("{}/tenants/{i}", idp.issuer());
+            p.fetch_timeout = Duration::from_secs(1);
+            if i < DEAD {
+                p.jwks_uri = Some(format!("http://{dead}/tenants/{i}/jwks.json"));
+            }
+            p
+        })
+        .collect();
+    let s = start_config(c).await;
+    let auth = s.current_auth();
+    wait_until("the live provider's keys", DEADLINE, || async {
+        auth.providers()[DEAD].keys.ready()
+    })
+    .await;
+    let tried = accepted.load(Ordering::SeqCst);
+    eprintln!("the live provider had its keys after {tried} dead fetches");
+    assert!(
+        tried < MAX_CONCURRENT_FETCHES + 2 * SLOW_ORIGIN_FETCHES,
+        "the live provider waited for {tried} dead fetches: more than the first wave"
+    );
+    assert!(is_slow_origin(&format!("http://{dead}")));
+    // The slow lane still lets every dead tenant be tried.
+    wait_until("every dead tenant to be tried", DEADLINE, || async {
+        accepted.load(Ordering::SeqCst) >= DEAD
+    })
+    .await;
+    s.shutdown();
+    s.wait().await;
 }

@@ -128,6 +128,80 @@ pub const MAX_CONCURRENT_FETCHES: usize = 64;
 static FETCH_SLOTS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(MAX_CONCURRENT_FETCHES);
 
+/// Of the `MAX_CONCURRENT_FETCHES` slots, fetches to a slow origin (one whose last fetch
+/// failed after a second or more: a black hole, a dead tenant's host) hold at most this many.
+/// A slow failure keeps its slot for its whole `fetch_timeout`; without this lane, a few
+/// hundred dead tenants (their retries, their refreshes) would keep the queue full and the
+/// live providers' refreshes behind them. With it, the others wait at most one timeout: the
+/// first wave, before an origin is known to be slow.
+pub const SLOW_ORIGIN_FETCHES: usize = 16;
+
+static SLOW_LANE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SLOW_ORIGIN_FETCHES);
+
+/// A failure that took at least this long marks its origin slow.
+const SLOW_FAILURE: Duration = Duration::from_secs(1);
+
+/// How long an origin stays slow without a success.
+const SLOW_FOR: Duration = Duration::from_secs(600);
+
+/// Origins (`scheme://authority`) whose last fetch failed slowly, and until when they count
+/// as slow. A success clears the mark; at most `MAX_SLOW_ORIGINS` are remembered.
+type SlowOrigins = std::collections::HashMap<String, std::time::Instant>;
+
+static SLOW_ORIGINS: std::sync::LazyLock<std::sync::Mutex<SlowOrigins>> =
+    std::sync::LazyLock::new(Default::default);
+
+const MAX_SLOW_ORIGINS: usize = 4096;
+
+/// `scheme://authority` of `url`, lower-cased ("" when it has none).
+fn origin_of(url: &str) -> String {
+    url.parse::<Uri>()
+        .ok()
+        .map(|u| {
+            format!(
+                "{}://{}",
+                u.scheme_str().unwrap_or(""),
+                u.authority().map(|a| a.as_str()).unwrap_or("")
+            )
+            .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn slow_origins() -> std::sync::MutexGuard<'static, SlowOrigins> {
+    SLOW_ORIGINS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether fetches to `origin` go through the slow lane now.
+pub fn is_slow_origin(origin: &str) -> bool {
+    let now = std::time::Instant::now();
+    slow_origins().get(origin).is_some_and(|until| *until > now)
+}
+
+/// Records how a fetch to `origin` ended: a failure after `SLOW_FAILURE` or more marks it
+/// slow; anything else (a success, a quick answer or refusal) clears the mark.
+fn record_outcome(origin: &str, ok: bool, took: Duration) {
+    let mut slow = slow_origins();
+    if ok || took < SLOW_FAILURE {
+        slow.remove(origin);
+    } else {
+        let now = std::time::Instant::now();
+        if slow.len() >= MAX_SLOW_ORIGINS {
+            slow.retain(|_, until| *until > now);
+        }
+        if slow.len() < MAX_SLOW_ORIGINS
+            && slow.insert(origin.to_string(), now + SLOW_FOR).is_none()
+        {
+            tracing::warn!(
+                origin,
+                took_ms = took.as_millis() as u64,
+                lane = SLOW_ORIGIN_FETCHES,
+                "a fetch failed slowly: this origin's fetches now share the slow lane until one succeeds"
+            );
+        }
+    }
+}
+
 impl Fetcher {
     /// A client with the webpki root store, HTTP/1.1, short connect timeout.
     pub fn new() -> Self {
@@ -185,15 +259,34 @@ impl Fetcher {
     /// GET with redirects (at most 3, never https -> http), a total timeout and a size cap.
     /// Waiting for one of the `MAX_CONCURRENT_FETCHES` slots does not count against the
     /// timeout.
+    /// A slow origin's fetches first wait for one of the `SLOW_ORIGIN_FETCHES` places of the
+    /// slow lane (without holding a slot meanwhile).
     pub async fn get(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {
-        let _slot = if opts.unqueued {
-            None
+        let origin = origin_of(url);
+        let (_lane, _slot) = if opts.unqueued {
+            (None, None)
         } else {
-            FETCH_SLOTS.acquire().await.ok()
+            loop {
+                let lane = if is_slow_origin(&origin) {
+                    SLOW_LANE.acquire().await.ok()
+                } else {
+                    None
+                };
+                let slot = FETCH_SLOTS.acquire().await.ok();
+                // An origin found slow while this fetch was queued (the first wave to a dead
+                // host timing out): step aside into the slow lane.
+                if lane.is_some() || !is_slow_origin(&origin) {
+                    break (lane, slot);
+                }
+            }
         };
-        tokio::time::timeout(opts.timeout, self.get_inner(url, opts))
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(opts.timeout, self.get_inner(url, opts))
             .await
-            .map_err(|_| FetchError::Timeout)?
+            .map_err(|_| FetchError::Timeout)
+            .and_then(|r| r);
+        record_outcome(&origin, result.is_ok(), started.elapsed());
+        result
     }
 
     async fn get_inner(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {

@@ -101,17 +101,36 @@ struct MirrorState {
 type Fetched = (&'static str, Duration, Option<(KeySet, Vec<SkippedKey>)>);
 
 /// When an upstream jwks-sidecar tier says its keys are stale (`STALE_SINCE_HEADER`), since
-/// when; never later than now. A value that is not a Unix time means "stale since now".
+/// when on this host's clock; never later than now. A value that is not a Unix time means
+/// "stale since now".
+///
+/// The tier's moment is on the tier's clock. With the response's `Date` (the tier's clock
+/// when it answered) the staleness is taken as an age, `Date - since`, and counted back from
+/// this host's now: a skewed clock on either side neither hides staleness nor invents it.
+/// Without a usable `Date` the moment is used as it is.
 fn upstream_stale_since(headers: &http::HeaderMap) -> Option<SystemTime> {
     let value = headers.get(super::source::STALE_SINCE_HEADER)?;
     let now = SystemTime::now();
-    let since = value
+    let Some(since) = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
-        .unwrap_or(now);
-    Some(since.min(now))
+    else {
+        return Some(now);
+    };
+    let tier_now = headers
+        .get(http::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok());
+    let local = match tier_now {
+        Some(tier_now) => {
+            let age = tier_now.duration_since(since).unwrap_or_default();
+            now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+        None => since,
+    };
+    Some(local.min(now))
 }
 
 /// Everything one mirror task needs.
@@ -503,5 +522,44 @@ mod tests {
             let since = upstream_stale_since(&with_header(v)).expect(v);
             assert!(since >= now && since <= SystemTime::now(), "{v}: {since:?}");
         }
+    }
+
+    /// The tier's clock is an hour off (either way): its `Date` turns the moment into an age
+    /// (stale for 30 s), counted back from this host's now.
+    #[test]
+    fn upstream_staleness_is_an_age_on_the_tiers_clock() {
+        let skews = [(3600, true), (3600, false), (0, true)];
+        for (skew, ahead) in skews {
+            let now = SystemTime::now();
+            let offset = Duration::from_secs(skew);
+            let tier_now = if ahead { now + offset } else { now - offset };
+            let since = tier_now - Duration::from_secs(30);
+            let secs = since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs();
+            let mut h = with_header(&secs.to_string());
+            h.insert(
+                http::header::DATE,
+                http::HeaderValue::from_str(&httpdate::fmt_http_date(tier_now)).expect("date"),
+            );
+            let local = upstream_stale_since(&h).expect("stale");
+            let age = SystemTime::now()
+                .duration_since(local)
+                .expect("in the past");
+            // Whole seconds on the wire: 30 s, give or take the rounding of both values.
+            assert!(
+                (29..=32).contains(&age.as_secs()),
+                "skew {skew} s (tier ahead: {ahead}): stale for {age:?}"
+            );
+        }
+        // A Date before the moment (nonsense): stale since now, never a panic.
+        let mut h = with_header("2000000000");
+        h.insert(
+            http::header::DATE,
+            http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        let local = upstream_stale_since(&h).expect("stale");
+        assert!(SystemTime::now().duration_since(local).expect("past") < Duration::from_secs(2));
     }
 }
