@@ -216,21 +216,19 @@ async fn layering_env_over_file_and_flags_over_env_then_sigterm_exits_zero() {
         "layer.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), "http://127.0.0.1:9", "", ""),
     );
-    // The env's listen address cannot be bound here (TEST-NET-1): the sidecar only comes up
-    // if the flag's loopback address overrides it.
+    // The env's listen address is taken (held here): the sidecar only comes up if the flag's
+    // address overrides it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.env("JWKS_SIDECAR_CONFIG", &file)
         .env("JWKS_SIDECAR_PROXY__UPSTREAM", echo.url())
-        .env("JWKS_SIDECAR_PROXY__LISTEN", "192.0.2.1:9")
+        .env("JWKS_SIDECAR_PROXY__LISTEN", taken_addr.to_string())
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     let mut child = ChildSidecar::start(cmd)
         .await
         .unwrap_or_else(|e| panic!("flag overrides env: {e}"));
-    assert_eq!(
-        child.proxy.ip().to_string(),
-        "127.0.0.1",
-        "flag overrides env"
-    );
+    assert_ne!(child.proxy, taken_addr, "flag overrides env");
     let url = format!("http://{}/x", child.proxy);
     let now = jwks_sidecar::testkit::now();
     let t = k.mint(
@@ -264,18 +262,21 @@ async fn an_address_that_cannot_be_bound_is_named_and_the_process_exits() {
         "unbindable.toml",
         &base_toml(&idp.jwks_uri(), &idp.issuer(), &echo.url(), "", ""),
     );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.env("JWKS_SIDECAR_CONFIG", &file).args([
         "--listen",
-        "192.0.2.1:9",
+        &addr,
         "--admin-listen",
         "127.0.0.1:0",
     ]);
     let started = std::time::Instant::now();
     let Err(e) = ChildSidecar::start(cmd).await else {
-        panic!("a sidecar started on an address it cannot bind");
+        panic!("a sidecar started on an address already in use");
     };
-    assert!(e.contains("proxy.listen 192.0.2.1:9"), "{e}");
+    assert!(e.contains(&format!("proxy.listen {addr}")), "{e}");
+    assert!(e.contains("in use"), "{e}");
     assert!(
         e.contains("it exited before its start line (exit status: 1)"),
         "{e}"

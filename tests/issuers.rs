@@ -155,16 +155,18 @@ async fn a_reload_adding_a_dead_provider_keeps_a_ready_pod_ready() {
 
 /// Dead tenants on one host cannot keep the fetch queue full. Two hundred providers on a
 /// black hole are configured before a live one: the first wave (64, the process-wide bound)
-/// times out, the origin is marked slow, and the dead tenants still queued step aside into the
-/// 16-place slow lane. The live provider gets its keys after that first wave, not after every
-/// dead tenant has had its turn (three more waves); the dead ones are still all tried.
+/// times out and opens the host's breaker; the dead tenants still queued then fail at once
+/// (`result="unresponsive"`) but one, the probe. The live provider gets its keys after that
+/// first wave, not after every dead tenant has waited out its timeout (three more waves), and
+/// with `readiness = "attempted"` the pod is ready as soon as every tenant has been tried.
 #[tokio::test]
-async fn dead_tenants_on_one_host_step_aside_into_the_slow_lane() {
-    use jwks_sidecar::jwks::fetch::{is_slow_origin, MAX_CONCURRENT_FETCHES, SLOW_ORIGIN_FETCHES};
+async fn dead_tenants_on_one_host_fail_fast_behind_one_probe() {
+    use jwks_sidecar::jwks::fetch::{is_unresponsive, MAX_CONCURRENT_FETCHES};
     const DEAD: usize = 200;
     let (_k, idp, echo) = idp_and_echo(Alg::ES256).await;
     let (dead, accepted, _hole) = black_hole().await;
     let mut c = base_config(&idp, &echo);
+    c.admin.readiness = Readiness::Attempted;
     let template = c.providers[0].clone();
     c.providers = (0..=DEAD)
         .map(|i| {
@@ -187,15 +189,29 @@ async fn dead_tenants_on_one_host_step_aside_into_the_slow_lane() {
     let tried = accepted.load(Ordering::SeqCst);
     eprintln!("the live provider had its keys after {tried} dead fetches");
     assert!(
-        tried < MAX_CONCURRENT_FETCHES + 2 * SLOW_ORIGIN_FETCHES,
+        tried < MAX_CONCURRENT_FETCHES + 16,
         "the live provider waited for {tried} dead fetches: more than the first wave"
     );
-    assert!(is_slow_origin(&format!("http://{dead}")));
-    // The slow lane still lets every dead tenant be tried.
-    wait_until("every dead tenant to be tried", DEADLINE, || async {
-        accepted.load(Ordering::SeqCst) >= DEAD
-    })
-    .await;
+    assert!(is_unresponsive(&format!("http://{dead}")));
+    // Every dead tenant has been tried (most refused at once), so the pod is ready, naming them.
+    let admin = s.admin_addr.expect("admin");
+    let (st, _, body) = get(&format!("http://{admin}/readyz?wait=20"), &[]).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v["providers_without_keys"].as_array().map(Vec::len),
+        Some(DEAD),
+        "{body}"
+    );
+    let m = get(&format!("http://{admin}/metrics"), &[]).await.2;
+    let refused: f64 = metric_series(&m, "jwks_sidecar_jwks_fetch_total")
+        .filter(|(labels, _)| labels.contains("result=\"unresponsive\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        refused >= (DEAD - MAX_CONCURRENT_FETCHES - 16) as f64,
+        "{refused} fetches refused at once"
+    );
     s.shutdown();
     s.wait().await;
 }

@@ -42,6 +42,9 @@ pub enum FetchError {
     /// An upstream jwks-sidecar tier serves keys stale for longer than this mirror's
     /// `max_stale`: not taken.
     UpstreamStale(String),
+    /// Not sent: the origin did not answer its last fetch (timeout, or no connection within
+    /// a second or more), and another fetch to it is already in flight as the probe.
+    Unresponsive(String),
 }
 
 impl FetchError {
@@ -58,6 +61,7 @@ impl FetchError {
             FetchError::IssuerMismatch(_) => "issuer_mismatch",
             FetchError::Credentials(_) => "credentials",
             FetchError::UpstreamStale(_) => "upstream_stale",
+            FetchError::Unresponsive(_) => "unresponsive",
         }
     }
 }
@@ -75,6 +79,10 @@ impl std::fmt::Display for FetchError {
             FetchError::IssuerMismatch(e) => write!(f, "{e}"),
             FetchError::Credentials(e) => write!(f, "credentials: {e}"),
             FetchError::UpstreamStale(e) => write!(f, "{e}"),
+            FetchError::Unresponsive(o) => write!(
+                f,
+                "not sent: {o} did not answer its last fetch, and one fetch to it is already in flight"
+            ),
         }
     }
 }
@@ -128,77 +136,149 @@ pub const MAX_CONCURRENT_FETCHES: usize = 64;
 static FETCH_SLOTS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(MAX_CONCURRENT_FETCHES);
 
-/// Of the `MAX_CONCURRENT_FETCHES` slots, fetches to a slow origin (one whose last fetch
-/// failed after a second or more: a black hole, a dead tenant's host) hold at most this many.
-/// A slow failure keeps its slot for its whole `fetch_timeout`; without this lane, a few
-/// hundred dead tenants (their retries, their refreshes) would keep the queue full and the
-/// live providers' refreshes behind them. With it, the others wait at most one timeout: the
-/// first wave, before an origin is known to be slow.
-pub const SLOW_ORIGIN_FETCHES: usize = 16;
-
-static SLOW_LANE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SLOW_ORIGIN_FETCHES);
-
-/// A failure that took at least this long marks its origin slow.
+/// A fetch that fails without an answer after at least this long (or hits its timeout)
+/// marks its origin unresponsive.
 const SLOW_FAILURE: Duration = Duration::from_secs(1);
 
-/// How long an origin stays slow without a success.
-const SLOW_FOR: Duration = Duration::from_secs(600);
+/// How long an origin stays unresponsive without an answer.
+const UNRESPONSIVE_FOR: Duration = Duration::from_secs(600);
 
-/// Origins (`scheme://authority`) whose last fetch failed slowly, and until when they count
-/// as slow. A success clears the mark; at most `MAX_SLOW_ORIGINS` are remembered.
-type SlowOrigins = std::collections::HashMap<String, std::time::Instant>;
+/// At most this many origins are remembered as unresponsive.
+const MAX_UNRESPONSIVE_ORIGINS: usize = 4096;
 
-static SLOW_ORIGINS: std::sync::LazyLock<std::sync::Mutex<SlowOrigins>> =
+/// An origin that did not answer its last fetch: until when it counts as such, and whether
+/// a fetch to it (the probe) is in flight.
+#[derive(Debug, Clone, Copy)]
+struct Unresponsive {
+    until: std::time::Instant,
+    probing: bool,
+}
+
+type Origins = std::collections::HashMap<String, Unresponsive>;
+
+/// Unresponsive origins (`scheme://host:port`): a circuit breaker per origin. A black hole
+/// (a dead tenant's host) holds a fetch slot for the whole `fetch_timeout`; a few hundred
+/// dead tenants on one host (their first fetches, retries and refreshes) would keep the
+/// 64 slots full and the live providers' fetches behind them. Once an origin has not answered,
+/// one fetch to it at a time goes out (the probe, queued like any other); the others fail at
+/// once (`result="unresponsive"`) and retry on their backoff. The first answer of any kind
+/// closes the breaker.
+static UNRESPONSIVE: std::sync::LazyLock<std::sync::Mutex<Origins>> =
     std::sync::LazyLock::new(Default::default);
 
-const MAX_SLOW_ORIGINS: usize = 4096;
+fn unresponsive() -> std::sync::MutexGuard<'static, Origins> {
+    UNRESPONSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-/// `scheme://authority` of `url`, lower-cased ("" when it has none).
+/// `scheme://host:port` of `url`, lower-cased, the port made explicit ("" when it has no
+/// host). Never the userinfo: the key is logged, and `user:password@` must not be.
 fn origin_of(url: &str) -> String {
-    url.parse::<Uri>()
-        .ok()
-        .map(|u| {
-            format!(
-                "{}://{}",
-                u.scheme_str().unwrap_or(""),
-                u.authority().map(|a| a.as_str()).unwrap_or("")
-            )
-            .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
-fn slow_origins() -> std::sync::MutexGuard<'static, SlowOrigins> {
-    SLOW_ORIGINS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether fetches to `origin` go through the slow lane now.
-pub fn is_slow_origin(origin: &str) -> bool {
-    let now = std::time::Instant::now();
-    slow_origins().get(origin).is_some_and(|until| *until > now)
-}
-
-/// Records how a fetch to `origin` ended: a failure after `SLOW_FAILURE` or more marks it
-/// slow; anything else (a success, a quick answer or refusal) clears the mark.
-fn record_outcome(origin: &str, ok: bool, took: Duration) {
-    let mut slow = slow_origins();
-    if ok || took < SLOW_FAILURE {
-        slow.remove(origin);
+    let Ok(u) = url.parse::<Uri>() else {
+        return String::new();
+    };
+    let Some(host) = u.host() else {
+        return String::new();
+    };
+    let scheme = u.scheme_str().unwrap_or("");
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        80
     } else {
-        let now = std::time::Instant::now();
-        if slow.len() >= MAX_SLOW_ORIGINS {
-            slow.retain(|_, until| *until > now);
+        443
+    };
+    let port = u.port_u16().unwrap_or(default_port);
+    format!("{scheme}://{host}:{port}").to_ascii_lowercase()
+}
+
+/// Whether `origin` (`scheme://host:port`) counts as unresponsive now.
+pub fn is_unresponsive(origin: &str) -> bool {
+    let now = std::time::Instant::now();
+    unresponsive().get(origin).is_some_and(|u| u.until > now)
+}
+
+/// `Unresponsive` when `origin` is unresponsive and its probe is in flight (a fetch about to
+/// queue need not wait for a slot only to be refused).
+fn refuse_while_probing(origin: &str) -> Result<(), FetchError> {
+    let now = std::time::Instant::now();
+    match unresponsive().get(origin) {
+        Some(u) if u.until > now && u.probing => Err(FetchError::Unresponsive(origin.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// May a fetch to `origin` go out now? Yes when it is not unresponsive, or as its probe
+/// (then the returned guard ends the probe when dropped, even if the fetch is cancelled).
+fn admit(origin: &str) -> Result<Option<Probe>, FetchError> {
+    let mut map = unresponsive();
+    let now = std::time::Instant::now();
+    match map.get_mut(origin) {
+        Some(u) if u.until > now => {
+            if u.probing {
+                return Err(FetchError::Unresponsive(origin.to_string()));
+            }
+            u.probing = true;
+            Ok(Some(Probe {
+                origin: origin.to_string(),
+            }))
         }
-        if slow.len() < MAX_SLOW_ORIGINS
-            && slow.insert(origin.to_string(), now + SLOW_FOR).is_none()
-        {
-            tracing::warn!(
-                origin,
-                took_ms = took.as_millis() as u64,
-                lane = SLOW_ORIGIN_FETCHES,
-                "a fetch failed slowly: this origin's fetches now share the slow lane until one succeeds"
-            );
+        _ => Ok(None),
+    }
+}
+
+/// The one fetch in flight to an unresponsive origin.
+struct Probe {
+    origin: String,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(u) = unresponsive().get_mut(&self.origin) {
+            u.probing = false;
         }
+    }
+}
+
+/// Records how a fetch to `origin` ended. No answer (a timeout, or a connection that failed
+/// after `SLOW_FAILURE` or more) opens the breaker; any answer, or a quick refusal, closes it.
+fn record_outcome(origin: &str, result: &Result<Fetched, FetchError>, took: Duration) {
+    let silent = match result {
+        Err(FetchError::Timeout) => true,
+        Err(FetchError::Connect(_)) => took >= SLOW_FAILURE,
+        _ => false,
+    };
+    let opened = {
+        let mut map = unresponsive();
+        if !silent {
+            map.remove(origin);
+            false
+        } else {
+            let now = std::time::Instant::now();
+            if map.len() >= MAX_UNRESPONSIVE_ORIGINS {
+                map.retain(|_, u| u.until > now);
+            }
+            let room = map.len() < MAX_UNRESPONSIVE_ORIGINS;
+            match map.get_mut(origin) {
+                Some(u) => {
+                    u.until = now + UNRESPONSIVE_FOR;
+                    false
+                }
+                None if room => {
+                    let u = Unresponsive {
+                        until: now + UNRESPONSIVE_FOR,
+                        probing: false,
+                    };
+                    map.insert(origin.to_string(), u);
+                    true
+                }
+                None => false,
+            }
+        }
+    };
+    if opened {
+        tracing::warn!(
+            origin,
+            took_ms = took.as_millis() as u64,
+            "an origin did not answer: one fetch to it at a time until it answers, the others fail at once (result=unresponsive)"
+        );
     }
 }
 
@@ -258,34 +338,24 @@ impl Fetcher {
 
     /// GET with redirects (at most 3, never https -> http), a total timeout and a size cap.
     /// Waiting for one of the `MAX_CONCURRENT_FETCHES` slots does not count against the
-    /// timeout.
-    /// A slow origin's fetches first wait for one of the `SLOW_ORIGIN_FETCHES` places of the
-    /// slow lane (without holding a slot meanwhile).
+    /// timeout. To an origin that did not answer its last fetch, one fetch at a time goes out
+    /// (checked again once a slot is free, so fetches queued before the origin went silent
+    /// do not all wait out their timeouts); the others fail at once with `Unresponsive`.
     pub async fn get(&self, url: &str, opts: &GetOptions) -> Result<Fetched, FetchError> {
         let origin = origin_of(url);
-        let (_lane, _slot) = if opts.unqueued {
-            (None, None)
+        let _slot = if opts.unqueued {
+            None
         } else {
-            loop {
-                let lane = if is_slow_origin(&origin) {
-                    SLOW_LANE.acquire().await.ok()
-                } else {
-                    None
-                };
-                let slot = FETCH_SLOTS.acquire().await.ok();
-                // An origin found slow while this fetch was queued (the first wave to a dead
-                // host timing out): step aside into the slow lane.
-                if lane.is_some() || !is_slow_origin(&origin) {
-                    break (lane, slot);
-                }
-            }
+            refuse_while_probing(&origin)?;
+            FETCH_SLOTS.acquire().await.ok()
         };
+        let _probe = admit(&origin)?;
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(opts.timeout, self.get_inner(url, opts))
             .await
             .map_err(|_| FetchError::Timeout)
             .and_then(|r| r);
-        record_outcome(&origin, result.is_ok(), started.elapsed());
+        record_outcome(&origin, &result, started.elapsed());
         result
     }
 
@@ -451,4 +521,68 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// A header value safe to send; invalid bytes become an error rather than a panic.
 pub fn header_value(v: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_port_without_userinfo() {
+        assert_eq!(
+            origin_of("https://IdP.example/a/jwks"),
+            "https://idp.example:443"
+        );
+        assert_eq!(
+            origin_of("https://idp.example:443/x"),
+            "https://idp.example:443"
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:8080/x?q=1"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(origin_of("http://[::1]/x"), "http://[::1]:80");
+        let with_secret = origin_of("https://user:s3cret@idp.example/jwks");
+        assert_eq!(with_secret, "https://idp.example:443");
+        assert_eq!(origin_of("not a url"), "");
+    }
+
+    /// The breaker: no answer opens it, one probe at a time goes out (a cancelled probe ends
+    /// too), the others fail at once, and any answer closes it.
+    #[test]
+    fn an_unresponsive_origin_gets_one_probe_at_a_time() {
+        let o = "http://breaker.test:1";
+        let ok: Result<Fetched, FetchError> = Err(FetchError::HttpStatus(503));
+        assert!(admit(o).expect("closed").is_none());
+        // A quick refusal does not open it; a slow one or a timeout does.
+        record_outcome(
+            o,
+            &Err(FetchError::Connect("refused".into())),
+            Duration::ZERO,
+        );
+        assert!(!is_unresponsive(o));
+        record_outcome(
+            o,
+            &Err(FetchError::Connect("timed out".into())),
+            SLOW_FAILURE,
+        );
+        assert!(is_unresponsive(o));
+        record_outcome(o, &ok, Duration::ZERO);
+        assert!(!is_unresponsive(o));
+        record_outcome(o, &Err(FetchError::Timeout), Duration::from_millis(200));
+        assert!(is_unresponsive(o));
+        let probe = admit(o).expect("the probe").expect("a probe guard");
+        assert_eq!(
+            admit(o).err().map(|e| e.label()),
+            Some("unresponsive"),
+            "a second fetch while the probe is out"
+        );
+        drop(probe);
+        let probe = admit(o).expect("a new probe").expect("guard");
+        // An answer (even an error status) closes the breaker.
+        record_outcome(o, &ok, Duration::from_secs(3));
+        drop(probe);
+        assert!(!is_unresponsive(o));
+        assert!(admit(o).expect("closed").is_none());
+    }
 }

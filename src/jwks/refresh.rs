@@ -123,9 +123,16 @@ fn upstream_stale_since(headers: &http::HeaderMap) -> Option<SystemTime> {
         .get(http::header::DATE)
         .and_then(|d| d.to_str().ok())
         .and_then(|d| httpdate::parse_http_date(d).ok());
+    // A cache between the tiers adds how long it held the answer (`Age`).
+    let held = headers
+        .get(http::header::AGE)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
     let local = match tier_now {
         Some(tier_now) => {
             let age = tier_now.duration_since(since).unwrap_or_default();
+            let age = age.checked_add(held).unwrap_or(Duration::MAX);
             now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
         }
         None => since,
@@ -553,6 +560,29 @@ mod tests {
                 "skew {skew} s (tier ahead: {ahead}): stale for {age:?}"
             );
         }
+        // Held 20 s by a cache on the way (`Age`): stale for 50 s; a huge Age, no panic.
+        let now = SystemTime::now();
+        let since = now - Duration::from_secs(30);
+        let secs = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let mut h = with_header(&secs.to_string());
+        let date = httpdate::fmt_http_date(now);
+        h.insert(
+            http::header::DATE,
+            http::HeaderValue::from_str(&date).expect("date"),
+        );
+        h.insert(http::header::AGE, http::HeaderValue::from_static("20"));
+        let age = SystemTime::now()
+            .duration_since(upstream_stale_since(&h).expect("stale"))
+            .expect("past");
+        assert!((49..=52).contains(&age.as_secs()), "{age:?}");
+        h.insert(
+            http::header::AGE,
+            http::HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(upstream_stale_since(&h), Some(SystemTime::UNIX_EPOCH));
         // A Date before the moment (nonsense): stale since now, never a panic.
         let mut h = with_header("2000000000");
         h.insert(

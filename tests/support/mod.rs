@@ -266,7 +266,9 @@ impl ChildSidecar {
     /// not ready within [`DEADLINE`].
     pub async fn start(mut cmd: tokio::process::Command) -> Result<ChildSidecar, String> {
         use tokio::io::AsyncBufReadExt;
+        // The start line is at info: the caller's RUST_LOG (say `warn`) must not hide it.
         cmd.env("JWKS_SIDECAR_LOG__FORMAT", "json")
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -278,12 +280,29 @@ impl ChildSidecar {
             let log = log.clone();
             async move {
                 let mut tx = Some(tx);
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut stderr = tokio::io::BufReader::new(stderr);
+                let mut buf = Vec::new();
+                // Bytes, not UTF-8 lines: one odd byte must not end the drain (and the child
+                // block on a full pipe).
+                while stderr
+                    .read_until(b'\n', &mut buf)
+                    .await
+                    .is_ok_and(|n| n > 0)
+                {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    buf.clear();
                     if let Some(bound) = tx.is_some().then(|| Started::parse(&line)).flatten() {
                         let _ = tx.take().expect("once").send(bound);
                     }
                     let mut log = log.lock().expect("log");
+                    // Keep the last 4 MiB or so: enough for any test, bounded for long runs.
+                    if log.len() > 4 << 20 {
+                        let cut = log.len() - (2 << 20);
+                        let cut = (cut..log.len())
+                            .find(|&i| log.is_char_boundary(i))
+                            .unwrap_or(0);
+                        log.drain(..cut);
+                    }
                     log.push_str(&line);
                     log.push('\n');
                 }
@@ -307,7 +326,7 @@ impl ChildSidecar {
                     Ok(Ok(status)) => status.to_string(),
                     other => format!("{other:?}"),
                 };
-                let _ = drain.await;
+                let _ = tokio::time::timeout(DEADLINE, drain).await;
                 return Err(format!(
                     "the sidecar did not start: {why} ({status}); its log:\n{}",
                     tail(&log)
