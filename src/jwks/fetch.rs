@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn an_unresponsive_origin_gets_one_probe_at_a_time() {
         let o = "http://breaker.test:1";
-        let ok: Result<Fetched, FetchError> = Err(FetchError::HttpStatus(503));
+        let answered: Result<Fetched, FetchError> = Err(FetchError::HttpStatus(503));
         assert!(admit(o).expect("closed").is_none());
         // A quick refusal does not open it; a slow one or a timeout does.
         record_outcome(
@@ -567,7 +567,7 @@ mod tests {
             SLOW_FAILURE,
         );
         assert!(is_unresponsive(o));
-        record_outcome(o, &ok, Duration::ZERO);
+        record_outcome(o, &answered, Duration::ZERO);
         assert!(!is_unresponsive(o));
         record_outcome(o, &Err(FetchError::Timeout), Duration::from_millis(200));
         assert!(is_unresponsive(o));
@@ -580,7 +580,7 @@ mod tests {
         drop(probe);
         let probe = admit(o).expect("a new probe").expect("guard");
         // An answer (even an error status) closes the breaker.
-        record_outcome(o, &ok, Duration::from_secs(3));
+        record_outcome(o, &answered, Duration::from_secs(3));
         drop(probe);
         assert!(!is_unresponsive(o));
         assert!(admit(o).expect("closed").is_none());
