@@ -183,6 +183,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ports import free_port  # noqa: E402  (never the same port twice in one process)
 
 
+def nginx_conf(d: str, connections: int, http_extra: str, server: str) -> str:
+    """A one-worker, foreground nginx config rooted in `d` (pid, error log and temp paths
+    there, no access log) with one server block; `http_extra` goes into the http block."""
+    return f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  {http_extra}
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{{server}
+  }}
+}}
+"""
+
+
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -252,30 +275,12 @@ class Upstream:
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
         self.port = free_port()
         d = self.dir
-        conf = f"""
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path {d}/tmp/body;
-  proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
-  server {{
+        conf = nginx_conf(d, 4096, "keepalive_requests 10000000;\n  keepalive_timeout 300s;", f"""
     listen 127.0.0.1:{self.port} backlog=4096;
     default_type text/plain;
     location /api/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload assertion=$http_x_jwt_assertion email=$http_x_jwt_email\\n"; }}
     location /public/echo {{ return 200 "sub=$http_x_jwt_sub payload=$http_x_jwt_payload\\n"; }}
-    location / {{ return 200 "hello from upstream\\n"; }}
-  }}
-}}
-"""
+    location / {{ return 200 "hello from upstream\\n"; }}""")
         self.conf = os.path.join(d, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
@@ -620,27 +625,11 @@ class JwksHttps:
             raise RuntimeError("the JWKS cannot be inlined in an nginx string")
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(f"""
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp/body;
-  proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
-  server {{
+            f.write(nginx_conf(d, 64, "", f"""
     listen 127.0.0.1:{self.port} ssl;
     ssl_certificate {self.cert};
     ssl_certificate_key {key};
-    location = /jwks.json {{ default_type application/json; return 200 '{body}'; }}
-  }}
-}}
-""")
+    location = /jwks.json {{ default_type application/json; return 200 '{body}'; }}"""))
         self.proc = start(["nginx", "-p", d, "-e", f"{d}/error.log", "-c", conf], LG_CPU,
                           os.path.join(d, "stdout.log"))
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(

@@ -531,6 +531,29 @@ mod tests {
         }
     }
 
+    /// A tier's answer, on the tier's clock `tier_now`: stale for `stale` and carrying `Date`.
+    fn tier_answer(tier_now: SystemTime, stale: Duration) -> http::HeaderMap {
+        let since = (tier_now - stale)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let mut h = with_header(&since.to_string());
+        let date = httpdate::fmt_http_date(tier_now);
+        h.insert(
+            http::header::DATE,
+            http::HeaderValue::from_str(&date).expect("date"),
+        );
+        h
+    }
+
+    /// How long ago, on this host's clock, `headers` say the keys went stale.
+    fn stale_for(headers: &http::HeaderMap) -> Duration {
+        let local = upstream_stale_since(headers).expect("stale");
+        SystemTime::now()
+            .duration_since(local)
+            .expect("in the past")
+    }
+
     /// The tier's clock is an hour off (either way): its `Date` turns the moment into an age
     /// (stale for 30 s), counted back from this host's now.
     #[test]
@@ -540,20 +563,7 @@ mod tests {
             let now = SystemTime::now();
             let offset = Duration::from_secs(skew);
             let tier_now = if ahead { now + offset } else { now - offset };
-            let since = tier_now - Duration::from_secs(30);
-            let secs = since
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_secs();
-            let mut h = with_header(&secs.to_string());
-            h.insert(
-                http::header::DATE,
-                http::HeaderValue::from_str(&httpdate::fmt_http_date(tier_now)).expect("date"),
-            );
-            let local = upstream_stale_since(&h).expect("stale");
-            let age = SystemTime::now()
-                .duration_since(local)
-                .expect("in the past");
+            let age = stale_for(&tier_answer(tier_now, Duration::from_secs(30)));
             // Whole seconds on the wire: 30 s, give or take the rounding of both values.
             assert!(
                 (29..=32).contains(&age.as_secs()),
@@ -561,22 +571,9 @@ mod tests {
             );
         }
         // Held 20 s by a cache on the way (`Age`): stale for 50 s; a huge Age, no panic.
-        let now = SystemTime::now();
-        let since = now - Duration::from_secs(30);
-        let secs = since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
-        let mut h = with_header(&secs.to_string());
-        let date = httpdate::fmt_http_date(now);
-        h.insert(
-            http::header::DATE,
-            http::HeaderValue::from_str(&date).expect("date"),
-        );
+        let mut h = tier_answer(SystemTime::now(), Duration::from_secs(30));
         h.insert(http::header::AGE, http::HeaderValue::from_static("20"));
-        let age = SystemTime::now()
-            .duration_since(upstream_stale_since(&h).expect("stale"))
-            .expect("past");
+        let age = stale_for(&h);
         assert!((49..=52).contains(&age.as_secs()), "{age:?}");
         h.insert(
             http::header::AGE,
@@ -589,7 +586,6 @@ mod tests {
             http::header::DATE,
             http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
         );
-        let local = upstream_stale_since(&h).expect("stale");
-        assert!(SystemTime::now().duration_since(local).expect("past") < Duration::from_secs(2));
+        assert!(stale_for(&h) < Duration::from_secs(2));
     }
 }
